@@ -1,0 +1,144 @@
+//! Types shared by the eBPF programs and the loader.
+//!
+//! Everything here crosses into the kernel, so it is `#[repr(C)]`, uses fixed-width integers
+//! and explicit padding, and has its size pinned by a const assertion. Enums cross as `u32`
+//! codes.
+#![no_std]
+
+/// Map names, mirrored here so the loader never spells one twice (at most 15 bytes each).
+pub mod maps {
+    /// `HashMap<u64, u32>`: cgroup ids of the policy's targets (value unused, 1).
+    pub const TARGETS: &str = "TARGETS";
+    /// `LpmTrie<RuleKey, u32>`: (direction, protocol, port, peer address) -> rule index.
+    pub const RULE_LPM: &str = "RULE_LPM";
+    /// `Array<NetRule>`: what each rule does, indexed by rule index.
+    pub const RULES: &str = "RULES";
+    /// `PerCpuArray<RuleCounters>`: per-rule counters, indexed by rule index.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<RuleState>`: loss-model state (correlation, Gilbert-Elliott).
+    pub const RULE_STATE: &str = "RULE_STATE";
+    /// `Array<Config>` with one entry: the deadline.
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Program names (the function names in fault-ebpf).
+pub mod progs {
+    pub const TC_EGRESS: &str = "fault_tc_egress";
+    pub const CGROUP_INGRESS: &str = "fault_cg_ingress";
+}
+
+/// Direction codes in [`RuleKey::dir`], seen from the target.
+pub const DIR_EGRESS: u8 = 1;
+pub const DIR_INGRESS: u8 = 2;
+
+/// Protocol codes in [`RuleKey::proto`]: IP protocol numbers, 0 for "any".
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Bits of the LPM key before the peer address: dir, proto, port (2), family, pad (3).
+pub const RULE_KEY_FIXED_BITS: u32 = 64;
+
+/// The data part of an LPM key (the trie adds the prefix length in front).
+///
+/// Only the address is matched by prefix; the 8 bytes in front are always matched in full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RuleKey {
+    pub dir: u8,
+    pub proto: u8,
+    /// Peer port in network byte order; 0 when the rule names no port.
+    pub port: [u8; 2],
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Peer address; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 24);
+
+/// `NetRule::drop_model` codes.
+pub const DROP_NONE: u32 = 0;
+pub const DROP_BERNOULLI: u32 = 1;
+pub const DROP_GILBERT_ELLIOTT: u32 = 2;
+
+/// `NetRule::corrupt_csum` codes.
+pub const CSUM_FIX: u32 = 0;
+pub const CSUM_KEEP: u32 = 1;
+
+/// Probabilities cross as thresholds out of 2^32: an event happens when a 32-bit random
+/// number is below the threshold, so 1 << 32 means always and 0 never.
+pub const PROB_ONE: u64 = 1 << 32;
+
+/// What a rule does to the packets it matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetRule {
+    pub drop_model: u32,
+    pub corrupt_csum: u32,
+    /// Bernoulli: loss probability. Gilbert-Elliott: p, good -> bad.
+    pub drop_p: u64,
+    /// Bernoulli: probability of repeating the previous decision. Gilbert-Elliott: r, bad -> good.
+    pub drop_corr: u64,
+    /// Gilbert-Elliott: loss probability in the bad state.
+    pub ge_loss_bad: u64,
+    /// Gilbert-Elliott: loss probability in the good state.
+    pub ge_loss_good: u64,
+    pub corrupt_p: u64,
+    pub dup_p: u64,
+}
+const _: () = assert!(core::mem::size_of::<NetRule>() == 56);
+
+/// Per-rule, per-CPU counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleCounters {
+    /// Packets that matched the rule while it was active.
+    pub seen: u64,
+    pub dropped: u64,
+    pub corrupted: u64,
+    pub duplicated: u64,
+    /// Helper failures; the packet was let through (fail open).
+    pub errors: u64,
+}
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 40);
+
+/// Per-rule, per-CPU loss-model state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleState {
+    /// 1 when the previous Bernoulli decision was a drop.
+    pub last_drop: u32,
+    /// 1 while the Gilbert-Elliott chain is in the bad state.
+    pub ge_bad: u32,
+}
+const _: () = assert!(core::mem::size_of::<RuleState>() == 8);
+
+/// Policy-wide settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// CLOCK_MONOTONIC time (as `bpf_ktime_get_ns` reads it) after which nothing is injected.
+    pub deadline_ns: u64,
+    /// Number of rules in use (for bounds).
+    pub rule_count: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// `skb->mark` we give a duplicate so the program lets it pass instead of duplicating it again.
+pub const DUP_MARK: u32 = 0xfa17_d0b1;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), plain integers, with explicit padding.
+    unsafe impl aya::Pod for super::RuleKey {}
+    unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::RuleCounters {}
+    unsafe impl aya::Pod for super::RuleState {}
+    unsafe impl aya::Pod for super::Config {}
+}

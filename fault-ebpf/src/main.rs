@@ -1,0 +1,28 @@
+//! fault's eBPF programs. One file per hook family: `tc` (egress network faults),
+//! `cgroup_skb` (ingress network faults), and `net`, what both share.
+// Built for the host (as a workspace member, by `cargo clippy --workspace`) it is an empty
+// program; only the bpf target carries the programs.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod cgroup_skb;
+#[cfg(target_arch = "bpf")]
+mod net;
+#[cfg(target_arch = "bpf")]
+mod tc;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this, so it is never called.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

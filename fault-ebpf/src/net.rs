@@ -1,0 +1,202 @@
+//! What the network programs share: the policy's maps, packet parsing, rule lookup and the
+//! loss models.
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    programs::sk_buff::SkBuff,
+};
+use fault_common::{
+    Config, NetRule, RuleCounters, RuleKey, RuleState, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT,
+    FAMILY_V4, FAMILY_V6, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    RULE_KEY_FIXED_BITS,
+};
+
+// Sizes here are defaults; the loader sets each map's real size before loading.
+#[map]
+pub static TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static RULE_LPM: LpmTrie<RuleKey, u32> = LpmTrie::with_max_entries(1024, 0);
+#[map]
+pub static RULES: Array<NetRule> = Array::with_max_entries(64, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(64, 0);
+#[map]
+pub static RULE_STATE: PerCpuArray<RuleState> = PerCpuArray::with_max_entries(64, 0);
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// What the classifier needs from a packet, addresses and ports as they sit on the wire.
+pub struct Packet {
+    pub family: u8,
+    pub proto: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// Offset of the L4 header, and of its payload (0 when the payload cannot be reached).
+    pub l4_off: u32,
+    pub payload_off: u32,
+}
+
+/// Whether injection is over: past the in-kernel deadline nothing is injected, whatever
+/// became of the loader.
+#[inline(always)]
+pub fn expired() -> bool {
+    match CONFIG.get(0) {
+        Some(c) => c.deadline_ns != 0 && unsafe { bpf_ktime_get_ns() } >= c.deadline_ns,
+        None => true,
+    }
+}
+
+/// Reads the network and transport headers, the network header starting at `l3`. `None` for
+/// anything that is not IPv4/IPv6.
+#[inline(always)]
+pub fn parse(skb: &SkBuff, l3: usize, skb_protocol: u32) -> Option<Packet> {
+    let ethertype = u16::from_be(skb_protocol as u16);
+    let mut pkt = Packet {
+        family: 0,
+        proto: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: [0; 2],
+        dport: [0; 2],
+        l4_off: 0,
+        payload_off: 0,
+    };
+    let l4: usize;
+    match ethertype {
+        ETH_P_IP => {
+            let vihl = skb.load::<u8>(l3).ok()?;
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return None;
+            }
+            let frag = u16::from_be_bytes(skb.load::<[u8; 2]>(l3 + 6).ok()?);
+            pkt.family = FAMILY_V4;
+            pkt.proto = skb.load::<u8>(l3 + 9).ok()?;
+            let s: [u8; 4] = skb.load(l3 + 12).ok()?;
+            let d: [u8; 4] = skb.load(l3 + 16).ok()?;
+            pkt.saddr[..4].copy_from_slice(&s);
+            pkt.daddr[..4].copy_from_slice(&d);
+            if frag & 0x1fff != 0 {
+                // A later fragment: no transport header, so it matches on address only.
+                return Some(pkt);
+            }
+            l4 = l3 + ihl;
+        }
+        ETH_P_IPV6 => {
+            pkt.family = FAMILY_V6;
+            pkt.proto = skb.load::<u8>(l3 + 6).ok()?;
+            pkt.saddr = skb.load(l3 + 8).ok()?;
+            pkt.daddr = skb.load(l3 + 24).ok()?;
+            l4 = l3 + 40;
+        }
+        _ => return None,
+    }
+    pkt.l4_off = l4 as u32;
+    let header_len: usize = match pkt.proto {
+        PROTO_TCP => ((skb.load::<u8>(l4 + 12).ok()? >> 4) as usize) * 4,
+        PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
+        _ => return Some(pkt),
+    };
+    if pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP {
+        pkt.sport = skb.load(l4).ok()?;
+        pkt.dport = skb.load(l4 + 2).ok()?;
+    }
+    pkt.payload_off = (l4 + header_len) as u32;
+    Some(pkt)
+}
+
+/// The first rule (lowest index) that matches, in at most three trie lookups: the exact
+/// port, the protocol with any port, and any protocol. The loader stores in every trie entry
+/// the lowest index among all rules covering that prefix, so a longest-prefix hit is enough.
+#[inline(always)]
+pub fn find_rule(dir: u8, family: u8, proto: u8, port: [u8; 2], addr: &[u8; 16]) -> Option<u32> {
+    let prefix = RULE_KEY_FIXED_BITS + if family == FAMILY_V4 { 32 } else { 128 };
+    let mut key = Key::new(
+        prefix,
+        RuleKey {
+            dir,
+            proto,
+            port,
+            family,
+            _pad: [0; 3],
+            addr: *addr,
+        },
+    );
+    let mut best = u32::MAX;
+    if u16::from_ne_bytes(port) != 0 {
+        if let Some(i) = RULE_LPM.get(&key) {
+            best = *i;
+        }
+        key.data.port = [0, 0];
+    }
+    if let Some(i) = RULE_LPM.get(&key) {
+        best = best.min(*i);
+    }
+    key.data.proto = PROTO_ANY;
+    if let Some(i) = RULE_LPM.get(&key) {
+        best = best.min(*i);
+    }
+    (best != u32::MAX).then_some(best)
+}
+
+#[inline(always)]
+pub fn chance(threshold: u64) -> bool {
+    (unsafe { bpf_get_prandom_u32() } as u64) < threshold
+}
+
+#[inline(always)]
+pub fn should_drop(rule: &NetRule, state: &mut RuleState) -> bool {
+    match rule.drop_model {
+        DROP_BERNOULLI => {
+            // With probability `drop_corr` repeat the previous decision, else draw afresh:
+            // the loss rate stays `drop_p` while losses cluster as asked.
+            let drop = if rule.drop_corr != 0 && chance(rule.drop_corr) {
+                state.last_drop != 0
+            } else {
+                chance(rule.drop_p)
+            };
+            state.last_drop = drop as u32;
+            drop
+        }
+        DROP_GILBERT_ELLIOTT => {
+            // Loss by the current state, then the transition, as netem's gemodel does.
+            if state.ge_bad != 0 {
+                let drop = chance(rule.ge_loss_bad);
+                if chance(rule.drop_corr) {
+                    state.ge_bad = 0;
+                }
+                drop
+            } else {
+                let drop = chance(rule.ge_loss_good);
+                if chance(rule.drop_p) {
+                    state.ge_bad = 1;
+                }
+                drop
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The rule's action state, counters first: `None` only if the index is out of range.
+#[inline(always)]
+pub fn rule_slots(
+    index: u32,
+) -> Option<(
+    &'static NetRule,
+    &'static mut RuleCounters,
+    &'static mut RuleState,
+)> {
+    let rule = RULES.get(index)?;
+    let counters = COUNTERS.get_ptr_mut(index)?;
+    let state = RULE_STATE.get_ptr_mut(index)?;
+    // SAFETY: per-CPU values, and a BPF program is not preempted on its CPU.
+    Some((rule, unsafe { &mut *counters }, unsafe { &mut *state }))
+}

@@ -1,0 +1,14 @@
+//! fault: per-cgroup network fault injection with eBPF.
+//!
+//! `policy` parses and compiles policies, `target` resolves who they apply to, `loader`
+//! loads the eBPF object and fills its maps, `attach` puts the programs on interfaces,
+//! `state` records what is active, `run` holds the commands and `report` formats counters.
+
+pub mod attach;
+pub mod loader;
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod state;
+pub mod sysfs;
+pub mod target;

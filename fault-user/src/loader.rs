@@ -1,0 +1,147 @@
+//! Loading fault-ebpf with a policy's maps filled in, and reading its counters back.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    programs::{CgroupSkb, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
+use fault_common::{maps, progs, Config, NetRule, RuleCounters, RuleKey};
+
+/// The compiled eBPF object (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
+
+/// Everything the kernel side needs for one policy.
+pub struct Tables<'a> {
+    pub cgroup_ids: &'a [u64],
+    pub lpm: &'a [(u32, RuleKey, u32)],
+    pub rules: &'a [NetRule],
+    /// CLOCK_MONOTONIC nanoseconds after which nothing is injected.
+    pub deadline_ns: u64,
+}
+
+/// Loads both programs and fills the maps. Nothing is attached yet.
+pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
+    let n = |len: usize| (len.max(1)) as u32;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::TARGETS, n(t.cgroup_ids.len()))
+        .map_max_entries(maps::RULE_LPM, n(t.lpm.len()))
+        .map_max_entries(maps::RULES, n(t.rules.len()))
+        .map_max_entries(maps::COUNTERS, n(t.rules.len()))
+        .map_max_entries(maps::RULE_STATE, n(t.rules.len()))
+        .load(OBJECT)
+        .context("load the eBPF object")?;
+
+    let mut targets: HashMap<_, u64, u32> = map(&mut ebpf, maps::TARGETS)?.try_into()?;
+    for id in t.cgroup_ids {
+        targets.insert(id, 1, 0).context("fill TARGETS")?;
+    }
+    let mut lpm: LpmTrie<_, RuleKey, u32> = map(&mut ebpf, maps::RULE_LPM)?.try_into()?;
+    for (prefix, key, index) in t.lpm {
+        lpm.insert(&aya::maps::lpm_trie::Key::new(*prefix, *key), index, 0)
+            .context("fill RULE_LPM")?;
+    }
+    let mut rules: Array<_, NetRule> = map(&mut ebpf, maps::RULES)?.try_into()?;
+    for (i, r) in t.rules.iter().enumerate() {
+        rules.set(i as u32, r, 0).context("fill RULES")?;
+    }
+    set_config(
+        map(&mut ebpf, maps::CONFIG)?,
+        Config {
+            deadline_ns: t.deadline_ns,
+            rule_count: t.rules.len() as u32,
+            _pad: 0,
+        },
+    )?;
+
+    // The verifier's log is part of the error's Display, so a rejection shows it.
+    let name = progs::TC_EGRESS;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("load program {name}"))?;
+    let name = progs::CGROUP_INGRESS;
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("load program {name}"))?;
+    Ok(ebpf)
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} missing from the object"))
+}
+
+fn set_config(m: &mut Map, c: Config) -> anyhow::Result<()> {
+    let mut config: Array<_, Config> = m.try_into()?;
+    config.set(0, c, 0).context("write CONFIG")
+}
+
+/// Pins the maps that `fault status` and `fault stop` need into `dir`.
+pub fn pin(ebpf: &Ebpf, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    for name in [maps::COUNTERS, maps::CONFIG] {
+        ebpf.map(name)
+            .with_context(|| format!("map {name} missing"))?
+            .pin(dir.join(name))
+            .with_context(|| format!("pin {name} in {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Per-rule counters summed over CPUs.
+pub fn counters(m: &Map, rules: usize) -> anyhow::Result<Vec<RuleCounters>> {
+    let arr: PerCpuArray<&MapData, RuleCounters> = m.try_into()?;
+    (0..rules as u32)
+        .map(|i| {
+            let per_cpu = arr.get(&i, 0).context("read COUNTERS")?;
+            Ok(per_cpu
+                .iter()
+                .fold(RuleCounters::default(), |a, c| RuleCounters {
+                    seen: a.seen + c.seen,
+                    dropped: a.dropped + c.dropped,
+                    corrupted: a.corrupted + c.corrupted,
+                    duplicated: a.duplicated + c.duplicated,
+                    errors: a.errors + c.errors,
+                }))
+        })
+        .collect()
+}
+
+pub fn live_counters(ebpf: &Ebpf, rules: usize) -> anyhow::Result<Vec<RuleCounters>> {
+    counters(ebpf.map(maps::COUNTERS).context("COUNTERS missing")?, rules)
+}
+
+/// Counters of a policy applied by another process, from its pins.
+pub fn pinned_counters(dir: &Path, rules: usize) -> anyhow::Result<Vec<RuleCounters>> {
+    let data = MapData::from_pin(dir.join(maps::COUNTERS))
+        .with_context(|| format!("open {}", dir.join(maps::COUNTERS).display()))?;
+    counters(&Map::PerCpuArray(data), rules)
+}
+
+/// Ends a policy's injection now through its pinned CONFIG, whatever holds its programs.
+pub fn expire_pinned(dir: &Path) -> anyhow::Result<()> {
+    let data = MapData::from_pin(dir.join(maps::CONFIG))
+        .with_context(|| format!("open {}", dir.join(maps::CONFIG).display()))?;
+    let mut m = Map::Array(data);
+    let config: Array<&mut MapData, Config> = (&mut m).try_into()?;
+    let mut c = config.get(&0, 0)?;
+    // 1 ns after boot: long past, and non-zero (0 means "no deadline").
+    c.deadline_ns = 1;
+    let mut config: Array<&mut MapData, Config> = (&mut m).try_into()?;
+    config.set(0, c, 0).context("write CONFIG")
+}
+
+/// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}

@@ -1,0 +1,280 @@
+//! The policy document as written: serde types that mirror the YAML one to one.
+//!
+//! Serde refuses here what it can see on its own: unknown fields, wrong types and missing
+//! fields, with the line where it saw them. Ranges, formats (`5%`, `10.0.0.0/8`, `6000-6100`,
+//! `2m`) and combinations (a target naming two kinds, a drop both Bernoulli and
+//! Gilbert-Elliott) are left as written and checked by `validate`, which knows the YAML path
+//! of each value and so can say exactly where a mistake is.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::Protocol;
+
+/// Just the two fields that say what the rest of the document is, read before anything else
+/// so that a policy for another version is reported as such, not as a pile of field errors.
+#[derive(Debug, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    expecting = "a policy document (a mapping with apiVersion, kind, metadata and spec)"
+)]
+pub(super) struct Header {
+    pub api_version: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a policy document (a mapping with apiVersion, kind, metadata and spec)"
+)]
+pub(super) struct Document {
+    // Checked through `Header` already; kept here so deny_unknown_fields accepts them.
+    #[expect(
+        dead_code,
+        reason = "validated from Header before the full document is read"
+    )]
+    pub api_version: String,
+    #[expect(
+        dead_code,
+        reason = "validated from Header before the full document is read"
+    )]
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with name")]
+pub(super) struct Metadata {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with duration, targets and network"
+)]
+pub(super) struct Spec {
+    pub duration: HumanDuration,
+    pub targets: Vec<Target>,
+    // Optional for serde so that validation can say "at least one rule" in its own words, and
+    // so that a later section (clock faults) can stand in for it without a format change.
+    #[serde(default)]
+    pub network: Vec<NetworkRule>,
+}
+
+/// A duration as written (`30s`); only strings, because a bare `30` has no unit.
+#[derive(Debug)]
+pub(super) struct HumanDuration(pub String);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = HumanDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, like 500ms, 30s, 2m or 1h")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HumanDuration, E> {
+                Ok(HumanDuration(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// One target, written as a single-key mapping (`- cgroup: game/app`).
+///
+/// Not an enum: serde_yaml 0.9 reads externally tagged enums only from YAML tags
+/// (`!cgroup game/app`). Validation checks that exactly one field is set; it does so rather
+/// than a `try_from` here because serde_yaml would place such an error at the line of the
+/// enclosing list, which points at the wrong target.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a target: a mapping with one of cgroup, container or pid"
+)]
+pub(super) struct Target {
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a network rule: a mapping with direction, an optional match and actions"
+)]
+pub(super) struct NetworkRule {
+    pub name: Option<String>,
+    pub direction: Direction,
+    #[serde(rename = "match", default)]
+    pub matches: Match,
+    pub drop: Option<DropSpec>,
+    pub corrupt: Option<Corrupt>,
+    pub duplicate: Option<Duplicate>,
+    #[serde(default)]
+    pub partition: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with protocol, cidrs and ports (all optional)"
+)]
+pub(super) struct Match {
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+/// A port or an inclusive range, as written: `5432` or `"6000-6100"`.
+#[derive(Debug)]
+pub(super) enum PortSpec {
+    // i128 holds every integer YAML can give (negative and past u64 alike) so that validation
+    // can echo the value back instead of a serde overflow message.
+    Number(i128),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+
+        impl Visitor<'_> for PortVisitor {
+            type Value = PortSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port like 5432 or a range like \"6000-6100\"")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortSpec, E> {
+                Ok(PortSpec::Number(v.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortSpec, E> {
+                Ok(PortSpec::Number(v.into()))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortSpec, E> {
+                Ok(PortSpec::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+/// A probability as written: a number (`0.05`) or text (`"5%"`, `"0.05"`).
+#[derive(Debug, Clone)]
+pub(super) enum Probability {
+    Number(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Probability {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ProbabilityVisitor;
+
+        impl Visitor<'_> for ProbabilityVisitor {
+            type Value = Probability;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a probability like 0.05 or \"5%\"")
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Probability, E> {
+                Ok(Probability::Number(v))
+            }
+
+            // Integers only matter as 0 and 1; a huge one may round on the way to f64, but
+            // it is refused by validation either way.
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Probability, E> {
+                Ok(Probability::Number(v as f64))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Probability, E> {
+                Ok(Probability::Number(v as f64))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Probability, E> {
+                Ok(Probability::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(ProbabilityVisitor)
+    }
+}
+
+/// `drop:` in one of its two forms: Bernoulli (`probability`, optional `correlation`) or
+/// `gilbert_elliott`. Validation refuses a mix, for the same reason as [`Target`].
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with probability (and optional correlation), or with gilbert_elliott"
+)]
+pub(super) struct DropSpec {
+    pub probability: Option<Probability>,
+    pub correlation: Option<Probability>,
+    pub gilbert_elliott: Option<GilbertElliott>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with p, r and optional loss_bad and loss_good"
+)]
+pub(super) struct GilbertElliott {
+    pub p: Probability,
+    pub r: Probability,
+    pub loss_bad: Option<Probability>,
+    pub loss_good: Option<Probability>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with probability and optional checksum"
+)]
+pub(super) struct Corrupt {
+    pub probability: Probability,
+    #[serde(default)]
+    pub checksum: Checksum,
+}
+
+/// What to do with the transport checksum of a corrupted packet.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Checksum {
+    /// Recompute it, so the corruption reaches the application instead of being dropped by
+    /// the peer's stack: the interesting case for testing application-level integrity checks.
+    #[default]
+    Fix,
+    /// Leave it stale, so the peer's stack discards the packet as a checksum failure.
+    Keep,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with probability")]
+pub(super) struct Duplicate {
+    pub probability: Probability,
+}

@@ -1,0 +1,338 @@
+//! Fault policies: the YAML a user writes, checked and compiled into what the kernel reads.
+//!
+//! Handling is two steps, so that every mistake names the file, the YAML path and what was
+//! expected:
+//! 1. `document` deserializes the text into types that mirror the YAML, refusing unknown
+//!    fields, wrong types and missing fields;
+//! 2. `validate` checks every value and combination and builds a [`Policy`], whose rules
+//!    carry the [`NetRule`] the kernel applies.
+//!
+//! `compile` then turns the rules into LPM trie entries ([`lpm_entries`]).
+
+mod compile;
+mod document;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fault_common::{NetRule, CSUM_KEEP, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, PROB_ONE};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use compile::{lpm_entries, MAX_LPM_ENTRIES};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "fault/v1";
+/// The only `kind` this build understands.
+pub const KIND: &str = "FaultPolicy";
+
+/// A checked policy, ready to be applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The file it was read from, for messages.
+    pub file: PathBuf,
+    /// `metadata.name`: safe to use as a directory name.
+    pub name: String,
+    /// How long faults are injected; more than zero and at most a day.
+    pub duration: Duration,
+    pub targets: Vec<TargetSpec>,
+    /// In policy order: where several rules match a packet, the first one wins.
+    pub rules: Vec<Rule>,
+}
+
+/// A target as named in the policy; resolving it to cgroups happens elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// Absolute, or relative to the cgroup2 mount; never contains `..`.
+    Cgroup(PathBuf),
+    /// A container name or id, non-empty.
+    Container(String),
+    /// A process id, above zero.
+    Pid(u32),
+}
+
+/// The transport a rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Any IP packet; with ports, TCP and UDP.
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    /// ICMP for IPv4 peers, ICMPv6 for IPv6 peers.
+    Icmp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Any => "any",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One network rule, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Unique within the policy; `rule-<index>` when the policy gives none.
+    pub name: String,
+    pub egress: bool,
+    pub ingress: bool,
+    pub protocol: Protocol,
+    /// Peer prefixes with host bits cleared; empty means every IPv4 and IPv6 peer.
+    pub cidrs: Vec<IpNet>,
+    /// Peer port ranges, inclusive, as written; empty means any port (and any protocol
+    /// without ports).
+    pub ports: Vec<(u16, u16)>,
+    /// What happens to matching packets, in the kernel's encoding.
+    pub action: NetRule,
+}
+
+impl Rule {
+    /// A one-line summary for `--dry-run`, like
+    /// `egress udp to 10.88.0.0/16 ports 5432,6000-6100: drop 5% (corr 25%), corrupt 1% (checksum fix)`.
+    pub fn describe(&self) -> String {
+        let (direction, preposition) = match (self.egress, self.ingress) {
+            (true, false) => ("egress", "to"),
+            (false, true) => ("ingress", "from"),
+            _ => ("egress+ingress", "to/from"),
+        };
+        let protocol = match self.protocol {
+            Protocol::Any if self.ports.is_empty() => "ip",
+            Protocol::Any => "tcp/udp",
+            other => other.as_str(),
+        };
+        let peers = if self.cidrs.is_empty() {
+            "any address".to_owned()
+        } else {
+            join(self.cidrs.iter().map(ToString::to_string))
+        };
+        let mut out = format!("{direction} {protocol} {preposition} {peers}");
+        if !self.ports.is_empty() {
+            let ports = join(self.ports.iter().map(|&(first, last)| {
+                if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                }
+            }));
+            out.push_str(" ports ");
+            out.push_str(&ports);
+        }
+        out.push_str(": ");
+        out.push_str(&describe_action(&self.action));
+        out
+    }
+}
+
+fn describe_action(action: &NetRule) -> String {
+    let mut parts = Vec::new();
+    match action.drop_model {
+        DROP_BERNOULLI if action.drop_corr == 0 => {
+            parts.push(format!("drop {}", percent(action.drop_p)));
+        }
+        DROP_BERNOULLI => parts.push(format!(
+            "drop {} (corr {})",
+            percent(action.drop_p),
+            percent(action.drop_corr)
+        )),
+        DROP_GILBERT_ELLIOTT => parts.push(format!(
+            "drop gilbert-elliott (p {}, r {}, loss bad {}, good {})",
+            percent(action.drop_p),
+            percent(action.drop_corr),
+            percent(action.ge_loss_bad),
+            percent(action.ge_loss_good)
+        )),
+        _ => {}
+    }
+    if action.corrupt_p > 0 {
+        let checksum = if action.corrupt_csum == CSUM_KEEP {
+            "keep"
+        } else {
+            "fix"
+        };
+        parts.push(format!(
+            "corrupt {} (checksum {checksum})",
+            percent(action.corrupt_p)
+        ));
+    }
+    if action.dup_p > 0 {
+        parts.push(format!("duplicate {}", percent(action.dup_p)));
+    }
+    if parts.is_empty() {
+        // Validation never lets this through, but a hand-built rule can get here.
+        parts.push("nothing".to_owned());
+    }
+    parts.join(", ")
+}
+
+/// A kernel threshold as a percentage with at most three decimals: `5%`, `0.5%`, `33.333%`.
+fn percent(threshold: u64) -> String {
+    let value = threshold as f64 / PROB_ONE as f64 * 100.0;
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "0" && threshold > 0 {
+        // Rare but not never: "0%" would read as if the action were off.
+        return "<0.001%".to_owned();
+    }
+    format!("{text}%")
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+/// Why a policy was refused. Every one means "invalid policy"; the fields say where.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}{message}{}", FilePrefix(.file), PathPrefix(.path), LineSuffix(*.line))]
+pub struct PolicyError {
+    /// The policy file; empty when the rules did not come from a file.
+    pub file: PathBuf,
+    /// Where in the document, like `spec.network[0].match.cidrs[1]`; empty for the whole file.
+    pub path: String,
+    /// 1-based line, when the YAML parser knows it (serde-level errors only).
+    pub line: Option<usize>,
+    /// What was expected, and what was found.
+    pub message: String,
+}
+
+struct FilePrefix<'a>(&'a Path);
+
+impl fmt::Display for FilePrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.as_os_str().is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", self.0.display())
+        }
+    }
+}
+
+struct PathPrefix<'a>(&'a str);
+
+impl fmt::Display for PathPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", self.0)
+        }
+    }
+}
+
+struct LineSuffix(Option<usize>);
+
+impl fmt::Display for LineSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(line) => write!(f, " (line {line})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A validation failure before the file name is attached.
+#[derive(Debug)]
+struct Invalid {
+    path: String,
+    message: String,
+}
+
+impl Invalid {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(self, file: &Path) -> PolicyError {
+        PolicyError {
+            file: file.to_owned(),
+            path: self.path,
+            line: None,
+            message: self.message,
+        }
+    }
+}
+
+/// Reads and checks a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|err| PolicyError {
+        file: path.to_owned(),
+        path: String::new(),
+        line: None,
+        message: format!("cannot read the policy: {err}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Checks a policy given as text; `file` is only used in messages and kept in the result.
+pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+    // The header first: a policy for another apiVersion would otherwise fail on the first
+    // field this version does not know, which hides the real problem.
+    let header: document::Header = deserialize(text, file)?;
+    validate::header(&header).map_err(|err| err.in_file(file))?;
+    let document: document::Document = deserialize(text, file)?;
+    let policy = validate::policy(document, file).map_err(|err| err.in_file(file))?;
+    // Checked here as well as in lpm_entries so that an oversized policy is refused when it
+    // is read (with its file name), not halfway through being applied.
+    compile::check_size(&policy.rules).map_err(|err| err.in_file(file))?;
+    Ok(policy)
+}
+
+/// Runs serde over the YAML, keeping the path of the value that failed.
+fn deserialize<'de, T: Deserialize<'de>>(text: &'de str, file: &Path) -> Result<T, PolicyError> {
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = match err.path().to_string() {
+            // serde_path_to_error's name for the document itself.
+            root if root == "." => String::new(),
+            path => path,
+        };
+        let inner = err.into_inner();
+        let line = inner.location().map(|location| location.line());
+        PolicyError {
+            file: file.to_owned(),
+            message: yaml_message(&inner, &path),
+            path,
+            line,
+        }
+    })
+}
+
+/// serde_yaml's message without the parts [`PolicyError`] already shows: the position behind
+/// (`... at line 3 column 5`) and its own copy of the path in front. serde_yaml's path can stop
+/// short of ours (it names the mapping where serde_path_to_error names the unknown key in it),
+/// so any leading part of ours is removed.
+fn yaml_message(err: &serde_yaml::Error, path: &str) -> String {
+    let mut message = err.to_string();
+    if let Some(location) = err.location() {
+        let position = format!(" at line {} column {}", location.line(), location.column());
+        message = message.replacen(&position, "", 1);
+    }
+    if let Some((head, rest)) = message.split_once(": ") {
+        let leads_path = path
+            .strip_prefix(head)
+            .is_some_and(|tail| tail.is_empty() || tail.starts_with(['.', '[']));
+        if leads_path {
+            message = rest.to_owned();
+        }
+    }
+    message
+}

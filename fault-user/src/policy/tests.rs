@@ -1,0 +1,606 @@
+//! Parsing and validation: the documented format, the example policies and each way a policy
+//! can be wrong, with the path and file every error must name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fault_common::{
+    CSUM_FIX, CSUM_KEEP, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, DROP_NONE, PROB_ONE,
+};
+
+use super::*;
+
+const FILE: &str = "policies/x.yaml";
+
+/// The example from the format's documentation.
+const EXAMPLE: &str = r#"
+apiVersion: fault/v1
+kind: FaultPolicy
+metadata:
+  name: lossy-replica-link
+spec:
+  duration: 2m
+  targets:
+    - cgroup: /sys/fs/cgroup/unified/game/app
+    - container: pg-replica
+    - pid: 4242
+  network:
+    - name: replica-loss
+      direction: egress
+      match:
+        protocol: udp
+        cidrs: [10.88.0.0/16, "fd00::/8"]
+        ports: [5432, "6000-6100"]
+      drop: {probability: 5%, correlation: 25%}
+      corrupt: {probability: 1%, checksum: fix}
+      duplicate: {probability: 1%}
+"#;
+
+fn parse_ok(text: &str) -> Policy {
+    parse(text, Path::new(FILE)).unwrap_or_else(|err| panic!("expected a valid policy: {err}"))
+}
+
+/// Parses a policy that must be refused, and checks the path and that the message names the
+/// file; returns the error for further checks.
+#[track_caller]
+fn parse_err(text: &str, path: &str) -> PolicyError {
+    let err = match parse(text, Path::new(FILE)) {
+        Ok(policy) => panic!("expected an error at {path}, got {policy:#?}"),
+        Err(err) => err,
+    };
+    let shown = err.to_string();
+    assert_eq!(err.path, path, "wrong path in: {shown}");
+    assert_eq!(err.file, PathBuf::from(FILE));
+    assert!(
+        shown.starts_with(&format!("{FILE}: ")),
+        "no file name in: {shown}"
+    );
+    if !path.is_empty() {
+        assert!(
+            shown.contains(&format!(": {path}: ")),
+            "no path in: {shown}"
+        );
+    }
+    err
+}
+
+/// A valid policy with one network rule whose body (indented for the list item) is `rule`.
+fn with_rule(rule: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: t\nspec:\n  duration: 30s\n  \
+         targets:\n    - pid: 1\n  network:\n    - {}\n",
+        rule.trim().replace('\n', "\n      ")
+    )
+}
+
+fn threshold(p: f64) -> u64 {
+    (p * PROB_ONE as f64).round() as u64
+}
+
+#[test]
+fn documented_example_parses() {
+    let policy = parse_ok(EXAMPLE);
+    assert_eq!(policy.file, PathBuf::from(FILE));
+    assert_eq!(policy.name, "lossy-replica-link");
+    assert_eq!(policy.duration, Duration::from_secs(120));
+    assert_eq!(
+        policy.targets,
+        [
+            TargetSpec::Cgroup("/sys/fs/cgroup/unified/game/app".into()),
+            TargetSpec::Container("pg-replica".into()),
+            TargetSpec::Pid(4242),
+        ]
+    );
+    assert_eq!(policy.rules.len(), 1);
+    let rule = &policy.rules[0];
+    assert_eq!(rule.name, "replica-loss");
+    assert!(rule.egress && !rule.ingress);
+    assert_eq!(rule.protocol, Protocol::Udp);
+    assert_eq!(
+        rule.cidrs,
+        [
+            "10.88.0.0/16".parse::<IpNet>().unwrap(),
+            "fd00::/8".parse().unwrap()
+        ]
+    );
+    assert_eq!(rule.ports, [(5432, 5432), (6000, 6100)]);
+    assert_eq!(
+        rule.action,
+        NetRule {
+            drop_model: DROP_BERNOULLI,
+            corrupt_csum: CSUM_FIX,
+            drop_p: threshold(0.05),
+            drop_corr: PROB_ONE / 4,
+            ge_loss_bad: 0,
+            ge_loss_good: 0,
+            corrupt_p: threshold(0.01),
+            dup_p: threshold(0.01),
+        }
+    );
+    assert_eq!(
+        rule.describe(),
+        "egress udp to 10.88.0.0/16,fd00::/8 ports 5432,6000-6100: drop 5% (corr 25%), \
+         corrupt 1% (checksum fix), duplicate 1%"
+    );
+    assert_eq!(lpm_entries(&policy.rules).unwrap().len(), 2 * 102);
+}
+
+#[test]
+fn example_policy_files_parse() {
+    let files = [
+        (
+            "lossy-replica-link.yaml",
+            include_str!("../../../policies/lossy-replica-link.yaml"),
+        ),
+        (
+            "demo-loss.yaml",
+            include_str!("../../../policies/demo-loss.yaml"),
+        ),
+        (
+            "partition.yaml",
+            include_str!("../../../policies/partition.yaml"),
+        ),
+        (
+            "bursty-loss.yaml",
+            include_str!("../../../policies/bursty-loss.yaml"),
+        ),
+    ];
+    for (name, text) in files {
+        let policy = parse(text, Path::new(name)).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            format!("{}.yaml", policy.name),
+            name,
+            "metadata.name matches the file"
+        );
+        lpm_entries(&policy.rules).unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+}
+
+#[test]
+fn example_policy_files_say_what_they_should() {
+    let policy = parse_ok(include_str!("../../../policies/lossy-replica-link.yaml"));
+    assert_eq!(
+        policy.targets,
+        [
+            TargetSpec::Cgroup("game/app".into()),
+            TargetSpec::Container("pg-replica".into())
+        ]
+    );
+
+    let demo = parse_ok(include_str!("../../../policies/demo-loss.yaml"));
+    assert_eq!(demo.duration, Duration::from_secs(30));
+    assert_eq!(
+        demo.targets,
+        [TargetSpec::Cgroup("fault-demo/client".into())]
+    );
+    let descriptions: Vec<String> = demo.rules.iter().map(Rule::describe).collect();
+    assert_eq!(
+        descriptions,
+        [
+            "egress icmp to any address: drop 30%",
+            "egress udp to any address: corrupt 20% (checksum fix)"
+        ]
+    );
+
+    let partition = parse_ok(include_str!("../../../policies/partition.yaml"));
+    assert_eq!(
+        partition.rules[0].describe(),
+        "egress ip to 10.200.0.0/24: drop 100%"
+    );
+    assert_eq!(partition.rules[0].action.drop_p, PROB_ONE);
+
+    let bursty = parse_ok(include_str!("../../../policies/bursty-loss.yaml"));
+    let rule = &bursty.rules[0];
+    assert!(rule.egress && rule.ingress);
+    assert_eq!(rule.protocol, Protocol::Tcp);
+    assert_eq!(rule.action.drop_model, DROP_GILBERT_ELLIOTT);
+    assert_eq!(
+        rule.describe(),
+        "egress+ingress tcp to/from any address: drop gilbert-elliott \
+         (p 1%, r 30%, loss bad 100%, good 0%)"
+    );
+}
+
+#[test]
+fn probabilities_accept_numbers_and_percentages() {
+    for (written, expected) in [
+        ("0.05", threshold(0.05)),
+        ("\"0.05\"", threshold(0.05)),
+        ("5%", threshold(0.05)),
+        ("\"5 %\"", threshold(0.05)),
+        ("0", 0),
+        ("1", PROB_ONE),
+        ("1.0", PROB_ONE),
+        ("100%", PROB_ONE),
+        ("0%", 0),
+        ("12.5%", PROB_ONE / 8),
+    ] {
+        let policy = parse_ok(&with_rule(&format!(
+            "direction: egress\nduplicate: {{probability: {written}}}"
+        )));
+        assert_eq!(policy.rules[0].action.dup_p, expected, "{written}");
+    }
+}
+
+#[test]
+fn defaults_fill_in_what_the_rule_leaves_out() {
+    let policy = parse_ok(&with_rule("direction: egress\ncorrupt: {probability: 1%}"));
+    let rule = &policy.rules[0];
+    assert_eq!(rule.name, "rule-0");
+    assert!(rule.egress && !rule.ingress);
+    assert_eq!(rule.protocol, Protocol::Any);
+    assert!(rule.cidrs.is_empty() && rule.ports.is_empty());
+    assert_eq!(rule.action.drop_model, DROP_NONE);
+    assert_eq!(rule.action.corrupt_csum, CSUM_FIX);
+
+    let policy = parse_ok(&with_rule(
+        "direction: egress\ncorrupt: {probability: 1%, checksum: keep}",
+    ));
+    assert_eq!(policy.rules[0].action.corrupt_csum, CSUM_KEEP);
+    assert_eq!(
+        policy.rules[0].describe(),
+        "egress ip to any address: corrupt 1% (checksum keep)"
+    );
+
+    let policy = parse_ok(&with_rule("direction: both\ndrop: {probability: 1%}"));
+    assert!(policy.rules[0].egress && policy.rules[0].ingress);
+}
+
+#[test]
+fn ingress_rules_may_only_drop() {
+    let err = parse_err(
+        &with_rule("direction: both\ncorrupt: {probability: 1%}"),
+        "spec.network[0].corrupt",
+    );
+    assert!(err.message.contains("egress only"), "{err}");
+    let err = parse_err(
+        &with_rule("direction: ingress\nduplicate: {probability: 1%}"),
+        "spec.network[0].duplicate",
+    );
+    assert!(err.message.contains("egress only"), "{err}");
+
+    let policy = parse_ok(&with_rule(
+        "direction: egress\ndrop: {gilbert_elliott: {p: 0.01, r: 0.3}}",
+    ));
+    let action = policy.rules[0].action;
+    assert_eq!(action.drop_model, DROP_GILBERT_ELLIOTT);
+    assert_eq!(action.drop_p, threshold(0.01));
+    assert_eq!(action.drop_corr, threshold(0.3));
+    assert_eq!(action.ge_loss_bad, PROB_ONE, "loss_bad defaults to 100%");
+    assert_eq!(action.ge_loss_good, 0, "loss_good defaults to 0%");
+}
+
+#[test]
+fn bare_addresses_are_hosts_and_host_bits_are_cleared() {
+    let policy = parse_ok(&with_rule(
+        "direction: egress\nmatch: {cidrs: [10.1.2.3, \"fd00::1\", 10.1.2.3/8]}\npartition: true",
+    ));
+    let cidrs: Vec<String> = policy.rules[0]
+        .cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(cidrs, ["10.1.2.3/32", "fd00::1/128", "10.0.0.0/8"]);
+}
+
+#[test]
+fn ports_with_protocol_any_mean_tcp_and_udp() {
+    let policy = parse_ok(&with_rule(
+        "direction: egress\nmatch: {ports: [53]}\ndrop: {probability: 1%}",
+    ));
+    let protos: Vec<u8> = lpm_entries(&policy.rules)
+        .unwrap()
+        .iter()
+        .map(|(_, key, _)| key.proto)
+        .collect();
+    assert_eq!(protos, [6, 6, 17, 17], "tcp and udp, IPv4 and IPv6 each");
+    assert_eq!(
+        policy.rules[0].describe(),
+        "egress tcp/udp to any address ports 53: drop 1%"
+    );
+}
+
+#[test]
+fn describe_rounds_percentages_for_people() {
+    let policy = parse_ok(&with_rule(
+        "direction: egress\nmatch: {protocol: tcp, ports: [80, \"8000-8080\"]}\n\
+         drop: {probability: 0.333333}\nduplicate: {probability: 0.0000001}",
+    ));
+    assert_eq!(
+        policy.rules[0].describe(),
+        "egress tcp to any address ports 80,8000-8080: drop 33.333%, duplicate <0.001%"
+    );
+}
+
+#[test]
+fn durations_are_human() {
+    for (written, expected) in [
+        ("500ms", Duration::from_millis(500)),
+        ("30s", Duration::from_secs(30)),
+        ("1h", Duration::from_secs(3600)),
+        ("24h", Duration::from_secs(86400)),
+        ("1m 30s", Duration::from_secs(90)),
+    ] {
+        let text = EXAMPLE.replace("duration: 2m", &format!("duration: {written}"));
+        assert_eq!(parse_ok(&text).duration, expected, "{written}");
+    }
+}
+
+// The error cases, each checked for its path and for the file name in the message.
+
+#[test]
+fn unknown_field_is_refused_with_its_line() {
+    let text = EXAMPLE.replace("      duplicate:", "      delay: 10ms\n      duplicate:");
+    let err = parse_err(&text, "spec.network[0].delay");
+    assert!(
+        err.message
+            .starts_with("unknown field `delay`, expected one of `name`"),
+        "{err}"
+    );
+    // EXAMPLE starts with an empty line, so `delay:` is on line 21.
+    assert_eq!(err.line, Some(21), "{err}");
+    assert!(err.to_string().ends_with(" (line 21)"), "{err}");
+    assert!(!err.message.contains("line"), "position shown twice: {err}");
+    assert_eq!(
+        err.to_string().matches("spec.network[0]").count(),
+        1,
+        "path shown twice: {err}"
+    );
+
+    let text = EXAMPLE.replace("  name: lossy", "  labels: {}\n  name: lossy");
+    parse_err(&text, "metadata.labels");
+    let text = EXAMPLE.replace("protocol: udp", "protocol: udp\n        vlan: 3");
+    parse_err(&text, "spec.network[0].match.vlan");
+    let text = EXAMPLE.replace("{probability: 1%}", "{probability: 1%, delay: 1ms}");
+    parse_err(&text, "spec.network[0].duplicate.delay");
+    let text = format!("{EXAMPLE}  clock: {{}}\n");
+    parse_err(&text, "spec.clock");
+    let text = format!("{EXAMPLE}status: {{}}\n");
+    parse_err(&text, "status");
+}
+
+#[test]
+fn probability_out_of_range_is_refused() {
+    let text = EXAMPLE.replace("probability: 5%", "probability: 1.5");
+    let err = parse_err(&text, "spec.network[0].drop.probability");
+    assert_eq!(
+        err.to_string(),
+        "policies/x.yaml: spec.network[0].drop.probability: expected a probability between 0 \
+         and 1 (like 0.05 or \"5%\"), got 1.5"
+    );
+
+    let text = EXAMPLE.replace("correlation: 25%", "correlation: -0.1");
+    let err = parse_err(&text, "spec.network[0].drop.correlation");
+    assert!(err.message.ends_with("got -0.1"), "{err}");
+    let text = EXAMPLE.replace("probability: 1%, checksum", "probability: 101%, checksum");
+    let err = parse_err(&text, "spec.network[0].corrupt.probability");
+    assert!(err.message.ends_with("got \"101%\""), "{err}");
+    for bad in ["abc", "\"5%%\"", ".nan", "\"-1%\""] {
+        let text = EXAMPLE.replace("{probability: 1%}", &format!("{{probability: {bad}}}"));
+        parse_err(&text, "spec.network[0].duplicate.probability");
+    }
+    let text = with_rule("direction: egress\ndrop: {gilbert_elliott: {p: 2, r: 0.3}}");
+    parse_err(&text, "spec.network[0].drop.gilbert_elliott.p");
+    let text =
+        with_rule("direction: egress\ndrop: {gilbert_elliott: {p: 0.1, r: 0.3, loss_good: 2}}");
+    parse_err(&text, "spec.network[0].drop.gilbert_elliott.loss_good");
+}
+
+#[test]
+fn bad_cidr_is_refused() {
+    let text = EXAMPLE.replace("10.88.0.0/16", "10.0.0.0/33");
+    let err = parse_err(&text, "spec.network[0].match.cidrs[0]");
+    assert!(err.message.contains("got \"10.0.0.0/33\""), "{err}");
+    let text = EXAMPLE.replace("\"fd00::/8\"", "\"fd00::/129\"");
+    parse_err(&text, "spec.network[0].match.cidrs[1]");
+    let text = EXAMPLE.replace("10.88.0.0/16", "example.com");
+    parse_err(&text, "spec.network[0].match.cidrs[0]");
+}
+
+#[test]
+fn missing_duration_is_refused() {
+    let text = EXAMPLE.replace("  duration: 2m\n", "");
+    let err = parse_err(&text, "spec");
+    assert!(err.message.contains("missing field `duration`"), "{err}");
+}
+
+#[test]
+fn bad_durations_are_refused() {
+    for bad in ["0s", "25h", "soon", "30"] {
+        let text = EXAMPLE.replace("duration: 2m", &format!("duration: {bad}"));
+        parse_err(&text, "spec.duration");
+    }
+}
+
+#[test]
+fn cgroup_with_parent_component_is_refused() {
+    let text = EXAMPLE.replace("/sys/fs/cgroup/unified/game/app", "game/../../etc");
+    let err = parse_err(&text, "spec.targets[0].cgroup");
+    assert!(err.message.contains("\"..\""), "{err}");
+}
+
+#[test]
+fn ports_with_icmp_are_refused() {
+    let text = EXAMPLE.replace("protocol: udp", "protocol: icmp");
+    let err = parse_err(&text, "spec.network[0].match.ports");
+    assert!(err.message.contains("icmp has no ports"), "{err}");
+}
+
+#[test]
+fn bad_api_version_and_kind_are_refused() {
+    let text = EXAMPLE.replace("fault/v1", "fault/v2");
+    let err = parse_err(&text, "apiVersion");
+    assert_eq!(err.message, "expected fault/v1, got \"fault/v2\"");
+
+    // Reported even when the rest would not parse as this version.
+    let text = EXAMPLE
+        .replace("fault/v1", "fault/v2")
+        .replace("duration: 2m", "lifetime: 2m");
+    parse_err(&text, "apiVersion");
+
+    let text = EXAMPLE.replace("kind: FaultPolicy", "kind: Policy");
+    parse_err(&text, "kind");
+    let text = EXAMPLE.replace("apiVersion: fault/v1\n", "");
+    let err = parse_err(&text, "");
+    assert!(err.message.contains("missing field `apiVersion`"), "{err}");
+}
+
+#[test]
+fn bad_ports_are_refused() {
+    for (bad, index) in [
+        ("[0]", 0),
+        ("[65536]", 0),
+        ("[-1]", 0),
+        ("[80, \"100-90\"]", 1),
+        ("[80, \"90-\"]", 1),
+        ("[\"http\"]", 0),
+    ] {
+        let text = EXAMPLE.replace("[5432, \"6000-6100\"]", bad);
+        parse_err(&text, &format!("spec.network[0].match.ports[{index}]"));
+    }
+    let text = EXAMPLE.replace("[5432, \"6000-6100\"]", "[true]");
+    parse_err(&text, "spec.network[0].match.ports[0]");
+}
+
+#[test]
+fn bad_names_are_refused() {
+    for bad in [
+        "Lossy",
+        "lossy_link",
+        "",
+        "a-very-long-policy-name-that-goes-past-forty",
+    ] {
+        let text = EXAMPLE.replace("name: lossy-replica-link", &format!("name: \"{bad}\""));
+        parse_err(&text, "metadata.name");
+    }
+    for bad in ["has space", "", "x/y", "this-rule-name-is-longer-than-32c"] {
+        let text = EXAMPLE.replace("name: replica-loss", &format!("name: \"{bad}\""));
+        parse_err(&text, "spec.network[0].name");
+    }
+    // Unique, including against a default name.
+    let text = with_rule("direction: egress\npartition: true")
+        + "    - {name: rule-0, direction: ingress, partition: true}\n";
+    let err = parse_err(&text, "spec.network[1].name");
+    assert!(err.message.contains("spec.network[0]"), "{err}");
+}
+
+#[test]
+fn bad_targets_are_refused() {
+    let text = EXAMPLE.replace("container: pg-replica", "container: \"\"");
+    parse_err(&text, "spec.targets[1].container");
+    let text = EXAMPLE.replace("pid: 4242", "pid: 0");
+    parse_err(&text, "spec.targets[2].pid");
+    let text = EXAMPLE.replace("pid: 4242", "pid: -3");
+    parse_err(&text, "spec.targets[2].pid");
+    let text = EXAMPLE.replace("pid: 4242", "pod: web");
+    let err = parse_err(&text, "spec.targets[2].pod");
+    assert!(err.message.contains("unknown field `pod`"), "{err}");
+    let text = EXAMPLE.replace("pid: 4242", "{pid: 4242, container: web}");
+    let err = parse_err(&text, "spec.targets[2]");
+    assert_eq!(
+        err.line, None,
+        "the list's line would point at another target: {err}"
+    );
+    let text = EXAMPLE.replace("pid: 4242", "{}");
+    parse_err(&text, "spec.targets[2]");
+    let text = EXAMPLE.replace(
+        "    - cgroup: /sys/fs/cgroup/unified/game/app\n    - container: pg-replica\n    - pid: 4242\n",
+        "    []\n",
+    );
+    parse_err(&text, "spec.targets");
+}
+
+#[test]
+fn bad_action_combinations_are_refused() {
+    let text = with_rule("direction: egress");
+    let err = parse_err(&text, "spec.network[0]");
+    assert!(err.message.contains("at least one of"), "{err}");
+    let text = with_rule("direction: egress\npartition: false");
+    parse_err(&text, "spec.network[0]");
+
+    let text = with_rule("direction: egress\npartition: true\ndrop: {probability: 1%}");
+    parse_err(&text, "spec.network[0].partition");
+
+    for (drop, path, message) in [
+        (
+            "{probability: 1%, gilbert_elliott: {p: 0.1, r: 0.2}}",
+            "spec.network[0].drop",
+            "cannot be combined",
+        ),
+        (
+            "{correlation: 10%}",
+            "spec.network[0].drop",
+            "correlation needs a probability",
+        ),
+        ("{}", "spec.network[0].drop", "expected probability"),
+        (
+            "{gilbert_elliott: {p: 0.1}}",
+            "spec.network[0].drop.gilbert_elliott",
+            "missing field `r`",
+        ),
+        (
+            "{gilbert_elliott: {p: 0.1, r: 0.2, k: 0.5}}",
+            "spec.network[0].drop.gilbert_elliott.k",
+            "unknown field `k`",
+        ),
+    ] {
+        let text = with_rule(&format!("direction: egress\ndrop: {drop}"));
+        let err = parse_err(&text, path);
+        assert!(err.message.contains(message), "{drop}: {err}");
+    }
+}
+
+#[test]
+fn direction_is_required_and_checked() {
+    let text = with_rule("name: x\npartition: true");
+    let err = parse_err(&text, "spec.network[0]");
+    assert!(err.message.contains("missing field `direction`"), "{err}");
+    let text = with_rule("direction: sideways\npartition: true");
+    let err = parse_err(&text, "spec.network[0].direction");
+    assert!(err.message.contains("unknown variant `sideways`"), "{err}");
+}
+
+#[test]
+fn a_policy_needs_network_rules() {
+    let text = EXAMPLE.split("  network:").next().unwrap().to_owned();
+    parse_err(&text, "spec.network");
+    parse_err(&(text + "  network: []\n"), "spec.network");
+}
+
+#[test]
+fn wrong_types_and_broken_yaml_are_refused() {
+    let text = EXAMPLE.replace("direction: egress", "direction: [egress]");
+    parse_err(&text, "spec.network[0].direction");
+    // Bad indentation: a syntax error, reported where the parser was.
+    let text = EXAMPLE.replace("    - container: pg-replica", "   - container: pg-replica");
+    let err = parse_err(&text, "spec");
+    assert!(
+        err.message.starts_with("did not find expected key"),
+        "{err}"
+    );
+    assert_eq!(err.line, Some(10), "{err}");
+    parse_err("", "");
+    parse_err("- 1\n- 2\n", "");
+}
+
+#[test]
+fn oversized_policies_are_refused_on_parse() {
+    // 65535 ports x tcp+udp x 2 directions x 4 cidrs.
+    let text = with_rule(
+        "direction: both\nmatch: {cidrs: [10.0.0.0/8, 10.1.0.0/16, 10.2.0.0/16, 10.3.0.0/16], \
+         ports: [\"1-65535\"]}\npartition: true",
+    );
+    let err = parse_err(&text, "spec.network");
+    assert!(err.message.contains("1048560"), "{err}");
+}
+
+#[test]
+fn load_names_the_file_it_cannot_read() {
+    let err = load(Path::new("/nonexistent/policy.yaml")).unwrap_err();
+    assert_eq!(err.path, "");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/policy.yaml: cannot read the policy: "),
+        "{err}"
+    );
+}

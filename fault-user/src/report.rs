@@ -1,0 +1,79 @@
+//! How counters and active policies are shown to people and to scripts.
+
+use fault_common::RuleCounters;
+use serde::Serialize;
+
+use crate::state::State;
+
+/// Counters of one rule, by name, as `fault status --json` prints them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleReport {
+    pub name: String,
+    pub summary: String,
+    pub seen: u64,
+    pub dropped: u64,
+    pub corrupted: u64,
+    pub duplicated: u64,
+    pub errors: u64,
+}
+
+pub fn rule_reports(state: &State, counters: &[RuleCounters]) -> Vec<RuleReport> {
+    state
+        .rules
+        .iter()
+        .zip(counters)
+        .map(|(r, c)| RuleReport {
+            name: r.name.clone(),
+            summary: r.summary.clone(),
+            seen: c.seen,
+            dropped: c.dropped,
+            corrupted: c.corrupted,
+            duplicated: c.duplicated,
+            errors: c.errors,
+        })
+        .collect()
+}
+
+fn pct(n: u64, of: u64) -> String {
+    if of == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", n as f64 * 100.0 / of as f64)
+    }
+}
+
+/// One line per rule: `  replica-loss  seen 20000  dropped 1003 (5.0%)  ...`.
+pub fn counter_lines(reports: &[RuleReport]) -> Vec<String> {
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    reports
+        .iter()
+        .map(|r| {
+            let mut line = format!(
+                "  {:width$}  seen {:>8}  dropped {:>7} ({:>5})  corrupted {:>7} ({:>5})  duplicated {:>7} ({:>5})",
+                r.name,
+                r.seen,
+                r.dropped,
+                pct(r.dropped, r.seen),
+                r.corrupted,
+                pct(r.corrupted, r.seen),
+                r.duplicated,
+                pct(r.duplicated, r.seen),
+            );
+            if r.errors != 0 {
+                line.push_str(&format!("  errors {}", r.errors));
+            }
+            line
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_guard_against_zero() {
+        assert_eq!(pct(0, 0), "-");
+        assert_eq!(pct(5, 100), "5.0%");
+    }
+}

@@ -1,0 +1,439 @@
+//! The commands: apply (load, attach, hold, revert), check, status and stop.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::anyhow;
+use nix::{sys::signal::Signal, unistd::Pid};
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    attach::{self, Direction},
+    loader,
+    policy::{self, Policy},
+    report,
+    state::{self, RuleInfo, State},
+    target,
+};
+
+/// A failed command and the exit code it maps to: 2 for an invalid policy or usage, 1 for
+/// anything else.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+pub fn invalid(error: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+pub fn failed(error: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: 1,
+        error: error.into(),
+    }
+}
+
+/// LPM trie entries: (prefix length, key, rule index).
+type TrieEntries = Vec<(u32, fault_common::RuleKey, u32)>;
+
+/// Parses, validates and compiles a policy without touching the kernel.
+fn prepare(file: &Path) -> Result<(Policy, TrieEntries), CliError> {
+    let policy = policy::load(file).map_err(invalid)?;
+    let lpm = policy::lpm_entries(&policy.rules).map_err(invalid)?;
+    Ok((policy, lpm))
+}
+
+pub fn check(files: &[PathBuf]) -> Result<(), CliError> {
+    let mut errors = Vec::new();
+    for f in files {
+        match prepare(f) {
+            Ok((p, lpm)) => println!(
+                "{}: ok ({} rules, {} trie entries, {} targets)",
+                f.display(),
+                p.rules.len(),
+                lpm.len(),
+                p.targets.len()
+            ),
+            Err(e) => errors.push(format!("{:#}", e.error)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(anyhow!(errors.join("\n"))))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(), CliError> {
+    let (policy, lpm) = prepare(file)?;
+    let resolved = target::resolve(&policy.targets)
+        .map_err(|e| invalid(anyhow!("{}: {e}", file.display())))?;
+    let mut directions = Vec::new();
+    if policy.rules.iter().any(|r| r.egress) {
+        directions.push(Direction::Egress);
+    }
+    if policy.rules.iter().any(|r| r.ingress) {
+        directions.push(Direction::Ingress);
+    }
+    let tc_mode = if attach::use_tcx() { "tcx" } else { "clsact" };
+
+    if dry_run {
+        print_plan(&policy, &resolved, lpm.len(), tc_mode);
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(failed(anyhow!(
+            "fault apply needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs"
+        )));
+    }
+    if let Ok(old) = State::read(&state::state_path(&policy.name)) {
+        if old.loader_alive() {
+            return Err(failed(anyhow!(
+                "policy {} is already active (fault pid {}); `fault stop {}` ends it",
+                policy.name,
+                old.pid,
+                policy.name
+            )));
+        }
+        for p in cleanup_dead(&old) {
+            eprintln!(
+                "warning: cleaning up an earlier run of {}: {p}",
+                policy.name
+            );
+        }
+    }
+    state::remove_pins(&policy.name).map_err(failed)?;
+
+    // Signals are caught from here on, so a Ctrl-C during attach still reverts.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(failed)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(failed)?;
+
+    let deadline_ns = loader::monotonic_ns() + policy.duration.as_nanos() as u64;
+    let actions: Vec<_> = policy.rules.iter().map(|r| r.action).collect();
+    let mut ebpf = loader::load(&loader::Tables {
+        cgroup_ids: &resolved.cgroup_ids,
+        lpm: &lpm,
+        rules: &actions,
+        deadline_ns,
+    })
+    .map_err(failed)?;
+    let pin_dir = state::pin_dir(&policy.name).map_err(failed)?;
+    let started = unix_now();
+    let mut st = State {
+        name: policy.name.clone(),
+        file: file.to_path_buf(),
+        pid: std::process::id(),
+        started_unix: started,
+        deadline_unix: started + policy.duration.as_secs(),
+        rules: policy
+            .rules
+            .iter()
+            .map(|r| RuleInfo {
+                name: r.name.clone(),
+                summary: r.describe(),
+            })
+            .collect(),
+        targets: resolved.targets.clone(),
+        cgroup_ids: resolved.cgroup_ids.clone(),
+        tc_mode: tc_mode.into(),
+        attachments: Vec::new(),
+        qdiscs: Vec::new(),
+        ingress_cgroups: Vec::new(),
+    };
+    let setup = loader::pin(&ebpf, &pin_dir).and_then(|()| st.write());
+    if let Err(e) = setup {
+        let _ = state::remove_pins(&policy.name);
+        let _ = st.remove_file();
+        return Err(failed(e));
+    }
+
+    let cgroups: Vec<PathBuf> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
+    let attached = match attach::attach_all(&mut ebpf, &resolved.netns, &cgroups, &directions) {
+        Ok(a) => a,
+        Err((partial, e)) => {
+            for p in partial.detach() {
+                eprintln!("warning: {p}");
+            }
+            let _ = state::remove_pins(&policy.name);
+            let _ = st.remove_file();
+            return Err(failed(e.context("attach")));
+        }
+    };
+    st.attachments = attached.records();
+    st.qdiscs = attached.qdiscs.clone();
+    st.ingress_cgroups = attached.cgroups();
+    if let Err(e) = st.write() {
+        eprintln!("warning: {e:#}");
+    }
+
+    println!(
+        "fault: {} active for {}: egress via {} on {} interfaces in {} network namespace(s), ingress on {} cgroup(s); Ctrl-C reverts",
+        policy.name,
+        humantime::format_duration(policy.duration),
+        tc_mode,
+        st.attachments.len(),
+        resolved.netns.len(),
+        st.ingress_cgroups.len(),
+    );
+    for t in &resolved.targets {
+        println!(
+            "  target {} -> cgroup {} (id {})",
+            t.label,
+            t.cgroup.display(),
+            t.cgroup_id
+        );
+    }
+
+    let start = Instant::now();
+    let end = tokio::time::Instant::now() + policy.duration;
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    let reason = loop {
+        tokio::select! {
+            _ = sigint.recv() => break "interrupted",
+            _ = sigterm.recv() => break "terminated",
+            _ = tokio::time::sleep_until(end) => break "duration elapsed",
+            _ = tick.tick() => {
+                if let Ok(c) = loader::live_counters(&ebpf, policy.rules.len()) {
+                    println!("[{:>5.0?}]", start.elapsed().as_secs_f64().round() as u64);
+                    for l in report::counter_lines(&report::rule_reports(&st, &c)) {
+                        println!("{l}");
+                    }
+                }
+            }
+        }
+    };
+
+    // Revert: links first, then the maps' pins and our records.
+    let final_counters = loader::live_counters(&ebpf, policy.rules.len()).ok();
+    let mut problems = attached.detach();
+    drop(ebpf);
+    if let Err(e) = state::remove_pins(&policy.name) {
+        problems.push(format!("{e:#}"));
+    }
+    if let Err(e) = st.remove_file() {
+        problems.push(format!("{e:#}"));
+    }
+    println!(
+        "fault: {} reverted ({reason}); final counters:",
+        policy.name
+    );
+    if let Some(c) = final_counters {
+        for l in report::counter_lines(&report::rule_reports(&st, &c)) {
+            println!("{l}");
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(anyhow!(
+            "revert was incomplete:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+fn print_plan(policy: &Policy, resolved: &target::Resolved, entries: usize, tc_mode: &str) {
+    println!(
+        "policy {} from {} for {}",
+        policy.name,
+        policy.file.display(),
+        humantime::format_duration(policy.duration)
+    );
+    println!("targets:");
+    for t in &resolved.targets {
+        println!(
+            "  {} -> cgroup {} (id {})",
+            t.label,
+            t.cgroup.display(),
+            t.cgroup_id
+        );
+    }
+    println!(
+        "  cgroup ids matched (with descendants): {:?}",
+        resolved.cgroup_ids
+    );
+    for ns in &resolved.netns {
+        let ifaces = attach::in_netns(ns, || {
+            Ok(nix::net::if_::if_nameindex()?
+                .iter()
+                .map(|i| format!("{}({})", i.name().to_string_lossy(), i.index()))
+                .collect::<Vec<_>>())
+        })
+        .map(|v| v.join(" "))
+        .unwrap_or_else(|e| format!("(cannot list: {e:#})"));
+        println!("  netns {} (via pid {}): {ifaces}", ns.inode, ns.pid);
+    }
+    if resolved.empty {
+        println!(
+            "  note: no process is in the targets yet; fault attaches in its own network namespace"
+        );
+    }
+    println!("rules ({} trie entries, attach via {tc_mode}):", entries);
+    for (i, r) in policy.rules.iter().enumerate() {
+        println!("  [{i}] {}: {}", r.name, r.describe());
+    }
+    println!("dry run: nothing attached");
+}
+
+/// Removes what a loader that is no longer running left: it ends injection through the
+/// pinned CONFIG first, so even a filter we fail to remove is inert.
+fn cleanup_dead(s: &State) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Ok(dir) = state::pin_dir(&s.name) {
+        let _ = loader::expire_pinned(&dir);
+    }
+    problems.extend(attach::remove_recorded(&s.attachments, &s.qdiscs));
+    if let Err(e) = state::remove_pins(&s.name) {
+        problems.push(format!("{e:#}"));
+    }
+    if let Err(e) = s.remove_file() {
+        problems.push(format!("{e:#}"));
+    }
+    problems
+}
+
+pub fn stop(name: Option<&str>, all: bool) -> Result<(), CliError> {
+    let states = State::all().map_err(failed)?;
+    let chosen: Vec<&State> = states
+        .iter()
+        .filter(|s| all || Some(s.name.as_str()) == name)
+        .collect();
+    if let (Some(n), true) = (name, chosen.is_empty()) {
+        let pins = state::pin_dir(n).map_err(failed)?;
+        if !pins.exists() {
+            return Err(failed(anyhow!("no active policy named {n}")));
+        }
+    }
+    let mut problems = Vec::new();
+    for s in chosen {
+        if s.loader_alive() {
+            // Ask the loader to revert; it knows the most about what it holds.
+            let pid = Pid::from_raw(s.pid as i32);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+            let until = Instant::now() + Duration::from_secs(10);
+            while s.loader_alive() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if s.loader_alive() {
+                eprintln!("fault: pid {} did not exit within 10 s; killing it", s.pid);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                while s.loader_alive() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if state::state_path(&s.name).exists() {
+            problems.extend(cleanup_dead(s));
+        }
+        println!("fault: stopped {}", s.name);
+    }
+    // Pins without a state file (a loader killed between pinning and writing it).
+    let root = state::pin_root().map_err(failed)?;
+    let orphans: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for o in orphans {
+        if (all || Some(o.as_str()) == name) && !state::state_path(&o).exists() {
+            if let Err(e) = state::remove_pins(&o) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(anyhow!(
+            "stop was incomplete:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+#[derive(Serialize)]
+struct StatusEntry<'a> {
+    name: &'a str,
+    file: &'a Path,
+    loader_pid: u32,
+    loader_alive: bool,
+    seconds_left: i64,
+    tc_mode: &'a str,
+    targets: &'a [target::ResolvedTarget],
+    attachments: usize,
+    rules: Vec<report::RuleReport>,
+}
+
+pub fn status(json: bool) -> Result<(), CliError> {
+    let states = State::all().map_err(failed)?;
+    let now = unix_now() as i64;
+    let mut entries = Vec::new();
+    for s in &states {
+        let dir = state::pin_dir(&s.name).map_err(failed)?;
+        let counters = loader::pinned_counters(&dir, s.rules.len()).unwrap_or_default();
+        entries.push(StatusEntry {
+            name: &s.name,
+            file: &s.file,
+            loader_pid: s.pid,
+            loader_alive: s.loader_alive(),
+            seconds_left: (s.deadline_unix as i64 - now).max(0),
+            tc_mode: &s.tc_mode,
+            targets: &s.targets,
+            attachments: s.attachments.len(),
+            rules: report::rule_reports(s, &counters),
+        });
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).map_err(failed)?
+        );
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("fault: nothing active");
+    }
+    for e in &entries {
+        println!(
+            "{} ({}): {}, {} s left, {} hooks via {}",
+            e.name,
+            e.file.display(),
+            if e.loader_alive {
+                format!("running as pid {}", e.loader_pid)
+            } else {
+                format!(
+                    "loader pid {} is gone; `fault stop {}` cleans up",
+                    e.loader_pid, e.name
+                )
+            },
+            e.seconds_left,
+            e.attachments,
+            e.tc_mode
+        );
+        for t in e.targets {
+            println!("  target {} (cgroup id {})", t.label, t.cgroup_id);
+        }
+        for l in report::counter_lines(&e.rules) {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! What an active `fault apply` leaves on the host, so that a fresh process can report on it
+//! (`fault status`) and remove it (`fault stop`), also after the loader died.
+//!
+//! - `/run/fault/<policy>.json`: the loader's pid, the deadline, the rules and every
+//!   attachment (tmpfs: a reboot clears it, as it clears the kernel state it describes).
+//! - `<bpffs>/fault/<policy>/`: the pinned COUNTERS and CONFIG maps.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    attach::{QdiscRecord, Record},
+    sysfs,
+    target::ResolvedTarget,
+};
+
+pub const STATE_DIR: &str = "/run/fault";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub file: PathBuf,
+    pub pid: u32,
+    /// Wall-clock start and deadline (seconds since the epoch), for people.
+    pub started_unix: u64,
+    pub deadline_unix: u64,
+    pub rules: Vec<RuleInfo>,
+    pub targets: Vec<ResolvedTarget>,
+    pub cgroup_ids: Vec<u64>,
+    pub tc_mode: String,
+    pub attachments: Vec<Record>,
+    pub qdiscs: Vec<QdiscRecord>,
+    /// Cgroups with the ingress program (links: they end with the loader).
+    #[serde(default)]
+    pub ingress_cgroups: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleInfo {
+    pub name: String,
+    pub summary: String,
+}
+
+pub fn state_path(name: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{name}.json"))
+}
+
+pub fn pin_root() -> anyhow::Result<PathBuf> {
+    Ok(sysfs::bpffs_mount()
+        .context("find or mount bpffs")?
+        .join("fault"))
+}
+
+pub fn pin_dir(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(pin_root()?.join(name))
+}
+
+impl State {
+    pub fn write(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("create {STATE_DIR}"))?;
+        let path = state_path(&self.name);
+        // Write then rename, so a reader never sees half a file.
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+    }
+
+    /// All recorded states, sorted by name.
+    pub fn all() -> anyhow::Result<Vec<Self>> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(STATE_DIR) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).context(format!("read {STATE_DIR}")),
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                out.push(Self::read(&p)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Whether the loader that wrote this is still running (and is still a `fault`).
+    pub fn loader_alive(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
+            c.split(|&b| b == 0)
+                .next()
+                .is_some_and(|argv0| argv0.ends_with(b"fault"))
+        })
+    }
+
+    pub fn remove_file(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(state_path(&self.name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("remove the state file")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Removes a policy's pin directory (unpinning its maps) if it exists.
+pub fn remove_pins(name: &str) -> anyhow::Result<()> {
+    let dir = pin_dir(name)?;
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", dir.display()))
+        }
+        _ => {
+            // Leave no empty parent behind either.
+            let _ = std::fs::remove_dir(pin_root()?);
+            Ok(())
+        }
+    }
+}

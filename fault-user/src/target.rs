@@ -1,0 +1,307 @@
+//! Resolving a policy's targets (cgroup paths, containers, pids) to cgroup ids and network
+//! namespaces.
+//!
+//! A target's traffic is recognised in the kernel by the cgroup id of its sockets: the inode
+//! number of the cgroup2 directory. Descendant cgroups belong to the target too, so their ids
+//! are collected as well. The programs are attached in every network namespace that a
+//! target's processes use.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Component, Path, PathBuf},
+    process::Command,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{policy::TargetSpec, sysfs};
+
+/// A target that could not be resolved; `index` is its position in `spec.targets`.
+#[derive(Debug, thiserror::Error)]
+#[error("spec.targets[{index}].{field}: {message}")]
+pub struct TargetError {
+    pub index: usize,
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// A network namespace, named by a process inside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Netns {
+    /// Inode of the namespace (as `ls -L -i /proc/PID/ns/net` shows it).
+    pub inode: u64,
+    /// A process in it when it was resolved; `/proc/PID/ns/net` opens it.
+    pub pid: u32,
+}
+
+impl Netns {
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid))
+    }
+
+    /// Whether `/proc/PID/ns/net` still refers to this namespace.
+    pub fn is_current(&self) -> bool {
+        std::fs::metadata(self.path()).is_ok_and(|m| m.ino() == self.inode)
+    }
+
+    pub fn of_pid(pid: u32) -> std::io::Result<Self> {
+        let inode = std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino();
+        Ok(Self { inode, pid })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedTarget {
+    /// How the policy named it, for messages (`container pg-replica`).
+    pub label: String,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resolved {
+    pub targets: Vec<ResolvedTarget>,
+    /// Every cgroup id that counts as targeted: the targets and their descendants.
+    pub cgroup_ids: Vec<u64>,
+    pub netns: Vec<Netns>,
+    /// Set when no process was found in any target, so fault attached in its own
+    /// namespace: processes that join the cgroup there later are covered.
+    pub empty: bool,
+}
+
+pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
+    let mount = sysfs::cgroup2_mount().map_err(|e| TargetError {
+        index: 0,
+        field: "cgroup",
+        message: format!("cannot find the cgroup2 mount: {e}"),
+    })?;
+    let mut out = Vec::new();
+    let mut ids = Vec::new();
+    let mut netns = BTreeMap::new();
+    for (index, spec) in targets.iter().enumerate() {
+        let (label, cgroup) = match spec {
+            TargetSpec::Cgroup(path) => (
+                format!("cgroup {}", path.display()),
+                cgroup_dir(&mount, path).map_err(|message| TargetError {
+                    index,
+                    field: "cgroup",
+                    message,
+                })?,
+            ),
+            TargetSpec::Pid(pid) => (
+                format!("pid {pid}"),
+                pid_cgroup(&mount, *pid).map_err(|message| TargetError {
+                    index,
+                    field: "pid",
+                    message,
+                })?,
+            ),
+            TargetSpec::Container(name) => {
+                let pid = container_pid(name).map_err(|message| TargetError {
+                    index,
+                    field: "container",
+                    message,
+                })?;
+                let cg = pid_cgroup(&mount, pid).map_err(|message| TargetError {
+                    index,
+                    field: "container",
+                    message,
+                })?;
+                (format!("container {name}"), cg)
+            }
+        };
+        let cgroup_id = inode(&cgroup).map_err(|message| TargetError {
+            index,
+            field: "cgroup",
+            message,
+        })?;
+        for dir in walk(&cgroup) {
+            if let Ok(id) = inode(&dir) {
+                ids.push(id);
+            }
+            for pid in procs(&dir) {
+                if let Ok(ns) = Netns::of_pid(pid) {
+                    netns.entry(ns.inode).or_insert(ns);
+                }
+            }
+        }
+        out.push(ResolvedTarget {
+            label,
+            cgroup,
+            cgroup_id,
+        });
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let empty = netns.is_empty();
+    if empty {
+        let own = Netns::of_pid(std::process::id()).map_err(|e| TargetError {
+            index: 0,
+            field: "cgroup",
+            message: format!("cannot read our own network namespace: {e}"),
+        })?;
+        netns.insert(own.inode, own);
+    }
+    Ok(Resolved {
+        targets: out,
+        cgroup_ids: ids,
+        netns: netns.into_values().collect(),
+        empty,
+    })
+}
+
+/// An absolute path must lie inside the cgroup2 mount; a relative one is taken from it.
+fn cgroup_dir(mount: &Path, path: &Path) -> Result<PathBuf, String> {
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        mount.join(path)
+    };
+    if full.components().any(|c| c == Component::ParentDir) || !full.starts_with(mount) {
+        return Err(format!(
+            "expected a cgroup under the cgroup2 mount {}, got {}",
+            mount.display(),
+            path.display()
+        ));
+    }
+    if !full.join("cgroup.procs").is_file() {
+        return Err(format!(
+            "expected an existing cgroup2 directory, {} is not one",
+            full.display()
+        ));
+    }
+    Ok(full)
+}
+
+fn pid_cgroup(mount: &Path, pid: u32) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("expected a running process, pid {pid}: {e}"))?;
+    // The cgroup2 line is "0::/path" on both unified and hybrid hosts.
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| format!("process {pid} is in no cgroup2 cgroup"))?;
+    let full = mount.join(rel.trim_start_matches('/'));
+    if !full.is_dir() {
+        return Err(format!(
+            "the cgroup of process {pid} ({rel}) is not visible under {}",
+            mount.display()
+        ));
+    }
+    Ok(full)
+}
+
+/// The host pid of a running container's main process, from podman, or from Docker where its
+/// socket exists.
+fn container_pid(name: &str) -> Result<u32, String> {
+    let mut tried = Vec::new();
+    match Command::new("podman")
+        .args([
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.State.Pid}}",
+            name,
+        ])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let pid: u32 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| format!("podman gave no pid for container {name}"))?;
+            if pid == 0 {
+                return Err(format!(
+                    "expected a running container, {name} is not running"
+                ));
+            }
+            return Ok(pid);
+        }
+        Ok(_) => tried.push("podman has none by that name"),
+        Err(_) => tried.push("podman is not installed"),
+    }
+    let docker = Path::new("/var/run/docker.sock");
+    if docker.exists() {
+        match docker_pid(docker, name) {
+            Ok(Some(pid)) => return Ok(pid),
+            Ok(None) => tried.push("docker has none by that name"),
+            Err(e) => return Err(format!("asking docker about {name}: {e}")),
+        }
+    } else {
+        tried.push("no docker socket");
+    }
+    Err(format!(
+        "expected the name or id of a running container, found no container {name} ({})",
+        tried.join("; ")
+    ))
+}
+
+/// Asks the Docker Engine API for a container's pid (HTTP/1.0 over the unix socket, so the
+/// reply ends when the connection closes).
+fn docker_pid(socket: &Path, name: &str) -> std::io::Result<Option<u32>> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /containers/{name}/json HTTP/1.0\r\nHost: docker\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(body).map_err(std::io::Error::other)?;
+    Ok(v["State"]["Pid"]
+        .as_u64()
+        .filter(|&p| p > 0)
+        .map(|p| p as u32))
+}
+
+fn inode(path: &Path) -> Result<u64, String> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))
+}
+
+/// The cgroup and all cgroups below it.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn procs(cgroup: &Path) -> Vec<u32> {
+    std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_must_stay_under_the_mount() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        let err = cgroup_dir(mount, Path::new("/tmp/x")).unwrap_err();
+        assert!(err.contains("under the cgroup2 mount"), "{err}");
+        let err = cgroup_dir(mount, Path::new("a/../../x")).unwrap_err();
+        assert!(err.contains("under the cgroup2 mount"), "{err}");
+    }
+}

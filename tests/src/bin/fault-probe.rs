@@ -1,0 +1,563 @@
+//! fault-probe: traffic with a known shape, for tests run inside namespaces and cgroups.
+//!
+//! Each command prints one JSON object on stdout when it is done and exits 0; what happened
+//! on the network (losses, send errors, timeouts) is in the JSON, not in the exit code. A
+//! setup failure (bad address, bind refused) exits 1 with a message on stderr.
+//!
+//! UDP datagrams carry an 8-byte big-endian sequence number followed by a pattern derived from
+//! it, so the receiver tells duplicates (a sequence number seen twice) from corruption (a
+//! payload that does not match its sequence number, or a sequence number never sent).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fault-probe",
+    about = "Test traffic with checked results, as JSON"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Send numbered UDP datagrams, checking every send
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        /// Datagram size in bytes (at least 8: the sequence number)
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Pause between datagrams
+        #[arg(long, default_value_t = 0)]
+        interval_us: u64,
+    },
+    /// Receive numbered UDP datagrams and count what arrived
+    UdpRecv {
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Datagrams sent (sequence numbers 0..expect)
+        #[arg(long)]
+        expect: u64,
+        /// Stop after this long without a datagram
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Once all `expect` arrived, keep listening this long for duplicates
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
+        /// Receive buffer (root may exceed net.core.rmem_max); large so a burst is not dropped
+        /// by the socket itself
+        #[arg(long, default_value_t = 8 << 20)]
+        rcvbuf: usize,
+    },
+    /// Send N bytes over TCP, then wait for the receiver to close
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        /// Limit on connecting and on any single write or read
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+    /// Accept one TCP connection and read it to the end
+    TcpRecv {
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Limit on waiting for the connection and on any single read
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+    /// Measure UDP round trips to an `echo` server
+    Ping {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        /// Pause between a reply (or timeout) and the next request
+        #[arg(long, default_value_t = 1000)]
+        interval_us: u64,
+        /// How long to wait for each reply
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Send every UDP datagram back to where it came from, until killed
+    Echo {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::UdpSend {
+            to,
+            count,
+            size,
+            interval_us,
+        } => udp_send(to, count, size, Duration::from_micros(interval_us)),
+        Cmd::UdpRecv {
+            bind,
+            expect,
+            timeout_ms,
+            linger_ms,
+            rcvbuf,
+        } => udp_recv(
+            bind,
+            expect,
+            Duration::from_millis(timeout_ms),
+            Duration::from_millis(linger_ms),
+            rcvbuf,
+        ),
+        Cmd::TcpSend {
+            to,
+            bytes,
+            timeout_ms,
+        } => tcp_send(to, bytes, Duration::from_millis(timeout_ms)),
+        Cmd::TcpRecv { bind, timeout_ms } => tcp_recv(bind, Duration::from_millis(timeout_ms)),
+        Cmd::Ping {
+            to,
+            count,
+            interval_us,
+            timeout_ms,
+        } => ping(
+            to,
+            count,
+            Duration::from_micros(interval_us),
+            Duration::from_millis(timeout_ms),
+        ),
+        Cmd::Echo { bind } => echo(bind),
+    };
+    match result {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fault-probe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---- payloads -------------------------------------------------------------------------------
+
+const SEQ_LEN: usize = 8;
+
+/// Byte `i` (past the sequence number) of datagram `seq`: every byte depends on the whole
+/// sequence number, so a flipped bit anywhere shows as a mismatch.
+fn pattern_byte(seq: u64, i: usize) -> u8 {
+    let mixed = seq.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> ((i % 8) * 8)) as u8 ^ (i as u8).wrapping_mul(31)
+}
+
+fn fill_datagram(buf: &mut [u8], seq: u64) {
+    buf[..SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in buf.iter_mut().enumerate().skip(SEQ_LEN) {
+        *b = pattern_byte(seq, i);
+    }
+}
+
+/// The sequence number if the datagram is intact.
+fn check_datagram(buf: &[u8]) -> Option<u64> {
+    let seq = u64::from_be_bytes(buf.get(..SEQ_LEN)?.try_into().ok()?);
+    let intact = buf
+        .iter()
+        .enumerate()
+        .skip(SEQ_LEN)
+        .all(|(i, b)| *b == pattern_byte(seq, i));
+    intact.then_some(seq)
+}
+
+/// Byte at `offset` of a TCP stream.
+fn stream_byte(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+// ---- UDP ------------------------------------------------------------------------------------
+
+/// An unbound-port socket of the same family as `peer`. Deliberately not connected: a connected
+/// UDP socket reports ICMP errors on later sends, which would count network-side effects as
+/// local send errors.
+fn udp_socket_for(peer: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = match peer {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    UdpSocket::bind(any)
+}
+
+fn udp_send(to: SocketAddr, count: u64, size: usize, interval: Duration) -> io::Result<String> {
+    if size < SEQ_LEN {
+        return Err(io::Error::other(format!(
+            "--size {size} is below the {SEQ_LEN}-byte sequence number"
+        )));
+    }
+    let socket = udp_socket_for(to)?;
+    let mut buf = vec![0u8; size];
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    let mut error_codes: BTreeMap<i32, u64> = BTreeMap::new();
+    let start = Instant::now();
+    for seq in 0..count {
+        fill_datagram(&mut buf, seq);
+        match socket.send_to(&buf, to) {
+            Ok(n) if n == size => sent += 1,
+            Ok(n) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("short send: {n} of {size} bytes"));
+            }
+            Err(e) => {
+                errors += 1;
+                *error_codes
+                    .entry(e.raw_os_error().unwrap_or(-1))
+                    .or_default() += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+    }
+    let codes: Vec<String> = error_codes
+        .iter()
+        .map(|(code, n)| format!("\"{code}\":{n}"))
+        .collect();
+    Ok(format!(
+        "{{\"attempted\":{count},\"sent\":{sent},\"errors\":{errors},\"first_error\":{},\
+         \"error_codes\":{{{}}},\"elapsed_ms\":{:.3}}}",
+        json_opt_str(first_error.as_deref()),
+        codes.join(","),
+        ms(start.elapsed()),
+    ))
+}
+
+/// Raises the receive buffer: SO_RCVBUFFORCE (root, past rmem_max), else SO_RCVBUF.
+/// std has no setter for it, hence libc.
+fn set_rcvbuf(socket: &UdpSocket, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket fd and a pointer to a c_int of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+fn udp_recv(
+    bind: SocketAddr,
+    expect: u64,
+    idle: Duration,
+    linger: Duration,
+    rcvbuf: usize,
+) -> io::Result<String> {
+    let socket = UdpSocket::bind(bind)?;
+    set_rcvbuf(&socket, rcvbuf);
+    socket.set_read_timeout(Some(idle))?;
+    let mut seen = vec![false; usize::try_from(expect).map_err(io::Error::other)?];
+    let mut buf = vec![0u8; 65536];
+    let (mut received, mut unique, mut duplicates, mut corrupted, mut reordered) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut highest: Option<u64> = None;
+    let mut first_at: Option<Instant> = None;
+    let mut last_at: Option<Instant> = None;
+    let mut lingering = false;
+    loop {
+        let n = match socket.recv_from(&mut buf) {
+            Ok((n, _)) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let now = Instant::now();
+        first_at.get_or_insert(now);
+        last_at = Some(now);
+        received += 1;
+        match check_datagram(&buf[..n]).filter(|seq| *seq < expect) {
+            None => corrupted += 1,
+            Some(seq) => {
+                let slot = &mut seen[seq as usize];
+                if *slot {
+                    duplicates += 1;
+                } else {
+                    *slot = true;
+                    unique += 1;
+                }
+                if highest.is_some_and(|h| seq < h) {
+                    reordered += 1;
+                }
+                highest = highest.max(Some(seq));
+            }
+        }
+        if unique == expect && !lingering {
+            if linger.is_zero() {
+                break;
+            }
+            lingering = true;
+            socket.set_read_timeout(Some(linger))?;
+        }
+    }
+    let span = match (first_at, last_at) {
+        (Some(first), Some(last)) => ms(last - first),
+        _ => 0.0,
+    };
+    Ok(format!(
+        "{{\"expected\":{expect},\"received\":{received},\"unique\":{unique},\
+         \"duplicates\":{duplicates},\"corrupted\":{corrupted},\"reordered\":{reordered},\
+         \"lost\":{},\"span_ms\":{span:.3}}}",
+        expect - unique
+    ))
+}
+
+// ---- TCP ------------------------------------------------------------------------------------
+
+fn tcp_send(to: SocketAddr, bytes: u64, timeout: Duration) -> io::Result<String> {
+    let start = Instant::now();
+    let mut written = 0u64;
+    let result = (|| -> io::Result<()> {
+        let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while written < bytes {
+            let len = (bytes - written).min(chunk.len() as u64) as usize;
+            for (i, b) in chunk[..len].iter_mut().enumerate() {
+                *b = stream_byte(written + i as u64);
+            }
+            stream.write_all(&chunk[..len])?;
+            written += len as u64;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        // The receiver closes once it has read everything: the time includes delivery.
+        let mut sink = [0u8; 64];
+        while stream.read(&mut sink)? > 0 {}
+        Ok(())
+    })();
+    Ok(format!(
+        "{{\"sent\":{written},\"elapsed_ms\":{:.3},\"error\":{}}}",
+        ms(start.elapsed()),
+        json_opt_str(result.err().map(|e| e.to_string()).as_deref()),
+    ))
+}
+
+fn tcp_recv(bind: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let listener = TcpListener::bind(bind)?;
+    // std has no accept timeout: poll a non-blocking listener.
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Ok(format!(
+                        "{{\"bytes\":0,\"mismatched\":0,\"elapsed_ms\":0,\"error\":{}}}",
+                        json_str("no connection before the timeout")
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let start = Instant::now();
+    let (mut total, mut mismatched) = (0u64, 0u64);
+    let mut buf = vec![0u8; 64 * 1024];
+    let error = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => {
+                mismatched += buf[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, b)| **b != stream_byte(total + *i as u64))
+                    .count() as u64;
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    let elapsed = start.elapsed();
+    drop(stream);
+    Ok(format!(
+        "{{\"bytes\":{total},\"mismatched\":{mismatched},\"elapsed_ms\":{:.3},\"error\":{}}}",
+        ms(elapsed),
+        json_opt_str(error.as_deref()),
+    ))
+}
+
+// ---- ping / echo ----------------------------------------------------------------------------
+
+fn ping(to: SocketAddr, count: u64, interval: Duration, timeout: Duration) -> io::Result<String> {
+    let socket = udp_socket_for(to)?;
+    let mut rtts_us: Vec<f64> = Vec::new();
+    let mut send_errors = 0u64;
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        let sent_at = Instant::now();
+        if socket.send_to(&seq.to_be_bytes(), to).is_err() {
+            send_errors += 1;
+        } else {
+            // Late replies to earlier requests are skipped by their sequence number.
+            let deadline = sent_at + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                socket.set_read_timeout(Some(left))?;
+                match socket.recv_from(&mut buf) {
+                    Ok((n, _)) if n >= SEQ_LEN && buf[..SEQ_LEN] == seq.to_be_bytes() => {
+                        rtts_us.push(sent_at.elapsed().as_secs_f64() * 1e6);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
+                    // e.g. ECONNREFUSED from an ICMP error: this request is lost.
+                    Err(_) => break,
+                }
+            }
+        }
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+    }
+    let replies = rtts_us.len();
+    let stats = if rtts_us.is_empty() {
+        "\"min_us\":null,\"p50_us\":null,\"p90_us\":null,\"p99_us\":null,\"max_us\":null,\
+         \"mean_us\":null,\"stdev_us\":null"
+            .to_string()
+    } else {
+        rtts_us.sort_by(f64::total_cmp);
+        let mean = rtts_us.iter().sum::<f64>() / replies as f64;
+        let var = rtts_us.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / replies as f64;
+        format!(
+            "\"min_us\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\
+             \"max_us\":{:.1},\"mean_us\":{mean:.1},\"stdev_us\":{:.1}",
+            rtts_us[0],
+            percentile(&rtts_us, 0.50),
+            percentile(&rtts_us, 0.90),
+            percentile(&rtts_us, 0.99),
+            rtts_us[replies - 1],
+            var.sqrt(),
+        )
+    };
+    Ok(format!(
+        "{{\"count\":{count},\"replies\":{replies},\"send_errors\":{send_errors},{stats}}}"
+    ))
+}
+
+/// Nearest-rank percentile of sorted, non-empty data.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn echo(bind: SocketAddr) -> io::Result<String> {
+    let socket = UdpSocket::bind(bind)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // A failed reply is the client's loss to count, not ours to report.
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    }
+}
+
+// ---- output ---------------------------------------------------------------------------------
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt_str(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intact_datagrams_check_and_damaged_ones_do_not() {
+        let mut buf = vec![0u8; 64];
+        fill_datagram(&mut buf, 41);
+        assert_eq!(check_datagram(&buf), Some(41));
+        for i in 0..buf.len() {
+            let mut damaged = buf.clone();
+            damaged[i] ^= 0x01;
+            assert_eq!(
+                check_datagram(&damaged),
+                None,
+                "flip at byte {i} went unseen"
+            );
+        }
+        assert_eq!(check_datagram(&buf[..7]), None);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let data: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&data, 0.50), 50.0);
+        assert_eq!(percentile(&data, 0.99), 99.0);
+        assert_eq!(percentile(&[7.0], 0.5), 7.0);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), r#""a\"b\\c\n""#);
+        assert_eq!(json_opt_str(None), "null");
+    }
+}

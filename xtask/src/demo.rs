@@ -1,0 +1,9 @@
+//! `cargo xtask demo`.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+pub fn run(_root: &Path, _args: &[String]) -> Result<()> {
+    bail!("not implemented yet")
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask <command>`: the project's own build, test and demo entry points.
+//!
+//! Every command that needs the eBPF toolchain or podman calls [`setup::ensure`] first, so a
+//! fresh machine (or CI) needs nothing but stable cargo to get going.
+
+mod bench;
+mod build;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test and demo the fault injector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent: a second run only checks)
+    Setup,
+    /// Build the `fault` binary (release), eBPF programs included
+    Build,
+    /// Run the unit tests, then the privileged suite (needs root)
+    Test,
+    /// Run the demo
+    Demo {
+        /// Passed through to the demo
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks
+    Bench {
+        /// Passed through to the benchmarks
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    // Printed by hand: the chain once, without the backtrace anyhow adds under RUST_BACKTRACE.
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::ensure()?;
+            let bin = build::fault(&root)?;
+            println!("built {}", bin.display());
+            Ok(())
+        }
+        Command::Test => test::run(&root),
+        Command::Demo { args } => demo::run(&root, &args),
+        Command::Bench { args } => bench::run(&root, &args),
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .expect("xtask's manifest directory has a parent")
+        .to_path_buf()
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` if set (relative to the root), else
+/// `<root>/target`.
+fn target_dir(root: &std::path::Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
