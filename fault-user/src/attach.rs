@@ -91,6 +91,12 @@ pub struct Attached {
 }
 
 impl Attached {
+    pub fn extend(&mut self, other: Attached) {
+        self.links.extend(other.links);
+        self.cgroup_links.extend(other.cgroup_links);
+        self.qdiscs.extend(other.qdiscs);
+    }
+
     /// The cgroups with an ingress program.
     pub fn cgroups(&self) -> Vec<PathBuf> {
         self.cgroup_links.iter().map(|(p, _)| p.clone()).collect()
@@ -162,14 +168,14 @@ pub fn in_netns<T: Send>(
     netns: &Netns,
     f: impl FnOnce() -> anyhow::Result<T> + Send,
 ) -> anyhow::Result<T> {
-    let file = File::open(netns.path())
-        .with_context(|| format!("open the network namespace {}", netns.path().display()))?;
-    if !netns.is_current() {
+    let Some(path) = netns.locate() else {
         bail!(
-            "the network namespace of pid {} is gone (the process exited)",
-            netns.pid
+            "the network namespace {} is gone (no process or bind mount names it)",
+            netns.inode
         );
-    }
+    };
+    let file = File::open(&path)
+        .with_context(|| format!("open the network namespace {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || {
             nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
@@ -227,13 +233,10 @@ fn attach_cgroups(ebpf: &mut Ebpf, cgroups: &[PathBuf], out: &mut Attached) -> a
         .try_into()?;
     for path in cgroups {
         let dir = File::open(path).with_context(|| format!("open {}", path.display()))?;
-        // Multi mode: other tools' programs on the same cgroup keep running.
+        // On kernels >= 5.7 aya makes a bpf_link, which always runs beside other programs
+        // on the cgroup and refuses explicit flags; `Single` is the mode that sends none.
         let id = prog
-            .attach(
-                dir,
-                CgroupSkbAttachType::Ingress,
-                CgroupAttachMode::AllowMultiple,
-            )
+            .attach(dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
             .with_context(|| format!("attach the ingress program to {}", path.display()))?;
         out.cgroup_links.push((path.clone(), prog.take_link(id)?));
     }

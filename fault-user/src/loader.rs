@@ -26,7 +26,8 @@ pub struct Tables<'a> {
 pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     let n = |len: usize| (len.max(1)) as u32;
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(maps::TARGETS, n(t.cgroup_ids.len()))
+        // Room for child cgroups created while the policy runs (see `add_targets`).
+        .map_max_entries(maps::TARGETS, n(t.cgroup_ids.len()).max(4096))
         .map_max_entries(maps::RULE_LPM, n(t.lpm.len()))
         .map_max_entries(maps::RULES, n(t.rules.len()))
         .map_max_entries(maps::COUNTERS, n(t.rules.len()))
@@ -72,6 +73,15 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     prog.load()
         .with_context(|| format!("load program {name}"))?;
     Ok(ebpf)
+}
+
+/// Adds cgroup ids to an active policy (a target's new child cgroups).
+pub fn add_targets(ebpf: &mut Ebpf, ids: &[u64]) -> anyhow::Result<()> {
+    let mut targets: HashMap<_, u64, u32> = map(ebpf, maps::TARGETS)?.try_into()?;
+    for id in ids {
+        targets.insert(id, 1, 0).context("add to TARGETS")?;
+    }
+    Ok(())
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {

@@ -136,6 +136,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     let started = unix_now();
     let mut st = State {
         name: policy.name.clone(),
+        ready: false,
         file: file.to_path_buf(),
         pid: std::process::id(),
         started_unix: started,
@@ -163,7 +164,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     }
 
     let cgroups: Vec<PathBuf> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
-    let attached = match attach::attach_all(&mut ebpf, &resolved.netns, &cgroups, &directions) {
+    let mut attached = match attach::attach_all(&mut ebpf, &resolved.netns, &cgroups, &directions) {
         Ok(a) => a,
         Err((partial, e)) => {
             for p in partial.detach() {
@@ -177,6 +178,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     st.attachments = attached.records();
     st.qdiscs = attached.qdiscs.clone();
     st.ingress_cgroups = attached.cgroups();
+    st.ready = true;
     if let Err(e) = st.write() {
         eprintln!("warning: {e:#}");
     }
@@ -199,15 +201,29 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         );
     }
 
+    let mut seen = Seen {
+        ids: resolved.cgroup_ids.iter().copied().collect(),
+        netns: resolved.netns.iter().map(|n| n.inode).collect(),
+        egress: directions.contains(&Direction::Egress),
+    };
     let start = Instant::now();
     let end = tokio::time::Instant::now() + policy.duration;
     let mut tick = tokio::time::interval(interval);
     tick.tick().await;
+    // Processes that join a target, or start in a new network namespace, are picked up within
+    // this period.
+    let mut rescan = tokio::time::interval(Duration::from_millis(250));
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "terminated",
             _ = tokio::time::sleep_until(end) => break "duration elapsed",
+            _ = rescan.tick() => {
+                if let Err(e) = follow_targets(&mut ebpf, &resolved, &mut seen, &mut attached, &mut st) {
+                    eprintln!("warning: following the targets: {e:#}");
+                }
+            }
             _ = tick.tick() => {
                 if let Ok(c) = loader::live_counters(&ebpf, policy.rules.len()) {
                     println!("[{:>5.0?}]", start.elapsed().as_secs_f64().round() as u64);
@@ -246,6 +262,54 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             problems.join("\n  ")
         )))
     }
+}
+
+/// What an apply has already covered.
+struct Seen {
+    ids: std::collections::BTreeSet<u64>,
+    netns: std::collections::BTreeSet<u64>,
+    egress: bool,
+}
+
+/// Covers processes and child cgroups that appeared in the targets since the last look: new
+/// cgroup ids go into TARGETS, new network namespaces get the egress program. Ingress needs
+/// nothing: cgroup programs apply to descendants by themselves.
+fn follow_targets(
+    ebpf: &mut aya::Ebpf,
+    resolved: &target::Resolved,
+    seen: &mut Seen,
+    attached: &mut attach::Attached,
+    st: &mut State,
+) -> anyhow::Result<()> {
+    let (ids, netns) = target::scan(&resolved.targets);
+    let new_ids: Vec<u64> = ids.into_iter().filter(|i| !seen.ids.contains(i)).collect();
+    if !new_ids.is_empty() {
+        loader::add_targets(ebpf, &new_ids)?;
+        seen.ids.extend(&new_ids);
+    }
+    let new_ns: Vec<target::Netns> = netns
+        .into_iter()
+        .filter(|n| !seen.netns.contains(&n.inode))
+        .collect();
+    if !seen.egress || new_ns.is_empty() {
+        return Ok(());
+    }
+    seen.netns.extend(new_ns.iter().map(|n| n.inode));
+    let (more, result) = match attach::attach_all(ebpf, &new_ns, &[], &[Direction::Egress]) {
+        Ok(a) => (a, Ok(())),
+        Err((a, e)) => (a, Err(e)),
+    };
+    st.attachments.extend(more.records());
+    st.qdiscs.extend(more.qdiscs.clone());
+    attached.extend(more);
+    st.write()?;
+    for n in &new_ns {
+        println!(
+            "fault: a target process appeared in network namespace {}; attached there",
+            n.inode
+        );
+    }
+    result
 }
 
 fn print_plan(policy: &Policy, resolved: &target::Resolved, entries: usize, tc_mode: &str) {

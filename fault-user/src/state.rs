@@ -21,6 +21,9 @@ pub const STATE_DIR: &str = "/run/fault";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub name: String,
+    /// False while attaching; true once every program is in place.
+    #[serde(default)]
+    pub ready: bool,
     pub file: PathBuf,
     pub pid: u32,
     /// Wall-clock start and deadline (seconds since the epoch), for people.

@@ -36,13 +36,34 @@ pub struct Netns {
 }
 
 impl Netns {
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/ns/net", self.pid))
+    /// A path that opens this namespace now: through the recorded pid if it is still in it,
+    /// else through any process that is, else through a bind mount in /run/netns. `None`
+    /// when nothing names it any more (it is gone, or will be with its last reference).
+    pub fn locate(&self) -> Option<PathBuf> {
+        let is_it = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == self.inode);
+        let own = PathBuf::from(format!("/proc/{}/ns/net", self.pid));
+        if is_it(&own) {
+            return Some(own);
+        }
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        let by_pid = procs
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .map(|e| e.path().join("ns/net"));
+        let mounts = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten();
+        by_pid.chain(mounts.map(|e| e.path())).find(|p| is_it(p))
     }
 
-    /// Whether `/proc/PID/ns/net` still refers to this namespace.
+    /// Whether the namespace can still be reached.
     pub fn is_current(&self) -> bool {
-        std::fs::metadata(self.path()).is_ok_and(|m| m.ino() == self.inode)
+        self.locate().is_some()
     }
 
     pub fn of_pid(pid: u32) -> std::io::Result<Self> {
@@ -116,16 +137,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             field: "cgroup",
             message,
         })?;
-        for dir in walk(&cgroup) {
-            if let Ok(id) = inode(&dir) {
-                ids.push(id);
-            }
-            for pid in procs(&dir) {
-                if let Ok(ns) = Netns::of_pid(pid) {
-                    netns.entry(ns.inode).or_insert(ns);
-                }
-            }
-        }
+        scan_one(&cgroup, &mut ids, &mut netns);
         out.push(ResolvedTarget {
             label,
             cgroup,
@@ -149,6 +161,32 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
         netns: netns.into_values().collect(),
         empty,
     })
+}
+
+/// The targets' cgroup ids (with descendants) and network namespaces as they are now:
+/// processes come and go, and so do child cgroups.
+pub fn scan(targets: &[ResolvedTarget]) -> (Vec<u64>, Vec<Netns>) {
+    let mut ids = Vec::new();
+    let mut netns = BTreeMap::new();
+    for t in targets {
+        scan_one(&t.cgroup, &mut ids, &mut netns);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    (ids, netns.into_values().collect())
+}
+
+fn scan_one(cgroup: &Path, ids: &mut Vec<u64>, netns: &mut BTreeMap<u64, Netns>) {
+    for dir in walk(cgroup) {
+        if let Ok(id) = inode(&dir) {
+            ids.push(id);
+        }
+        for pid in procs(&dir) {
+            if let Ok(ns) = Netns::of_pid(pid) {
+                netns.entry(ns.inode).or_insert(ns);
+            }
+        }
+    }
 }
 
 /// An absolute path must lie inside the cgroup2 mount; a relative one is taken from it.

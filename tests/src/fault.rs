@@ -99,6 +99,15 @@ impl FaultApply {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::start_env(args, policy_name, &[])
+    }
+
+    /// Starts `fault ARGS...` with extra environment variables (FAULT_TC_MODE=clsact).
+    pub fn start_env<I, S>(args: I, policy_name: &str, envs: &[(&str, &str)]) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let log = tempfile::Builder::new()
             .prefix("fault-apply-")
             .suffix(".log")
@@ -108,6 +117,7 @@ impl FaultApply {
         let err = out.try_clone().expect("duplicating the log fd");
         let mut cmd = Command::new(fault_bin());
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.envs(envs.iter().copied());
         let label = display(&cmd);
         let child = cmd
             .spawn()
@@ -120,11 +130,17 @@ impl FaultApply {
         }
     }
 
-    /// Waits until the state file exists (the policy is attached); panics with the log if
-    /// `fault` exits first or 30 s pass.
+    /// Waits until the state file says `"ready": true` (everything is attached); panics with
+    /// the log if `fault` exits first or 30 s pass.
     pub fn wait_ready(&mut self) -> &mut Self {
         let deadline = Instant::now() + READY_TIMEOUT;
-        while !self.state_file.exists() {
+        let ready = |p: &Path| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|v| v["ready"] == true)
+        };
+        while !ready(&self.state_file) {
             if let Some(status) = self.try_wait() {
                 panic!(
                     "`{}` exited ({status}) before {} appeared:\n{}",

@@ -1,0 +1,91 @@
+//! A real container, named as users name it: podman with runc, the probe bind-mounted in.
+
+use std::time::Duration;
+
+use fault_tests::{
+    assert_no_leftovers, check, podman_available, probe, probe_bin, probe_json, require_root,
+    spawn_in, write_policy, Container, FaultApply, IMAGE_PYTHON,
+};
+
+/// The host's address on podman's bridge, which both containers can reach.
+fn bridge_address() -> String {
+    let out = check(std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "podman0"]));
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv4 address on podman0: {out}"))
+        .to_string()
+}
+
+#[test]
+fn a_container_named_in_the_policy_is_affected_and_its_neighbour_is_not() {
+    require_root();
+    // This machine kind has podman (cargo xtask setup installs it): a missing podman is a
+    // failure, not a reason to skip.
+    assert!(
+        podman_available(),
+        "podman or its test images are missing: run `cargo xtask setup`"
+    );
+    {
+        let mount = format!("{}:/probe:ro", probe_bin().display());
+        let target = Container::run_with("tgt", &["-v", &mount], IMAGE_PYTHON, &["sleep", "600"]);
+        let neighbour =
+            Container::run_with("nbr", &["-v", &mount], IMAGE_PYTHON, &["sleep", "600"]);
+        let host = bridge_address();
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: t-container}}\nspec:\n  \
+             duration: 2m\n  targets: [{{container: {}}}]\n  network:\n    - direction: egress\n      \
+             match: {{protocol: udp}}\n      drop: {{probability: 50%}}\n",
+            target.name()
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-container");
+        apply.wait_ready();
+
+        let count = 4000u64;
+        for (container, port, expected) in [(&target, 9201u16, 0.5), (&neighbour, 9202, 0.0)] {
+            let mut receiver = spawn_in(
+                None,
+                None,
+                probe(&[
+                    "udp-recv",
+                    "--bind",
+                    &format!("0.0.0.0:{port}"),
+                    "--expect",
+                    &count.to_string(),
+                    "--timeout-ms",
+                    "1500",
+                ]),
+            );
+            receiver.wait_listening(port);
+            let sent = probe_json(&container.exec(&[
+                "/probe",
+                "udp-send",
+                "--to",
+                &format!("{host}:{port}"),
+                "--count",
+                &count.to_string(),
+                "--interval-us",
+                "50",
+            ]));
+            assert_eq!(sent["errors"], 0, "{}: {sent}", container.name());
+            let got = probe_json(&receiver.wait_output(Duration::from_secs(60)));
+            let loss = 1.0 - got["unique"].as_f64().unwrap() / count as f64;
+            // 4,000 datagrams at 50 %: one standard deviation is 0.8 points.
+            assert!(
+                (loss - expected).abs() <= 0.04,
+                "{}: loss {:.1}%, expected {:.0}%: {got}",
+                container.name(),
+                loss * 100.0,
+                expected * 100.0
+            );
+        }
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains(&format!("container {}", target.name())),
+            "{log}"
+        );
+    }
+    assert_no_leftovers();
+}

@@ -1,0 +1,614 @@
+//! Network faults on real packets: two network namespaces joined by a veth pair, a target
+//! cgroup, the `fault` binary, and the probe counting what arrives. Each test leaves nothing
+//! behind (checked at its end); run one at a time (`--test-threads=1`).
+
+use std::time::Duration;
+
+use std::process::Command;
+
+use fault_tests::{
+    assert_no_leftovers, fault, fault_bin, probe, probe_json, require_root, run_in, spawn_in,
+    write_policy, Cgroup, ChildGuard, FaultApply, Netns, VethPair,
+};
+use serde_json::Value;
+
+const PACKETS: u64 = 20_000;
+
+/// Two hosts: `a` (where the target lives) and `b` (its peer).
+struct Hosts {
+    a: Netns,
+    b: Netns,
+    veth: VethPair,
+}
+
+fn hosts(label: &str, subnet: u8) -> Hosts {
+    let a = Netns::new(&format!("{label}-a"));
+    let b = Netns::new(&format!("{label}-b"));
+    let veth = VethPair::new(
+        &a,
+        &format!("10.77.{subnet}.1/24"),
+        &b,
+        &format!("10.77.{subnet}.2/24"),
+    );
+    Hosts { a, b, veth }
+}
+
+/// A process that keeps the target present in host `a`, as a service's processes would be
+/// before anyone applies a fault to it.
+fn anchor(cgroup: &Cgroup, ns: &Netns) -> ChildGuard {
+    let mut sleep = Command::new("sleep");
+    sleep.arg("600");
+    spawn_in(Some(cgroup), Some(ns), sleep)
+}
+
+fn policy(name: &str, cgroup: &Cgroup, duration: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+         duration: {duration}\n  targets:\n    - cgroup: {}\n  network:\n{rules}",
+        cgroup.path().display()
+    )
+}
+
+/// Sends `count` datagrams from (`cgroup`, `from`) to `to` (an address in `dest`), with a
+/// receiver bound there; returns (sender report, receiver report).
+fn udp(
+    cgroup: Option<&Cgroup>,
+    from: &Netns,
+    dest: &Netns,
+    dest_cgroup: Option<&Cgroup>,
+    to: &str,
+    count: u64,
+) -> (Value, Value) {
+    let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
+    let bind = format!("0.0.0.0:{port}");
+    let mut receiver = spawn_in(
+        dest_cgroup,
+        Some(dest),
+        probe(&[
+            "udp-recv",
+            "--bind",
+            &bind,
+            "--expect",
+            &count.to_string(),
+            "--timeout-ms",
+            "1500",
+            "--linger-ms",
+            "300",
+        ]),
+    );
+    receiver.wait_listening(port);
+    let sent = probe_json(&run_in(
+        cgroup,
+        Some(from),
+        probe(&[
+            "udp-send",
+            "--to",
+            to,
+            "--count",
+            &count.to_string(),
+            "--size",
+            "128",
+            "--interval-us",
+            "20",
+        ]),
+        Duration::from_secs(60),
+    ));
+    let got = probe_json(&receiver.wait_output(Duration::from_secs(60)));
+    (sent, got)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn assert_within(measured: f64, expected: f64, tolerance: f64, what: &str) {
+    assert!(
+        (measured - expected).abs() <= tolerance,
+        "{what}: measured {:.2}%, expected {:.2}% ± {:.2} points",
+        measured * 100.0,
+        expected * 100.0,
+        tolerance * 100.0
+    );
+}
+
+/// Per-rule counters of the single active policy, from `fault status --json`.
+fn status_rules() -> Vec<Value> {
+    let out = fault(["status", "--json"]);
+    assert!(out.status.success(), "fault status failed: {out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    v[0]["rules"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn egress_loss_is_accurate_silent_and_scoped_to_the_cgroup() {
+    require_root();
+    {
+        let h = hosts("loss", 11);
+        let target = Cgroup::new("loss");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-egress-loss",
+            &target,
+            "2m",
+            "    - name: udp-loss\n      direction: egress\n      match: {protocol: udp}\n      \
+             drop: {probability: 10%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-egress-loss");
+        apply.wait_ready();
+
+        // The target: loss within 1 point of 10 %, and every send reported a success.
+        let to = format!("{}:7001", h.veth.ip_b());
+        let (sent, got) = udp(Some(&target), &h.a, &h.b, None, &to, PACKETS);
+        assert_eq!(
+            sent["errors"], 0,
+            "a sender under loss sees no error: {sent}"
+        );
+        assert_eq!(sent["sent"], PACKETS, "{sent}");
+        let loss = 1.0 - f(&got["unique"]) / PACKETS as f64;
+        assert_within(loss, 0.10, 0.01, "egress loss seen by the receiver");
+
+        // The fault's own counters agree with the receiver.
+        let rules = status_rules();
+        assert_eq!(rules[0]["seen"], PACKETS, "{rules:?}");
+        assert_eq!(
+            f(&rules[0]["dropped"]) as u64,
+            PACKETS - f(&got["unique"]) as u64,
+            "counted drops match what went missing: {rules:?}"
+        );
+
+        // A process outside the cgroup, in the same network namespace: untouched.
+        let to = format!("{}:7002", h.veth.ip_b());
+        let (sent, got) = udp(None, &h.a, &h.b, None, &to, PACKETS);
+        assert_eq!(sent["errors"], 0, "{sent}");
+        assert_eq!(
+            got["unique"], PACKETS,
+            "untargeted traffic loses nothing: {got}"
+        );
+
+        let (status, log) = apply.stop();
+        assert!(status.success(), "fault apply exits 0 on SIGTERM:\n{log}");
+        assert!(log.contains("reverted"), "{log}");
+
+        // Reverted: the target's traffic flows untouched again.
+        let to = format!("{}:7003", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 2000);
+        assert_eq!(got["unique"], 2000, "after revert nothing is lost: {got}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn ingress_loss_drops_packets_on_their_way_to_the_target() {
+    require_root();
+    {
+        let h = hosts("inloss", 12);
+        let target = Cgroup::new("inloss");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-ingress-loss",
+            &target,
+            "2m",
+            "    - direction: ingress\n      match: {protocol: udp}\n      \
+             drop: {probability: 20%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-ingress-loss");
+        apply.wait_ready();
+
+        // An untargeted sender in b; the receiver in a is the target.
+        let to = format!("{}:7101", h.veth.ip_a());
+        let (sent, got) = udp(None, &h.b, &h.a, Some(&target), &to, PACKETS);
+        assert_eq!(sent["errors"], 0, "{sent}");
+        let loss = 1.0 - f(&got["unique"]) / PACKETS as f64;
+        assert_within(loss, 0.20, 0.01, "ingress loss at the target's socket");
+
+        // A receiver outside the cgroup in the same namespace gets everything.
+        let to = format!("{}:7102", h.veth.ip_a());
+        let (_, got) = udp(None, &h.b, &h.a, None, &to, PACKETS);
+        assert_eq!(
+            got["unique"], PACKETS,
+            "untargeted receiver loses nothing: {got}"
+        );
+
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn tcp_recovers_from_loss_in_both_directions() {
+    require_root();
+    {
+        let h = hosts("tcp", 13);
+        let target = Cgroup::new("tcp");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-tcp-loss",
+            &target,
+            "2m",
+            "    - name: both-ways\n      direction: both\n      match: {protocol: tcp}\n      \
+             drop: {probability: 5%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-tcp-loss");
+        apply.wait_ready();
+
+        // The target receives; its ACKs (egress) and the data (ingress) both lose 5 %.
+        let mut server = spawn_in(
+            Some(&target),
+            Some(&h.a),
+            probe(&["tcp-recv", "--bind", "0.0.0.0:7201"]),
+        );
+        server.wait_listening(7201);
+        let bytes: u64 = 4 * 1024 * 1024;
+        let sent = probe_json(&run_in(
+            None,
+            Some(&h.b),
+            probe(&[
+                "tcp-send",
+                "--to",
+                &format!("{}:7201", h.veth.ip_a()),
+                "--bytes",
+                &bytes.to_string(),
+            ]),
+            Duration::from_secs(120),
+        ));
+        let got = probe_json(&server.wait_output(Duration::from_secs(120)));
+        assert_eq!(sent["error"], Value::Null, "{sent}");
+        assert_eq!(
+            got["bytes"], bytes,
+            "every byte arrives despite loss: {got}"
+        );
+        assert_eq!(got["mismatched"], 0, "{got}");
+
+        let rules = status_rules();
+        assert!(
+            f(&rules[0]["dropped"]) > 0.0,
+            "segments were dropped (and retransmitted): {rules:?}"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("egress via") && log.contains("ingress on 1 cgroup"),
+            "{log}"
+        );
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn corruption_with_fixed_checksums_reaches_the_application() {
+    require_root();
+    {
+        let h = hosts("corrupt", 14);
+        // Without offload the receiver verifies every checksum, so a corrupted datagram
+        // that is delivered proves the checksum was fixed.
+        h.veth.set_tx_checksum_offload(false);
+        let target = Cgroup::new("corrupt");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-corrupt-fix",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      \
+             corrupt: {probability: 10%, checksum: fix}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-corrupt-fix");
+        apply.wait_ready();
+        let to = format!("{}:7301", h.veth.ip_b());
+        let (sent, got) = udp(Some(&target), &h.a, &h.b, None, &to, PACKETS);
+        assert_eq!(sent["errors"], 0, "{sent}");
+        assert_eq!(
+            got["received"], PACKETS,
+            "fixed checksums: nothing discarded: {got}"
+        );
+        let corrupted = f(&got["corrupted"]) / PACKETS as f64;
+        assert_within(
+            corrupted,
+            0.10,
+            0.01,
+            "corrupted datagrams read by the application",
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// InCsumErrors of UDP in a namespace, from /proc/net/snmp as seen there.
+fn udp_csum_errors(ns: &Netns) -> u64 {
+    let mut cat = std::process::Command::new("cat");
+    cat.arg("/proc/net/snmp");
+    let out = ns.output(cat);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .expect("InCsumErrors column");
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+#[test]
+fn corruption_with_kept_checksums_is_discarded_by_the_receiver() {
+    require_root();
+    {
+        let h = hosts("keep", 15);
+        h.veth.set_tx_checksum_offload(false);
+        let target = Cgroup::new("keep");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-corrupt-keep",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      \
+             corrupt: {probability: 10%, checksum: keep}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-corrupt-keep");
+        apply.wait_ready();
+        let before = udp_csum_errors(&h.b);
+        let to = format!("{}:7401", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, PACKETS);
+        let errors = udp_csum_errors(&h.b) - before;
+        assert_eq!(
+            got["corrupted"], 0,
+            "no corrupted datagram reaches the app: {got}"
+        );
+        let discarded = 1.0 - f(&got["unique"]) / PACKETS as f64;
+        assert_within(discarded, 0.10, 0.01, "datagrams the receiver discarded");
+        assert_eq!(
+            errors,
+            PACKETS - f(&got["unique"]) as u64,
+            "each discarded datagram counted as InCsumErrors"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn duplication_is_accurate() {
+    require_root();
+    {
+        let h = hosts("dup", 16);
+        let target = Cgroup::new("dup");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-duplicate",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      \
+             duplicate: {probability: 10%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-duplicate");
+        apply.wait_ready();
+        let to = format!("{}:7501", h.veth.ip_b());
+        let (sent, got) = udp(Some(&target), &h.a, &h.b, None, &to, PACKETS);
+        assert_eq!(sent["errors"], 0, "{sent}");
+        assert_eq!(got["unique"], PACKETS, "{got}");
+        let dups = f(&got["duplicates"]) / PACKETS as f64;
+        assert_within(dups, 0.10, 0.01, "duplicated datagrams");
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn partition_by_cidr_is_one_way() {
+    require_root();
+    {
+        let h = hosts("part", 17);
+        // A second address on b: the partition cuts 10.77.17.2 only.
+        h.b.ip(&["addr", "add", "10.77.17.3/24", "dev", h.veth.name_b()]);
+        let target = Cgroup::new("part");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-partition",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {cidrs: [10.77.17.2/32]}\n      \
+             partition: true\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-partition");
+        apply.wait_ready();
+        let (sent, got) = udp(Some(&target), &h.a, &h.b, None, "10.77.17.2:7601", 2000);
+        assert_eq!(sent["errors"], 0, "{sent}");
+        assert_eq!(got["unique"], 0, "nothing crosses the partition: {got}");
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, "10.77.17.3:7602", 2000);
+        assert_eq!(got["unique"], 2000, "other peers are reachable: {got}");
+        // Towards the target it is open: a one-way partition.
+        let (_, got) = udp(None, &h.b, &h.a, Some(&target), "10.77.17.1:7603", 2000);
+        assert_eq!(got["unique"], 2000, "the reverse direction is open: {got}");
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn gilbert_elliott_loss_matches_its_stationary_rate() {
+    require_root();
+    {
+        let h = hosts("ge", 18);
+        let target = Cgroup::new("ge");
+        let _anchor = anchor(&target, &h.a);
+        // p = 2 %, r = 20 %: the chain is bad 2/22 of the time and loses everything then.
+        let file = write_policy(&policy(
+            "t-gilbert",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      \
+             drop: {gilbert_elliott: {p: 2%, r: 20%}}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-gilbert");
+        apply.wait_ready();
+        let to = format!("{}:7701", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, PACKETS);
+        let loss = 1.0 - f(&got["unique"]) / PACKETS as f64;
+        // Bursts make the estimate noisier than Bernoulli's, hence 2 points.
+        assert_within(loss, 2.0 / 22.0, 0.02, "Gilbert-Elliott loss");
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// The clsact path (kept for kernels before 6.6), forced here: its filters outlive the
+/// loader, so after SIGKILL it is the programs' own deadline that ends the fault; `fault stop
+/// --all` then removes filters, qdisc, pins and state.
+#[test]
+fn deadline_in_the_kernel_ends_faults_after_sigkill() {
+    require_root();
+    {
+        let h = hosts("deadline", 19);
+        let target = Cgroup::new("deadline");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-deadline",
+            &target,
+            "6s",
+            "    - direction: egress\n      match: {protocol: udp}\n      partition: true\n",
+        ));
+        let started = std::time::Instant::now();
+        let mut apply = FaultApply::start_env(
+            [std::ffi::OsStr::new("apply"), file.path().as_os_str()],
+            "t-deadline",
+            &[("FAULT_TC_MODE", "clsact")],
+        );
+        apply.wait_ready();
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+
+        let to = format!("{}:7801", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
+        assert_eq!(
+            got["unique"], 0,
+            "before the deadline the fault holds: {got}"
+        );
+        let status = fault(["status"]);
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            text.contains("is gone"),
+            "status reports the dead loader: {text}"
+        );
+
+        std::thread::sleep(Duration::from_millis(6200).saturating_sub(started.elapsed()));
+        let to = format!("{}:7802", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
+        assert_eq!(
+            got["unique"], 200,
+            "after the deadline nothing is dropped: {got}"
+        );
+
+        let out = fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {out:?}");
+        let mut tc = std::process::Command::new("tc");
+        tc.args(["qdisc", "show", "dev", h.veth.name_a()]);
+        let qdiscs = String::from_utf8_lossy(&h.a.output(tc).stdout).into_owned();
+        assert!(
+            !qdiscs.contains("clsact"),
+            "the clsact qdisc fault added is gone: {qdiscs}"
+        );
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn sigkill_under_tcx_detaches_at_once() {
+    require_root();
+    {
+        let h = hosts("kill", 20);
+        let target = Cgroup::new("kill");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-kill",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      partition: true\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-kill");
+        apply.wait_ready();
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        let to = format!("{}:7901", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
+        assert_eq!(got["unique"], 200, "tcx links end with the loader: {got}");
+        let out = fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {out:?}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn invalid_policies_exit_2_and_attach_nothing() {
+    require_root();
+    let cases = [
+        (
+            "  targets: [{container: fault-no-such-container}]\n  duration: 1m\n",
+            "spec.targets[0].container",
+        ),
+        (
+            "  targets: [{cgroup: /tmp}]\n  duration: 1m\n",
+            "spec.targets[0].cgroup",
+        ),
+        ("  targets: [{pid: 1}]\n", "spec"),
+    ];
+    for (spec, path) in cases {
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: t-bad}}\nspec:\n{spec}  \
+             network: [{{direction: egress, drop: {{probability: 1%}}}}]\n"
+        ));
+        let out = fault(["apply".as_ref(), file.path().as_os_str()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "exit 2 for {path}: {err}");
+        assert!(
+            err.contains(&file.path().display().to_string()) && err.contains(path),
+            "the error names the file and {path}: {err}"
+        );
+        assert_no_leftovers();
+    }
+    let file = write_policy(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {name: t-bad}\nspec:\n  \
+         duration: 1m\n  targets: [{pid: 1}]\n  \
+         network: [{direction: egress, drop: {probability: 1.5}}]\n",
+    );
+    let out = fault(["check".as_ref(), file.path().as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("spec.network[0].drop.probability"), "{err}");
+    assert!(fault_bin().exists());
+}
+
+#[test]
+fn processes_that_start_after_apply_are_covered() {
+    require_root();
+    {
+        let h = hosts("late", 21);
+        let target = Cgroup::new("late");
+        let file = write_policy(&policy(
+            "t-late",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      partition: true\n",
+        ));
+        // The cgroup is empty when the policy is applied.
+        let mut apply = FaultApply::start(file.path(), "t-late");
+        apply.wait_ready();
+        let _late = anchor(&target, &h.a);
+        std::thread::sleep(Duration::from_millis(1000));
+        let to = format!("{}:8101", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 500);
+        assert_eq!(
+            got["unique"], 0,
+            "a process that joined later is covered: {got}"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        assert!(log.contains("appeared in network namespace"), "{log}");
+    }
+    assert_no_leftovers();
+}
