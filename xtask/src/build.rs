@@ -15,3 +15,18 @@ pub fn fault(root: &Path) -> Result<PathBuf> {
     cmd::run(&mut c)?;
     Ok(crate::target_dir(root).join("release/fault"))
 }
+
+/// Builds the traffic probe the tests and the demo use; returns its path.
+pub fn probe(root: &Path) -> Result<PathBuf> {
+    let mut c = cmd::cargo();
+    c.current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "fault-tests",
+        "--bin",
+        "fault-probe",
+    ]);
+    cmd::run(&mut c)?;
+    Ok(crate::target_dir(root).join("release/fault-probe"))
+}
