@@ -290,7 +290,7 @@ impl Drop for Sandbox {
     }
 }
 
-fn cgroup2_mount() -> Result<PathBuf> {
+pub fn cgroup2_mount() -> Result<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     text.lines()
         .find_map(|l| {
