@@ -85,9 +85,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let ratio = m1 / m0;
     println!("  median: without {m0:.2}, with {m1:.2} Gbit/s, ratio {ratio:.3}");
 
-    let kernel = cmd::stdout_of(&mut Command::new("uname").arg("-r")).unwrap_or_default();
-    let date =
-        cmd::stdout_of(&mut Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    let kernel = cmd::stdout_of(Command::new("uname").arg("-r")).unwrap_or_default();
+    let date = cmd::stdout_of(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
     let text = format!(
         "# Benchmarks\n\nProduced by `cargo xtask bench` (as root) on {} with Linux {}, on this \
          project's 2-core VM. Rerun it to refresh this file.\n\n\
