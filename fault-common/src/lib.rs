@@ -17,8 +17,11 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<RuleState>`: loss-model state (correlation, Gilbert-Elliott).
     pub const RULE_STATE: &str = "RULE_STATE";
-    /// `Array<Config>` with one entry: the deadline.
+    /// `Array<Config>` with one entry: the deadline and the lookup summary.
     pub const CONFIG: &str = "CONFIG";
+    /// `Array<u64>`: bitmap of (direction, tcp/udp, port) pairs that some rule names, so a
+    /// packet to any other port skips the trie (see [`super::port_bit`]).
+    pub const PORT_BITS: &str = "PORT_BITS";
 }
 
 /// Program names (the function names in fault-ebpf).
@@ -118,6 +121,36 @@ pub struct RuleState {
 }
 const _: () = assert!(core::mem::size_of::<RuleState>() == 8);
 
+/// Words in the PORT_BITS map: 2 directions x 2 protocols x 65,536 ports / 64.
+pub const PORT_BITS_WORDS: u32 = 4 * 1024;
+
+/// Where (direction, protocol, port) lives in PORT_BITS: (word index, bit mask). `None` for
+/// protocols other than TCP and UDP, which have no ports.
+#[inline(always)]
+pub fn port_bit(dir: u8, proto: u8, port: u16) -> Option<(u32, u64)> {
+    let slot = match proto {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        _ => return None,
+    } + if dir == DIR_INGRESS { 2 } else { 0 };
+    Some((slot * 1024 + (port as u32 >> 6), 1u64 << (port & 63)))
+}
+
+/// Bits of [`Config::wild`]: some rule matches (direction, protocol class) whatever the port,
+/// so the trie must be consulted without a port.
+#[inline(always)]
+pub fn wild_bit(dir: u8, proto: u8) -> u32 {
+    let class = match proto {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP | PROTO_ICMPV6 => 2,
+        PROTO_ANY => 3,
+        // Other protocols can only be matched by "any protocol" rules.
+        _ => return 0,
+    };
+    1 << (class + if dir == DIR_INGRESS { 4 } else { 0 })
+}
+
 /// Policy-wide settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -126,7 +159,8 @@ pub struct Config {
     pub deadline_ns: u64,
     /// Number of rules in use (for bounds).
     pub rule_count: u32,
-    pub _pad: u32,
+    /// [`wild_bit`]s of the trie's port-less entries.
+    pub wild: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 

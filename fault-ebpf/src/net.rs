@@ -8,9 +8,9 @@ use aya_ebpf::{
     programs::sk_buff::SkBuff,
 };
 use fault_common::{
-    Config, NetRule, RuleCounters, RuleKey, RuleState, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT,
-    FAMILY_V4, FAMILY_V6, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    RULE_KEY_FIXED_BITS,
+    port_bit, wild_bit, Config, NetRule, RuleCounters, RuleKey, RuleState, DROP_BERNOULLI,
+    DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, PORT_BITS_WORDS, PROTO_ANY, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_KEY_FIXED_BITS,
 };
 
 // Sizes here are defaults; the loader sets each map's real size before loading.
@@ -26,6 +26,8 @@ pub static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(6
 pub static RULE_STATE: PerCpuArray<RuleState> = PerCpuArray::with_max_entries(64, 0);
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+pub static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_BITS_WORDS, 0);
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -115,8 +117,21 @@ pub fn parse(skb: &SkBuff, l3: usize, skb_protocol: u32) -> Option<Packet> {
 /// The first rule (lowest index) that matches, in at most three trie lookups: the exact
 /// port, the protocol with any port, and any protocol. The loader stores in every trie entry
 /// the lowest index among all rules covering that prefix, so a longest-prefix hit is enough.
+/// A lookup that no rule could answer is skipped: PORT_BITS and `Config::wild` say which.
 #[inline(always)]
 pub fn find_rule(dir: u8, family: u8, proto: u8, port: [u8; 2], addr: &[u8; 16]) -> Option<u32> {
+    let wild = CONFIG.get(0)?.wild;
+    let by_port = match port_bit(dir, proto, u16::from_be_bytes(port)) {
+        Some((word, bit)) if u16::from_ne_bytes(port) != 0 => {
+            PORT_BITS.get(word).is_some_and(|w| w & bit != 0)
+        }
+        _ => false,
+    };
+    let by_proto = wild & wild_bit(dir, proto) != 0;
+    let by_any = wild & wild_bit(dir, PROTO_ANY) != 0;
+    if !(by_port || by_proto || by_any) {
+        return None;
+    }
     let prefix = RULE_KEY_FIXED_BITS + if family == FAMILY_V4 { 32 } else { 128 };
     let mut key = Key::new(
         prefix,
@@ -130,18 +145,22 @@ pub fn find_rule(dir: u8, family: u8, proto: u8, port: [u8; 2], addr: &[u8; 16])
         },
     );
     let mut best = u32::MAX;
-    if u16::from_ne_bytes(port) != 0 {
+    if by_port {
         if let Some(i) = RULE_LPM.get(&key) {
             best = *i;
         }
-        key.data.port = [0, 0];
     }
-    if let Some(i) = RULE_LPM.get(&key) {
-        best = best.min(*i);
+    key.data.port = [0, 0];
+    if by_proto {
+        if let Some(i) = RULE_LPM.get(&key) {
+            best = best.min(*i);
+        }
     }
     key.data.proto = PROTO_ANY;
-    if let Some(i) = RULE_LPM.get(&key) {
-        best = best.min(*i);
+    if by_any {
+        if let Some(i) = RULE_LPM.get(&key) {
+            best = best.min(*i);
+        }
     }
     (best != u32::MAX).then_some(best)
 }

@@ -8,7 +8,9 @@ use aya::{
     programs::{CgroupSkb, SchedClassifier},
     Ebpf, EbpfLoader,
 };
-use fault_common::{maps, progs, Config, NetRule, RuleCounters, RuleKey};
+use fault_common::{
+    maps, port_bit, progs, wild_bit, Config, NetRule, RuleCounters, RuleKey, PORT_BITS_WORDS,
+};
 
 /// The compiled eBPF object (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
@@ -48,12 +50,17 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     for (i, r) in t.rules.iter().enumerate() {
         rules.set(i as u32, r, 0).context("fill RULES")?;
     }
+    let (words, wild) = lookup_summary(t.lpm);
+    let mut port_bits: Array<_, u64> = map(&mut ebpf, maps::PORT_BITS)?.try_into()?;
+    for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
+        port_bits.set(i as u32, w, 0).context("fill PORT_BITS")?;
+    }
     set_config(
         map(&mut ebpf, maps::CONFIG)?,
         Config {
             deadline_ns: t.deadline_ns,
             rule_count: t.rules.len() as u32,
-            _pad: 0,
+            wild,
         },
     )?;
 
@@ -82,6 +89,21 @@ pub fn add_targets(ebpf: &mut Ebpf, ids: &[u64]) -> anyhow::Result<()> {
         targets.insert(id, 1, 0).context("add to TARGETS")?;
     }
     Ok(())
+}
+
+/// What lets the programs skip trie lookups that cannot hit: a bitmap of the ports rules
+/// name, and the `wild` bits of (direction, protocol) pairs that have port-less entries.
+fn lookup_summary(lpm: &[(u32, RuleKey, u32)]) -> (Vec<u64>, u32) {
+    let mut words = vec![0u64; PORT_BITS_WORDS as usize];
+    let mut wild = 0;
+    for (_, key, _) in lpm {
+        let port = u16::from_be_bytes(key.port);
+        match port_bit(key.dir, key.proto, port) {
+            Some((word, bit)) if port != 0 => words[word as usize] |= bit,
+            _ => wild |= wild_bit(key.dir, key.proto),
+        }
+    }
+    (words, wild)
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {
@@ -154,4 +176,41 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always readable");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fault_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+    fn key(dir: u8, proto: u8, port: u16) -> (u32, RuleKey, u32) {
+        let k = RuleKey {
+            dir,
+            proto,
+            port: port.to_be_bytes(),
+            ..RuleKey::default()
+        };
+        (96, k, 0)
+    }
+
+    #[test]
+    fn summary_marks_named_ports_and_portless_entries() {
+        let (words, wild) = lookup_summary(&[
+            key(DIR_EGRESS, PROTO_TCP, 5432),
+            key(DIR_INGRESS, PROTO_UDP, 53),
+            key(DIR_EGRESS, PROTO_ICMP, 0),
+            key(DIR_INGRESS, PROTO_ANY, 0),
+        ]);
+        let (w, b) = port_bit(DIR_EGRESS, PROTO_TCP, 5432).unwrap();
+        assert_ne!(words[w as usize] & b, 0);
+        let (w, b) = port_bit(DIR_INGRESS, PROTO_UDP, 53).unwrap();
+        assert_ne!(words[w as usize] & b, 0);
+        let (w, b) = port_bit(DIR_EGRESS, PROTO_UDP, 5432).unwrap();
+        assert_eq!(words[w as usize] & b, 0, "udp 5432 was not named");
+        assert_eq!(words.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+        assert_eq!(
+            wild,
+            wild_bit(DIR_EGRESS, PROTO_ICMP) | wild_bit(DIR_INGRESS, PROTO_ANY)
+        );
+    }
 }
