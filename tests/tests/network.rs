@@ -60,7 +60,11 @@ fn udp(
     count: u64,
 ) -> (Value, Value) {
     let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
-    let bind = format!("0.0.0.0:{port}");
+    let bind = if to.starts_with('[') {
+        format!("[::]:{port}")
+    } else {
+        format!("0.0.0.0:{port}")
+    };
     let mut receiver = spawn_in(
         dest_cgroup,
         Some(dest),
@@ -609,6 +613,43 @@ fn processes_that_start_after_apply_are_covered() {
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
         assert!(log.contains("appeared in network namespace"), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn ipv6_peers_are_matched_by_cidr() {
+    require_root();
+    {
+        let a = Netns::new("v6-a");
+        let b = Netns::new("v6-b");
+        let veth = VethPair::new(&a, "10.77.22.1/24", &b, "10.77.22.2/24")
+            .with_ipv6("fd77:22::1/64", "fd77:22::2/64");
+        let target = Cgroup::new("v6");
+        let _anchor = anchor(&target, &a);
+        let file = write_policy(&policy(
+            "t-ipv6",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp, cidrs: [\"fd77:22::/64\"]}\n      \
+             drop: {probability: 20%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-ipv6");
+        apply.wait_ready();
+        let to = format!("[{}]:8201", veth.ip6_b().expect("IPv6 configured"));
+        let (sent, got) = udp(Some(&target), &a, &b, None, &to, PACKETS);
+        assert_eq!(sent["errors"], 0, "{sent}");
+        let loss = 1.0 - f(&got["unique"]) / PACKETS as f64;
+        assert_within(loss, 0.20, 0.01, "IPv6 loss");
+        // The same peer over IPv4 is outside the rule's CIDR.
+        let to = format!("{}:8202", veth.ip_b());
+        let (_, got) = udp(Some(&target), &a, &b, None, &to, 2000);
+        assert_eq!(
+            got["unique"], 2000,
+            "IPv4 is not matched by an IPv6 CIDR: {got}"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
     }
     assert_no_leftovers();
 }
