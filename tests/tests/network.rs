@@ -182,6 +182,39 @@ fn egress_loss_is_accurate_silent_and_scoped_to_the_cgroup() {
 }
 
 #[test]
+fn correlated_loss_keeps_its_rate_and_comes_in_bursts() {
+    require_root();
+    {
+        let h = hosts("corr", 23);
+        let target = Cgroup::new("corr");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-correlation",
+            &target,
+            "2m",
+            "    - direction: egress\n      match: {protocol: udp}\n      \
+             drop: {probability: 10%, correlation: 50%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-correlation");
+        apply.wait_ready();
+        let to = format!("{}:8301", h.veth.ip_b());
+        let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, PACKETS);
+        let loss = 1.0 - f(&got["unique"]) / PACKETS as f64;
+        assert_within(loss, 0.10, 0.015, "correlated loss rate");
+        // After a loss the next one follows with 0.5 + 0.5 x 0.1 = 0.55, so bursts last
+        // 1 / 0.45 = 2.2 packets on average (independent loss: 1 / 0.9 = 1.1).
+        let burst = f(&got["lost"]) / f(&got["loss_runs"]);
+        assert!(
+            (1.9..=2.6).contains(&burst),
+            "mean loss burst {burst:.2} packets, expected about 2.2: {got}"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
 fn ingress_loss_drops_packets_on_their_way_to_the_target() {
     require_root();
     {
@@ -453,6 +486,12 @@ fn gilbert_elliott_loss_matches_its_stationary_rate() {
         let loss = 1.0 - f(&got["unique"]) / PACKETS as f64;
         // Bursts make the estimate noisier than Bernoulli's, hence 2 points.
         assert_within(loss, 2.0 / 22.0, 0.02, "Gilbert-Elliott loss");
+        // A stay in the bad state lasts 1 / r = 5 packets on average, all of them lost.
+        let burst = f(&got["lost"]) / f(&got["loss_runs"]);
+        assert!(
+            (4.0..=6.0).contains(&burst),
+            "mean loss burst {burst:.2} packets, expected about 5: {got}"
+        );
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
     }

@@ -327,10 +327,17 @@ fn udp_recv(
         (Some(first), Some(last)) => ms(last - first),
         _ => 0.0,
     };
+    // Maximal runs of consecutive missing sequence numbers: lost / loss_runs is the mean
+    // burst length (about 1 / (1 - p) for independent loss, longer when losses cluster).
+    let loss_runs = seen
+        .iter()
+        .zip(std::iter::once(&true).chain(seen.iter()))
+        .filter(|(here, before)| !**here && **before)
+        .count();
     Ok(format!(
         "{{\"expected\":{expect},\"received\":{received},\"unique\":{unique},\
          \"duplicates\":{duplicates},\"corrupted\":{corrupted},\"reordered\":{reordered},\
-         \"lost\":{},\"span_ms\":{span:.3}}}",
+         \"lost\":{},\"loss_runs\":{loss_runs},\"span_ms\":{span:.3}}}",
         expect - unique
     ))
 }
