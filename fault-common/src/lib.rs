@@ -19,6 +19,15 @@ pub mod maps {
     pub const RULE_STATE: &str = "RULE_STATE";
     /// `Array<Config>` with one entry: the deadline and the lookup summary.
     pub const CONFIG: &str = "CONFIG";
+    /// `Array<i32>`: jitter distribution tables, [`DIST_TABLE_LEN`] entries per
+    /// distribution, in units of 1/[`DIST_SCALE`] standard deviations.
+    pub const DIST_TABLE: &str = "DIST_TABLE";
+    /// `Array<u64>`: per rule, the earliest departure time the next packet may have under
+    /// the rule's rate limit (CLOCK_MONOTONIC ns).
+    pub const RATE_NEXT: &str = "RATE_NEXT";
+    /// `LruHashMap<FlowKey, u64>`: the last departure time given to each flow, so jitter
+    /// never reorders a flow.
+    pub const FLOW_LAST: &str = "FLOW_LAST";
     /// `Array<u64>`: bitmap of (direction, tcp/udp, port) pairs that some rule names, so a
     /// packet to any other port skips the trie (see [`super::port_bit`]).
     pub const PORT_BITS: &str = "PORT_BITS";
@@ -93,8 +102,42 @@ pub struct NetRule {
     pub ge_loss_good: u64,
     pub corrupt_p: u64,
     pub dup_p: u64,
+    /// Added delay (EDT, `skb->tstamp`): base latency and jitter amplitude, in ns.
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    /// `DIST_*` code of the jitter's distribution.
+    pub jitter_dist: u32,
+    pub _pad: u32,
+    /// Correlation of successive jitter draws (a threshold out of 2^32, like probabilities).
+    pub jitter_corr: u64,
+    /// Rate limit in bytes per second; 0 for none.
+    pub rate_bytes: u64,
+    /// Probability that a delayed packet is sent at once instead, overtaking its flow.
+    pub reorder_p: u64,
 }
-const _: () = assert!(core::mem::size_of::<NetRule>() == 56);
+const _: () = assert!(core::mem::size_of::<NetRule>() == 104);
+
+/// `NetRule::jitter_dist` codes. Uniform needs no table; the others index DIST_TABLE.
+pub const DIST_UNIFORM: u32 = 0;
+pub const DIST_NORMAL: u32 = 1;
+pub const DIST_PARETO: u32 = 2;
+pub const DIST_PARETONORMAL: u32 = 3;
+/// Entries per distribution in DIST_TABLE, and the scale of its values.
+pub const DIST_TABLE_LEN: u32 = 4096;
+pub const DIST_SCALE: i64 = 8192;
+
+/// A flow, for FLOW_LAST: addresses and ports as they sit on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 /// Per-rule, per-CPU counters.
 #[repr(C)]
@@ -105,10 +148,12 @@ pub struct RuleCounters {
     pub dropped: u64,
     pub corrupted: u64,
     pub duplicated: u64,
+    /// Packets given a later departure time (delay, jitter, rate).
+    pub delayed: u64,
     /// Helper failures; the packet was let through (fail open).
     pub errors: u64,
 }
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 40);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 48);
 
 /// Per-rule, per-CPU loss-model state.
 #[repr(C)]
@@ -118,8 +163,11 @@ pub struct RuleState {
     pub last_drop: u32,
     /// 1 while the Gilbert-Elliott chain is in the bad state.
     pub ge_bad: u32,
+    /// The previous jitter draw (a 32-bit uniform number), for correlated jitter.
+    pub jitter_last: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RuleState>() == 8);
+const _: () = assert!(core::mem::size_of::<RuleState>() == 16);
 
 /// Words in the PORT_BITS map: 2 directions x 2 protocols x 65,536 ports / 64.
 pub const PORT_BITS_WORDS: u32 = 4 * 1024;
@@ -175,4 +223,5 @@ mod pod {
     unsafe impl aya::Pod for super::RuleCounters {}
     unsafe impl aya::Pod for super::RuleState {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::FlowKey {}
 }

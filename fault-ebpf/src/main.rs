@@ -8,6 +8,8 @@
 #[cfg(target_arch = "bpf")]
 mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
+mod edt;
+#[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
 mod tc;

@@ -13,7 +13,10 @@ use aya_ebpf::{
 };
 use fault_common::{NetRule, CSUM_FIX, DIR_EGRESS, DUP_MARK, PROTO_TCP, PROTO_UDP};
 
-use crate::net::{self, Packet, ETH_P_IP, ETH_P_IPV6, TARGETS};
+use crate::{
+    edt,
+    net::{self, Packet, ETH_P_IP, ETH_P_IPV6, TARGETS},
+};
 
 /// Hand the packet on unchanged (see the module comment).
 const TC_NEXT: i32 = -1;
@@ -99,6 +102,14 @@ fn apply(ctx: &TcContext, index: u32, pkt: &Packet, mark: u32) -> i32 {
             Ok(true) => counters.corrupted += 1,
             Ok(false) => {}
             Err(()) => counters.errors += 1,
+        }
+    }
+
+    if edt::wanted(rule) {
+        if edt::schedule(ctx, index, rule, state, pkt) {
+            counters.delayed += 1;
+        } else {
+            counters.errors += 1;
         }
     }
     TC_NEXT

@@ -367,3 +367,134 @@ fn remove_qdiscs(qdiscs: &[QdiscRecord]) -> Vec<String> {
     }
     problems
 }
+
+/// A root qdisc fault replaced with fq for delays (EDT), to be given back on revert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FqRecord {
+    pub netns: Netns,
+    pub ifname: String,
+    /// What was there: always the kernel's default for the device (fault replaces nothing
+    /// else), which deleting our root qdisc brings back.
+    pub previous: String,
+}
+
+/// Makes fq the root qdisc of every interface in `netns`, so that departure times written by
+/// the egress program are honoured. An interface already under fq is left as it is; one
+/// whose root qdisc someone configured is refused rather than overwritten.
+pub fn install_fq(netns: &[Netns]) -> Result<Vec<FqRecord>, (Vec<FqRecord>, anyhow::Error)> {
+    let mut done = Vec::new();
+    for ns in netns {
+        let res = in_netns(ns, || {
+            let mut here = Vec::new();
+            let ifaces: Vec<String> = nix::net::if_::if_nameindex()
+                .context("list the interfaces")?
+                .iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .collect();
+            for ifname in ifaces {
+                match fq_here(&ifname) {
+                    Ok(Some(previous)) => here.push(FqRecord {
+                        netns: ns.clone(),
+                        ifname,
+                        previous,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => return Ok((here, Some(e))),
+                }
+            }
+            Ok((here, None))
+        });
+        match res {
+            Ok((here, None)) => done.extend(here),
+            Ok((here, Some(e))) => {
+                done.extend(here);
+                return Err((done, e));
+            }
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(done)
+}
+
+/// The root qdisc of `ifname` in this thread's namespace: (kind, handle).
+fn root_qdisc(ifname: &str) -> anyhow::Result<(String, String)> {
+    let out = Command::new("tc")
+        .args(["-j", "qdisc", "show", "dev", ifname, "root"])
+        .output()
+        .context("run tc")?;
+    if !out.status.success() {
+        bail!(
+            "tc qdisc show dev {ifname}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse tc -j")?;
+    let root = v
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["root"] == true).or(a.first()))
+        .with_context(|| format!("no root qdisc on {ifname}"))?;
+    Ok((
+        root["kind"].as_str().unwrap_or_default().to_string(),
+        root["handle"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
+    let (kind, handle) = root_qdisc(ifname)?;
+    if kind == "fq" {
+        return Ok(None);
+    }
+    if handle != "0:" {
+        bail!(
+            "{ifname} has a configured root qdisc ({kind} {handle}); delay needs fq there, \
+             and fault does not replace a qdisc it cannot restore exactly"
+        );
+    }
+    let out = Command::new("tc")
+        .args(["qdisc", "replace", "dev", ifname, "root", "fq"])
+        .output()
+        .context("run tc")?;
+    if !out.status.success() {
+        bail!(
+            "install fq on {ifname} (delay needs the sch_fq qdisc): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Some(kind))
+}
+
+/// Gives every interface back its default root qdisc.
+pub fn restore_fq(records: &[FqRecord]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in records {
+        if !r.netns.is_current() {
+            continue;
+        }
+        let res = in_netns(&r.netns, || {
+            let out = Command::new("tc")
+                .args(["qdisc", "del", "dev", &r.ifname, "root"])
+                .output()
+                .context("run tc")?;
+            if !out.status.success() {
+                bail!(
+                    "tc qdisc del dev {} root: {}",
+                    r.ifname,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let (kind, _) = root_qdisc(&r.ifname)?;
+            if kind != r.previous {
+                bail!(
+                    "{} came back with {kind}, expected {}",
+                    r.ifname,
+                    r.previous
+                );
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            problems.push(format!("restore the root qdisc: {e:#}"));
+        }
+    }
+    problems
+}

@@ -34,6 +34,7 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::RULES, n(t.rules.len()))
         .map_max_entries(maps::COUNTERS, n(t.rules.len()))
         .map_max_entries(maps::RULE_STATE, n(t.rules.len()))
+        .map_max_entries(maps::RATE_NEXT, n(t.rules.len()))
         .load(OBJECT)
         .context("load the eBPF object")?;
 
@@ -49,6 +50,10 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     let mut rules: Array<_, NetRule> = map(&mut ebpf, maps::RULES)?.try_into()?;
     for (i, r) in t.rules.iter().enumerate() {
         rules.set(i as u32, r, 0).context("fill RULES")?;
+    }
+    let mut dist: Array<_, i32> = map(&mut ebpf, maps::DIST_TABLE)?.try_into()?;
+    for (i, v) in crate::dist::tables().iter().enumerate() {
+        dist.set(i as u32, v, 0).context("fill DIST_TABLE")?;
     }
     let (words, wild) = lookup_summary(t.lpm);
     let mut port_bits: Array<_, u64> = map(&mut ebpf, maps::PORT_BITS)?.try_into()?;
@@ -141,6 +146,7 @@ pub fn counters(m: &Map, rules: usize) -> anyhow::Result<Vec<RuleCounters>> {
                     dropped: a.dropped + c.dropped,
                     corrupted: a.corrupted + c.corrupted,
                     duplicated: a.duplicated + c.duplicated,
+                    delayed: a.delayed + c.delayed,
                     errors: a.errors + c.errors,
                 }))
         })

@@ -1,5 +1,6 @@
 //! A real container, named as users name it: podman with runc, the probe bind-mounted in.
 
+use std::io::Write;
 use std::time::Duration;
 
 use fault_tests::{
@@ -21,6 +22,12 @@ fn bridge_address() -> String {
 #[test]
 fn a_container_named_in_the_policy_is_affected_and_its_neighbour_is_not() {
     require_root();
+    // `cargo xtask vm` sets this; its guest shares the host's files but runs no podman.
+    if std::env::var_os("FAULT_IN_VM").is_some_and(|v| v == "1") {
+        // Past libtest's capture (which only takes print!/eprint!), so the reason is shown.
+        let _ = writeln!(std::io::stderr(), "skipped: no podman in the qemu guest");
+        return;
+    }
     // This machine kind has podman (cargo xtask setup installs it): a missing podman is a
     // failure, not a reason to skip.
     assert!(

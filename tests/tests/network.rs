@@ -559,9 +559,25 @@ fn deadline_in_the_kernel_ends_faults_after_sigkill() {
     assert_no_leftovers();
 }
 
+/// Whether this kernel has tcx (Linux 6.6), which fault uses instead of clsact.
+fn kernel_has_tcx() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 6)
+}
+
 #[test]
 fn sigkill_under_tcx_detaches_at_once() {
     require_root();
+    if !kernel_has_tcx() {
+        // Before 6.6 fault attaches clsact filters, which outlive the loader by design; the
+        // deadline test covers that path.
+        eprintln!("skipped: this kernel has no tcx (needs Linux 6.6)");
+        return;
+    }
     {
         let h = hosts("kill", 20);
         let target = Cgroup::new("kill");

@@ -9,6 +9,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,24 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run a command as root in a qemu guest booting Debian 12's kernel (TCG, host / shared)
+    Vm {
+        /// A kernel series (6.1) or an exact Debian ABI (6.1.0-56-amd64)
+        #[arg(long, default_value = vm::DEFAULT_KERNEL)]
+        kernel: String,
+        /// Guest memory, in qemu's syntax
+        #[arg(long, default_value = vm::DEFAULT_MEM)]
+        mem: String,
+        /// Guest CPUs
+        #[arg(long, default_value_t = vm::DEFAULT_CPUS)]
+        cpus: u32,
+        /// Seconds before a guest that has not finished is killed
+        #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +91,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test => test::run(&root),
         Command::Demo { args } => demo::run(&root, &args),
         Command::Bench { args } => bench::run(&root, &args),
+        Command::Vm {
+            kernel,
+            mem,
+            cpus,
+            timeout,
+            cmd,
+        } => {
+            let options = vm::Options {
+                kernel,
+                mem,
+                cpus,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            vm::run(&root, &options, &cmd)
+        }
     }
 }
 

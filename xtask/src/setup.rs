@@ -148,11 +148,15 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "busybox-static",
     "python3.11-minimal",
+    // cargo xtask vm: depmod/modprobe for the guest kernel's modules, xz for its image
+    "kmod",
+    "xz-utils",
 ];
 
 /// Installed without recommends: runc's pull in criu and python3-protobuf, which we don't use.
 /// runc rather than crun because crun refuses the hybrid cgroup layout of these machines.
-const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &["runc"];
+/// qemu's recommends are GUI and firmware packages `cargo xtask vm` does not use.
+const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &["runc", "qemu-system-x86"];
 
 fn missing_packages(wanted: &[&str]) -> Vec<String> {
     // dpkg-query exits non-zero when a package is unknown but still prints the known ones.

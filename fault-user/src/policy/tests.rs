@@ -115,6 +115,7 @@ fn documented_example_parses() {
             ge_loss_good: 0,
             corrupt_p: threshold(0.01),
             dup_p: threshold(0.01),
+            ..NetRule::default()
         }
     );
     assert_eq!(

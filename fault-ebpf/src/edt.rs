@@ -1,0 +1,131 @@
+//! Delay, jitter, rate and reordering by Earliest Departure Time: the program writes the
+//! time a packet may leave into `skb->tstamp`, and the fq qdisc (root of the interface)
+//! holds it until then. Nothing is queued in BPF, so there is no queue limit to cap
+//! throughput, and untargeted packets on the same interface are not delayed.
+//!
+//! fq orders each flow's packets by departure time, so a later packet with an earlier time
+//! would overtake: to keep jitter from reordering a flow, a flow's times never decrease
+//! (FLOW_LAST), unless the rule asks for reordering.
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_set_tstamp},
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::TcContext,
+};
+use fault_common::{
+    FlowKey, NetRule, RuleState, DIST_SCALE, DIST_TABLE_LEN, DIST_UNIFORM, PROB_ONE,
+};
+
+use crate::net::{self, Packet};
+
+/// `BPF_SKB_TSTAMP_DELIVERY_MONO` (include/uapi/linux/bpf.h, Linux 5.18): the time is a
+/// CLOCK_MONOTONIC departure time, which is what fq expects.
+const TSTAMP_DELIVERY_MONO: u32 = 1;
+
+#[map]
+static DIST_TABLE: Array<i32> = Array::with_max_entries(4 * DIST_TABLE_LEN, 0);
+#[map]
+static RATE_NEXT: Array<u64> = Array::with_max_entries(64, 0);
+#[map]
+static FLOW_LAST: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Whether the rule delays or paces at all.
+#[inline(always)]
+pub fn wanted(rule: &NetRule) -> bool {
+    rule.delay_ns != 0 || rule.jitter_ns != 0 || rule.rate_bytes != 0
+}
+
+/// Gives the packet its departure time. Returns false if the helper refused.
+#[inline(always)]
+pub fn schedule(
+    ctx: &TcContext,
+    index: u32,
+    rule: &NetRule,
+    state: &mut RuleState,
+    pkt: &Packet,
+) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    // TCP paces by EDT itself: never send earlier than the stack asked.
+    let skb_tstamp = unsafe { (*ctx.skb.skb).tstamp };
+    let mut depart = if skb_tstamp > now { skb_tstamp } else { now };
+
+    // A link of the given rate: the packet leaves when the previous one has been sent.
+    // (checked_div: no rate, no pacing, and no division-by-zero path for the verifier.)
+    if let Some(cost) = (ctx.len() as u64 * 1_000_000_000).checked_div(rule.rate_bytes) {
+        // The slot is shared by all CPUs; a lost update between two CPUs lets one packet
+        // through a little early, which is within the rate's tolerance.
+        if let Some(next) = RATE_NEXT.get_ptr_mut(index) {
+            let next = unsafe { &mut *next };
+            if *next > depart {
+                depart = *next;
+            }
+            *next = depart + cost;
+        }
+    }
+
+    let mut reorder = false;
+    if rule.delay_ns != 0 || rule.jitter_ns != 0 {
+        if rule.reorder_p != 0 && net::chance(rule.reorder_p) {
+            // Sent as soon as the rate allows: it overtakes the delayed packets before it.
+            reorder = true;
+        } else {
+            depart += delay(rule, state);
+        }
+    }
+
+    if !reorder {
+        let flow = FlowKey {
+            saddr: pkt.saddr,
+            daddr: pkt.daddr,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            proto: pkt.proto,
+            _pad: [0; 3],
+        };
+        if let Some(last) = FLOW_LAST.get_ptr_mut(flow) {
+            let last = unsafe { &mut *last };
+            if *last > depart {
+                depart = *last;
+            }
+            *last = depart;
+        } else {
+            let _ = FLOW_LAST.insert(flow, depart, 0);
+        }
+    }
+
+    let ret = unsafe { bpf_skb_set_tstamp(ctx.skb.skb, depart, TSTAMP_DELIVERY_MONO) };
+    ret == 0
+}
+
+/// Latency plus a jitter draw from the rule's distribution, never below zero.
+#[inline(always)]
+fn delay(rule: &NetRule, state: &mut RuleState) -> u64 {
+    if rule.jitter_ns == 0 {
+        return rule.delay_ns;
+    }
+    // Correlated draws as netem makes them: a weighted mean of a fresh uniform number and
+    // the previous draw, with the correlation as the previous draw's weight.
+    let fresh = unsafe { bpf_get_prandom_u32() } as u64;
+    let rho = rule.jitter_corr;
+    let u = ((fresh * (PROB_ONE - rho) + state.jitter_last as u64 * rho) >> 32) as u32;
+    state.jitter_last = u;
+
+    // Jitter in units of 1/DIST_SCALE of its amplitude.
+    let units: i64 = if rule.jitter_dist == DIST_UNIFORM {
+        // Uniform over [-jitter, +jitter].
+        (u as i64 >> 16) * 2 * DIST_SCALE / 65536 - DIST_SCALE
+    } else {
+        let slot = (rule.jitter_dist - 1) * DIST_TABLE_LEN + (u % DIST_TABLE_LEN);
+        match DIST_TABLE.get(slot) {
+            Some(v) => *v as i64,
+            None => 0,
+        }
+    };
+    let d = rule.delay_ns as i64 + rule.jitter_ns as i64 * units / DIST_SCALE;
+    if d < 0 {
+        0
+    } else {
+        d as u64
+    }
+}
