@@ -283,7 +283,8 @@ fn command_script(cwd: &Path, command: &[String]) -> Vec<u8> {
         }
     }
     s.extend(b"export FAULT_IN_VM=1\n");
-    // The guest sees the host's directories, except below /tmp, which is its own tmpfs.
+    // The guest sees the host's directories (/tmp included: CI may clone there), with its
+    // writes kept in the overlay's tmpfs.
     let dir = shell_quote(cwd.as_os_str());
     s.extend(b"if ! cd ");
     s.extend(&dir);

@@ -76,7 +76,6 @@ mount --move /dev $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup
 mount -t bpf -o mode=0700 bpf $R/sys/fs/bpf
 mount -t tracefs tracefs $R/sys/kernel/tracing
