@@ -5,6 +5,7 @@
 //! `state` records what is active, `run` holds the commands and `report` formats counters.
 
 pub mod attach;
+pub mod clock;
 pub mod dist;
 pub mod loader;
 pub mod policy;

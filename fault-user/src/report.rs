@@ -67,6 +67,22 @@ pub fn counter_lines(reports: &[RuleReport]) -> Vec<String> {
         .collect()
 }
 
+/// One line per clock rule: `  replica-behind  realtime: offset -2s, drift +500ppm  (now -1.998s)  in 3 processes`.
+pub fn clock_lines(rules: &[crate::clock::RuleStatus], processes: usize) -> Vec<String> {
+    let width = rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    rules
+        .iter()
+        .map(|r| {
+            format!(
+                "  {:width$}  {}  (steady fault {:+.3}s when last recorded)  in {processes} process(es)",
+                r.name,
+                r.summary,
+                r.steady_ns as f64 / 1e9
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +91,18 @@ mod tests {
     fn percentages_guard_against_zero() {
         assert_eq!(pct(0, 0), "-");
         assert_eq!(pct(5, 100), "5.0%");
+    }
+
+    #[test]
+    fn clock_lines_name_the_rule_and_the_processes() {
+        let rules = [crate::clock::RuleStatus {
+            name: "behind".into(),
+            summary: "realtime: offset -2s".into(),
+            steady_ns: -2_000_000_000,
+        }];
+        assert_eq!(
+            clock_lines(&rules, 3),
+            ["  behind  realtime: offset -2s  (steady fault -2.000s when last recorded)  in 3 process(es)"]
+        );
     }
 }

@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     attach::{self, Direction},
-    loader,
+    clock, loader,
     policy::{self, Policy},
     report,
     state::{self, RuleInfo, State},
@@ -56,10 +56,11 @@ pub fn check(files: &[PathBuf]) -> Result<(), CliError> {
     for f in files {
         match prepare(f) {
             Ok((p, lpm)) => println!(
-                "{}: ok ({} rules, {} trie entries, {} targets)",
+                "{}: ok ({} rules, {} trie entries, {} clock rules, {} targets)",
                 f.display(),
                 p.rules.len(),
                 lpm.len(),
+                p.clock.len(),
                 p.targets.len()
             ),
             Err(e) => errors.push(format!("{:#}", e.error)),
@@ -125,13 +126,20 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
 
     let deadline_ns = loader::monotonic_ns() + policy.duration.as_nanos() as u64;
     let actions: Vec<_> = policy.rules.iter().map(|r| r.action).collect();
-    let mut ebpf = loader::load(&loader::Tables {
-        cgroup_ids: &resolved.cgroup_ids,
-        lpm: &lpm,
-        rules: &actions,
-        deadline_ns,
-    })
-    .map_err(failed)?;
+    // A policy with clock rules only loads no eBPF program.
+    let network = !policy.rules.is_empty();
+    let mut ebpf = match network {
+        true => Some(
+            loader::load(&loader::Tables {
+                cgroup_ids: &resolved.cgroup_ids,
+                lpm: &lpm,
+                rules: &actions,
+                deadline_ns,
+            })
+            .map_err(failed)?,
+        ),
+        false => None,
+    };
     let pin_dir = state::pin_dir(&policy.name).map_err(failed)?;
     let started = unix_now();
     let mut st = State {
@@ -155,8 +163,11 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         attachments: Vec::new(),
         qdiscs: Vec::new(),
         ingress_cgroups: Vec::new(),
+        clock_rules: Vec::new(),
+        clock_processes: Vec::new(),
     };
-    let setup = loader::pin(&ebpf, &pin_dir).and_then(|()| st.write());
+    let pinned = ebpf.as_ref().map_or(Ok(()), |e| loader::pin(e, &pin_dir));
+    let setup = pinned.and_then(|()| st.write());
     if let Err(e) = setup {
         let _ = state::remove_pins(&policy.name);
         let _ = st.remove_file();
@@ -164,9 +175,13 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     }
 
     let cgroups: Vec<PathBuf> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
-    let mut attached = match attach::attach_all(&mut ebpf, &resolved.netns, &cgroups, &directions) {
-        Ok(a) => a,
-        Err((partial, e)) => {
+    let mut attached = match ebpf
+        .as_mut()
+        .map(|ebpf| attach::attach_all(ebpf, &resolved.netns, &cgroups, &directions))
+    {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err((partial, e))) => {
             for p in partial.detach() {
                 eprintln!("warning: {p}");
             }
@@ -175,23 +190,40 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             return Err(failed(e.context("attach")));
         }
     };
-    st.attachments = attached.records();
-    st.qdiscs = attached.qdiscs.clone();
-    st.ingress_cgroups = attached.cgroups();
+    if let Some(attached) = &attached {
+        st.attachments = attached.records();
+        st.qdiscs = attached.qdiscs.clone();
+        st.ingress_cgroups = attached.cgroups();
+    }
+    // ---- clock faults (crate::clock): every process in the targets now, and (below, on
+    // each rescan) every process that appears later.
+    let mut clocks = clock::Engine::new(&policy.clock, policy.duration);
+    follow_clocks(&mut clocks, &resolved, &mut st);
+    // ---- end of clock faults
     st.ready = true;
     if let Err(e) = st.write() {
         eprintln!("warning: {e:#}");
     }
 
-    println!(
-        "fault: {} active for {}: egress via {} on {} interfaces in {} network namespace(s), ingress on {} cgroup(s); Ctrl-C reverts",
-        policy.name,
-        humantime::format_duration(policy.duration),
-        tc_mode,
-        st.attachments.len(),
-        resolved.netns.len(),
-        st.ingress_cgroups.len(),
-    );
+    if network {
+        println!(
+            "fault: {} active for {}: egress via {} on {} interfaces in {} network namespace(s), ingress on {} cgroup(s); Ctrl-C reverts",
+            policy.name,
+            humantime::format_duration(policy.duration),
+            tc_mode,
+            st.attachments.len(),
+            resolved.netns.len(),
+            st.ingress_cgroups.len(),
+        );
+    }
+    if clocks.is_active() {
+        let (patched, refused) = clocks.counts();
+        println!(
+            "fault: {} clock faults active for {} in {patched} process(es) ({refused} refused); Ctrl-C reverts",
+            policy.name,
+            humantime::format_duration(policy.duration),
+        );
+    }
     for t in &resolved.targets {
         println!(
             "  target {} -> cgroup {} (id {})",
@@ -220,12 +252,15 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             _ = sigterm.recv() => break "terminated",
             _ = tokio::time::sleep_until(end) => break "duration elapsed",
             _ = rescan.tick() => {
-                if let Err(e) = follow_targets(&mut ebpf, &resolved, &mut seen, &mut attached, &mut st) {
-                    eprintln!("warning: following the targets: {e:#}");
+                if let (Some(ebpf), Some(attached)) = (ebpf.as_mut(), attached.as_mut()) {
+                    if let Err(e) = follow_targets(ebpf, &resolved, &mut seen, attached, &mut st) {
+                        eprintln!("warning: following the targets: {e:#}");
+                    }
                 }
+                follow_clocks(&mut clocks, &resolved, &mut st);
             }
-            _ = tick.tick() => {
-                if let Ok(c) = loader::live_counters(&ebpf, policy.rules.len()) {
+            _ = tick.tick(), if network => {
+                if let Some(Ok(c)) = ebpf.as_ref().map(|e| loader::live_counters(e, policy.rules.len())) {
                     println!("[{:>5.0?}]", start.elapsed().as_secs_f64().round() as u64);
                     for l in report::counter_lines(&report::rule_reports(&st, &c)) {
                         println!("{l}");
@@ -235,9 +270,12 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         }
     };
 
-    // Revert: links first, then the maps' pins and our records.
-    let final_counters = loader::live_counters(&ebpf, policy.rules.len()).ok();
-    let mut problems = attached.detach();
+    // Revert: clocks and links first, then the maps' pins and our records.
+    let mut problems = clocks.revert_all();
+    let final_counters = ebpf
+        .as_ref()
+        .and_then(|e| loader::live_counters(e, policy.rules.len()).ok());
+    problems.extend(attached.map(attach::Attached::detach).unwrap_or_default());
     drop(ebpf);
     if let Err(e) = state::remove_pins(&policy.name) {
         problems.push(format!("{e:#}"));
@@ -246,8 +284,9 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         problems.push(format!("{e:#}"));
     }
     println!(
-        "fault: {} reverted ({reason}); final counters:",
-        policy.name
+        "fault: {} reverted ({reason}){}",
+        policy.name,
+        if network { "; final counters:" } else { "" }
     );
     if let Some(c) = final_counters {
         for l in report::counter_lines(&report::rule_reports(&st, &c)) {
@@ -261,6 +300,25 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             "revert was incomplete:\n  {}",
             problems.join("\n  ")
         )))
+    }
+}
+
+/// Patches the clocks of target processes not patched yet and records them in the state
+/// file, so that `fault stop` can restore them if this process dies.
+fn follow_clocks(clocks: &mut clock::Engine, resolved: &target::Resolved, st: &mut State) {
+    if !clocks.is_active() {
+        return;
+    }
+    for line in clocks.follow(&resolved.targets) {
+        println!("fault: {line}");
+    }
+    let records = clocks.records();
+    if records != st.clock_processes || st.clock_rules.is_empty() {
+        st.clock_processes = records;
+        st.clock_rules = clocks.rule_status();
+        if let Err(e) = st.write() {
+            eprintln!("warning: {e:#}");
+        }
     }
 }
 
@@ -332,25 +390,40 @@ fn print_plan(policy: &Policy, resolved: &target::Resolved, entries: usize, tc_m
         "  cgroup ids matched (with descendants): {:?}",
         resolved.cgroup_ids
     );
-    for ns in &resolved.netns {
-        let ifaces = attach::in_netns(ns, || {
-            Ok(nix::net::if_::if_nameindex()?
-                .iter()
-                .map(|i| format!("{}({})", i.name().to_string_lossy(), i.index()))
-                .collect::<Vec<_>>())
-        })
-        .map(|v| v.join(" "))
-        .unwrap_or_else(|e| format!("(cannot list: {e:#})"));
-        println!("  netns {} (via pid {}): {ifaces}", ns.inode, ns.pid);
+    // Network namespaces and trie entries matter to network rules only.
+    if !policy.rules.is_empty() {
+        for ns in &resolved.netns {
+            let ifaces = attach::in_netns(ns, || {
+                Ok(nix::net::if_::if_nameindex()?
+                    .iter()
+                    .map(|i| format!("{}({})", i.name().to_string_lossy(), i.index()))
+                    .collect::<Vec<_>>())
+            })
+            .map(|v| v.join(" "))
+            .unwrap_or_else(|e| format!("(cannot list: {e:#})"));
+            println!("  netns {} (via pid {}): {ifaces}", ns.inode, ns.pid);
+        }
+        if resolved.empty {
+            println!(
+                "  note: no process is in the targets yet; fault attaches in its own network namespace"
+            );
+        }
+        println!("rules ({} trie entries, attach via {tc_mode}):", entries);
+        for (i, r) in policy.rules.iter().enumerate() {
+            println!("  [{i}] {}: {}", r.name, r.describe());
+        }
     }
-    if resolved.empty {
+    if !policy.clock.is_empty() {
         println!(
-            "  note: no process is in the targets yet; fault attaches in its own network namespace"
+            "clock rules (the vDSO of every process in the targets is redirected; {} now):",
+            match target::pids(&resolved.targets).len() {
+                1 => "1 process".to_owned(),
+                n => format!("{n} processes"),
+            }
         );
-    }
-    println!("rules ({} trie entries, attach via {tc_mode}):", entries);
-    for (i, r) in policy.rules.iter().enumerate() {
-        println!("  [{i}] {}: {}", r.name, r.describe());
+        for (i, r) in policy.clock.iter().enumerate() {
+            println!("  [{i}] {}: {}", r.name, r.describe());
+        }
     }
     println!("dry run: nothing attached");
 }
@@ -362,6 +435,7 @@ fn cleanup_dead(s: &State) -> Vec<String> {
     if let Ok(dir) = state::pin_dir(&s.name) {
         let _ = loader::expire_pinned(&dir);
     }
+    problems.extend(clock::revert_recorded(&s.clock_processes));
     problems.extend(attach::remove_recorded(&s.attachments, &s.qdiscs));
     if let Err(e) = state::remove_pins(&s.name) {
         problems.push(format!("{e:#}"));
@@ -444,6 +518,8 @@ struct StatusEntry<'a> {
     targets: &'a [target::ResolvedTarget],
     attachments: usize,
     rules: Vec<report::RuleReport>,
+    clock_rules: &'a [clock::RuleStatus],
+    clock_processes: usize,
 }
 
 pub fn status(json: bool) -> Result<(), CliError> {
@@ -463,6 +539,8 @@ pub fn status(json: bool) -> Result<(), CliError> {
             targets: &s.targets,
             attachments: s.attachments.len(),
             rules: report::rule_reports(s, &counters),
+            clock_rules: &s.clock_rules,
+            clock_processes: s.clock_processes.len(),
         });
     }
     if json {
@@ -496,6 +574,9 @@ pub fn status(json: bool) -> Result<(), CliError> {
             println!("  target {} (cgroup id {})", t.label, t.cgroup_id);
         }
         for l in report::counter_lines(&e.rules) {
+            println!("{l}");
+        }
+        for l in report::clock_lines(e.clock_rules, e.clock_processes) {
             println!("{l}");
         }
     }

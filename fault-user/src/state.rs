@@ -1,8 +1,9 @@
 //! What an active `fault apply` leaves on the host, so that a fresh process can report on it
 //! (`fault status`) and remove it (`fault stop`), also after the loader died.
 //!
-//! - `/run/fault/<policy>.json`: the loader's pid, the deadline, the rules and every
-//!   attachment (tmpfs: a reboot clears it, as it clears the kernel state it describes).
+//! - `/run/fault/<policy>.json`: the loader's pid, the deadline, the rules, every
+//!   attachment and every process whose clocks are patched (tmpfs: a reboot clears it, as it
+//!   clears the kernel state it describes).
 //! - `<bpffs>/fault/<policy>/`: the pinned COUNTERS and CONFIG maps.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attach::{QdiscRecord, Record},
-    sysfs,
+    clock, sysfs,
     target::ResolvedTarget,
 };
 
@@ -38,6 +39,12 @@ pub struct State {
     /// Cgroups with the ingress program (links: they end with the loader).
     #[serde(default)]
     pub ingress_cgroups: Vec<PathBuf>,
+    /// Clock rules, and the processes whose vDSO is redirected: `fault stop` restores them
+    /// when the loader cannot (see `crate::clock`).
+    #[serde(default)]
+    pub clock_rules: Vec<clock::RuleStatus>,
+    #[serde(default)]
+    pub clock_processes: Vec<clock::Record>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -176,6 +176,18 @@ pub fn scan(targets: &[ResolvedTarget]) -> (Vec<u64>, Vec<Netns>) {
     (ids, netns.into_values().collect())
 }
 
+/// Every process in the targets (and their descendant cgroups) now, sorted.
+pub fn pids(targets: &[ResolvedTarget]) -> Vec<u32> {
+    let mut out: Vec<u32> = targets
+        .iter()
+        .flat_map(|t| walk(&t.cgroup))
+        .flat_map(|dir| procs(&dir))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn scan_one(cgroup: &Path, ids: &mut Vec<u64>, netns: &mut BTreeMap<u64, Netns>) {
     for dir in walk(cgroup) {
         if let Ok(id) = inode(&dir) {

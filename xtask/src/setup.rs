@@ -148,6 +148,7 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "busybox-static",
     "python3.11-minimal",
+    "golang-go", // the clock tests build a Go target (tests/tests/clock.rs)
     // cargo xtask vm: depmod/modprobe for the guest kernel's modules, xz for its image
     "kmod",
     "xz-utils",

@@ -75,10 +75,19 @@ pub fn run(root: &Path) -> Result<()> {
 /// them, since each boot costs seconds under TCG. The container test skips itself there (no
 /// podman in the guest). `None` when every binary passed.
 fn vm_stage(root: &Path, fault: &Path, probe: &Path) -> Result<Option<i32>> {
-    let binaries = integration_test_binaries(root)?;
+    let mut binaries = integration_test_binaries(root)?;
     if binaries.is_empty() {
         bail!("cargo reported no test binaries for fault-tests");
     }
+    // The clock suite checks readings to the millisecond; under TCG emulation the guest's
+    // own timing is coarser than that, so it runs on the host kernel only.
+    binaries.retain(|(name, _)| {
+        let keep = name != "clock";
+        if !keep {
+            println!("xtask test: guest skips the {name} suite (millisecond timing checks do not hold under emulation; it ran on the host)");
+        }
+        keep
+    });
     let mut command: Vec<String> = [
         "env".to_string(),
         format!("FAULT_BIN={}", fault.display()),

@@ -56,15 +56,16 @@ pub(super) struct Metadata {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with duration, targets and network"
+    expecting = "a mapping with duration, targets, and network and/or clock"
 )]
 pub(super) struct Spec {
     pub duration: HumanDuration,
     pub targets: Vec<Target>,
-    // Optional for serde so that validation can say "at least one rule" in its own words, and
-    // so that a later section (clock faults) can stand in for it without a format change.
+    // Both optional for serde so that validation can say "at least one rule" in its own words.
     #[serde(default)]
     pub network: Vec<NetworkRule>,
+    #[serde(default)]
+    pub clock: Vec<ClockRule>,
 }
 
 /// A duration as written (`30s`); only strings, because a bare `30` has no unit.
@@ -277,4 +278,67 @@ pub(super) enum Checksum {
 #[serde(deny_unknown_fields, expecting = "a mapping with probability")]
 pub(super) struct Duplicate {
     pub probability: Probability,
+}
+
+/// One clock rule as written. Every value stays text here (`-2s`, `500ppm`) and is read by
+/// validation, which knows its path.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a clock rule: a mapping with optional clocks and at least one of offset, \
+                 drift, jumps or jitter"
+)]
+pub(super) struct ClockRule {
+    pub name: Option<String>,
+    pub clocks: Option<Vec<String>>,
+    pub offset: Option<Scalar>,
+    pub drift: Option<Scalar>,
+    pub jumps: Option<Jumps>,
+    pub jitter: Option<Scalar>,
+    #[serde(default)]
+    pub allow_backwards: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with every and by")]
+pub(super) struct Jumps {
+    pub every: Scalar,
+    pub by: Scalar,
+}
+
+/// A scalar kept as the text the user wrote: `-2s` and `500ppm` are strings in YAML, but a
+/// bare `0` is a number, and validation should see both the same way.
+#[derive(Debug, Clone)]
+pub(super) struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value with a unit, like -2s, 30s, 2ms or 500ppm")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(ScalarVisitor)
+    }
 }

@@ -7,7 +7,8 @@
 //! 2. `validate` checks every value and combination and builds a [`Policy`], whose rules
 //!    carry the [`NetRule`] the kernel applies.
 //!
-//! `compile` then turns the rules into LPM trie entries ([`lpm_entries`]).
+//! `compile` then turns the rules into LPM trie entries ([`lpm_entries`]). Clock rules
+//! ([`ClockRule`]) are compiled by `crate::clock` into the parameter page its stub reads.
 
 mod compile;
 mod document;
@@ -43,6 +44,143 @@ pub struct Policy {
     pub targets: Vec<TargetSpec>,
     /// In policy order: where several rules match a packet, the first one wins.
     pub rules: Vec<Rule>,
+    /// Clock faults; no two rules name the same clock.
+    pub clock: Vec<ClockRule>,
+}
+
+/// A clock a rule can fault, by its policy name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClockId {
+    /// `CLOCK_REALTIME`, and `gettimeofday` and `time`, which read the same clock.
+    Realtime,
+    RealtimeCoarse,
+    Tai,
+    Monotonic,
+    MonotonicCoarse,
+    MonotonicRaw,
+    Boottime,
+}
+
+impl ClockId {
+    /// Every clock, in the order `all` expands to.
+    pub const ALL: [ClockId; 7] = [
+        ClockId::Realtime,
+        ClockId::RealtimeCoarse,
+        ClockId::Tai,
+        ClockId::Monotonic,
+        ClockId::MonotonicCoarse,
+        ClockId::MonotonicRaw,
+        ClockId::Boottime,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClockId::Realtime => "realtime",
+            ClockId::RealtimeCoarse => "realtime_coarse",
+            ClockId::Tai => "tai",
+            ClockId::Monotonic => "monotonic",
+            ClockId::MonotonicCoarse => "monotonic_coarse",
+            ClockId::MonotonicRaw => "monotonic_raw",
+            ClockId::Boottime => "boottime",
+        }
+    }
+
+    /// The `clockid_t` the kernel and the vDSO know it by.
+    pub fn linux_id(self) -> u32 {
+        let id = match self {
+            ClockId::Realtime => libc::CLOCK_REALTIME,
+            ClockId::RealtimeCoarse => libc::CLOCK_REALTIME_COARSE,
+            ClockId::Tai => libc::CLOCK_TAI,
+            ClockId::Monotonic => libc::CLOCK_MONOTONIC,
+            ClockId::MonotonicCoarse => libc::CLOCK_MONOTONIC_COARSE,
+            ClockId::MonotonicRaw => libc::CLOCK_MONOTONIC_RAW,
+            ClockId::Boottime => libc::CLOCK_BOOTTIME,
+        };
+        id as u32
+    }
+
+    /// Whether readers rely on it never going backwards (the monotonic family and boottime).
+    pub fn never_backwards(self) -> bool {
+        !matches!(
+            self,
+            ClockId::Realtime | ClockId::RealtimeCoarse | ClockId::Tai
+        )
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for ClockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A step of the clock every `every_ns`, by `by_ns` (negative: back), like an NTP step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockJumps {
+    pub every_ns: u64,
+    pub by_ns: i64,
+}
+
+/// One clock rule, checked. The fault a reader sees `e` ns after apply is
+/// `offset + drift_ppm * e / 10^6 + floor(e / every) * by + noise`, where the noise lies in
+/// `[-jitter, +jitter]`, or in `[-jitter, 0]` for a clock that must not go backwards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockRule {
+    /// Unique within the policy; `clock-<index>` when the policy gives none.
+    pub name: String,
+    /// Not empty, no clock twice.
+    pub clocks: Vec<ClockId>,
+    pub offset_ns: i64,
+    /// Parts per million: positive runs fast.
+    pub drift_ppm: f64,
+    pub jumps: Option<ClockJumps>,
+    pub jitter_ns: u64,
+    /// Lets monotonic and boottime go back (negative offsets and jumps, symmetric jitter).
+    pub allow_backwards: bool,
+}
+
+impl ClockRule {
+    /// A one-line summary, like `realtime: offset -2s, drift +500ppm, jumps -1s every 30s`.
+    pub fn describe(&self) -> String {
+        let clocks = join(self.clocks.iter().map(ToString::to_string));
+        let mut parts = Vec::new();
+        if self.offset_ns != 0 {
+            parts.push(format!("offset {}", signed_ns(self.offset_ns)));
+        }
+        if self.drift_ppm != 0.0 {
+            parts.push(format!("drift {:+}ppm", self.drift_ppm));
+        }
+        if let Some(j) = self.jumps {
+            parts.push(format!(
+                "jumps {} every {}",
+                signed_ns(j.by_ns),
+                humantime::format_duration(Duration::from_nanos(j.every_ns))
+            ));
+        }
+        if self.jitter_ns != 0 {
+            parts.push(format!(
+                "jitter {}",
+                humantime::format_duration(Duration::from_nanos(self.jitter_ns))
+            ));
+        }
+        if self.allow_backwards {
+            parts.push("backwards allowed".to_owned());
+        }
+        format!("{clocks}: {}", parts.join(", "))
+    }
+}
+
+/// `-2s`, `+1s 500ms`: a signed duration as people write it.
+pub fn signed_ns(ns: i64) -> String {
+    let sign = if ns < 0 { '-' } else { '+' };
+    format!(
+        "{sign}{}",
+        humantime::format_duration(Duration::from_nanos(ns.unsigned_abs()))
+    )
 }
 
 /// A target as named in the policy; resolving it to cgroups happens elsewhere.

@@ -145,6 +145,10 @@ fn example_policy_files_parse() {
             "bursty-loss.yaml",
             include_str!("../../../policies/bursty-loss.yaml"),
         ),
+        (
+            "clock-skew.yaml",
+            include_str!("../../../policies/clock-skew.yaml"),
+        ),
     ];
     for (name, text) in files {
         let policy = parse(text, Path::new(name)).unwrap_or_else(|err| panic!("{err}"));
@@ -562,10 +566,168 @@ fn direction_is_required_and_checked() {
 }
 
 #[test]
-fn a_policy_needs_network_rules() {
+fn a_policy_needs_network_or_clock_rules() {
     let text = EXAMPLE.split("  network:").next().unwrap().to_owned();
-    parse_err(&text, "spec.network");
-    parse_err(&(text + "  network: []\n"), "spec.network");
+    let err = parse_err(&text, "spec");
+    assert!(err.message.contains("network or clock"), "{err}");
+    parse_err(&(text.clone() + "  network: []\n"), "spec");
+    parse_err(&(text + "  network: []\n  clock: []\n"), "spec");
+}
+
+// ---- clock rules ----------------------------------------------------------------------------
+
+/// The example from issue 4.
+const CLOCK_EXAMPLE: &str = r#"
+apiVersion: fault/v1
+kind: FaultPolicy
+metadata:
+  name: replica-clock
+spec:
+  duration: 5m
+  targets: [{container: replica}]
+  clock:
+    - name: replica-behind
+      clocks: [realtime]        # realtime (default), monotonic, boottime, and their _coarse/_raw forms, or all
+      offset: -2s               # constant skew from the moment of apply
+      drift: 500ppm             # the clock runs fast (+) or slow (-) from the moment of apply
+      jumps: {every: 30s, by: -1s}   # a step every interval, like an NTP step
+      jitter: 2ms               # random noise on each read
+"#;
+
+/// A valid policy with one clock rule whose body is `rule`.
+fn with_clock(rule: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: t\nspec:\n  duration: 30s\n  \
+         targets:\n    - pid: 1\n  clock:\n    - {}\n",
+        rule.trim().replace('\n', "\n      ")
+    )
+}
+
+#[test]
+fn the_clock_example_parses() {
+    let policy = parse_ok(CLOCK_EXAMPLE);
+    assert!(policy.rules.is_empty(), "clock rules alone make a policy");
+    assert_eq!(
+        policy.clock,
+        [ClockRule {
+            name: "replica-behind".into(),
+            clocks: vec![ClockId::Realtime],
+            offset_ns: -2_000_000_000,
+            drift_ppm: 500.0,
+            jumps: Some(ClockJumps {
+                every_ns: 30_000_000_000,
+                by_ns: -1_000_000_000,
+            }),
+            jitter_ns: 2_000_000,
+            allow_backwards: false,
+        }]
+    );
+    assert_eq!(
+        policy.clock[0].describe(),
+        "realtime: offset -2s, drift +500ppm, jumps -1s every 30s, jitter 2ms"
+    );
+}
+
+#[test]
+fn network_and_clock_rules_share_a_policy() {
+    let text =
+        format!("{EXAMPLE}  clock:\n    - offset: 1.5s\n      clocks: [realtime_coarse, tai]\n");
+    let policy = parse_ok(&text);
+    assert_eq!(policy.rules.len(), 1);
+    assert_eq!(policy.clock[0].name, "clock-0");
+    assert_eq!(policy.clock[0].offset_ns, 1_500_000_000);
+    assert_eq!(
+        policy.clock[0].clocks,
+        [ClockId::RealtimeCoarse, ClockId::Tai]
+    );
+    let clash = format!("{EXAMPLE}  clock:\n    - name: replica-loss\n      offset: 1s\n");
+    let err = parse_err(&clash, "spec.clock[0].name");
+    assert!(err.message.contains("spec.network[0]"), "{err}");
+}
+
+#[test]
+fn clocks_default_to_realtime_and_all_names_every_clock() {
+    assert_eq!(
+        parse_ok(&with_clock("offset: 1s")).clock[0].clocks,
+        [ClockId::Realtime]
+    );
+    let all = parse_ok(&with_clock("clocks: [all]\njitter: 1ms"));
+    assert_eq!(all.clock[0].clocks, ClockId::ALL);
+    let ids: Vec<u32> = ClockId::ALL.iter().map(|c| c.linux_id()).collect();
+    assert_eq!(ids, [0, 5, 11, 1, 6, 4, 7]);
+    let text =
+        with_clock("clocks: [monotonic, monotonic_coarse, monotonic_raw, boottime]\ndrift: -20ppm");
+    assert_eq!(parse_ok(&text).clock[0].drift_ppm, -20.0);
+}
+
+#[test]
+fn monotonic_clocks_may_not_go_backwards_unless_allowed() {
+    let err = parse_err(
+        &with_clock("clocks: [monotonic]\noffset: -1s"),
+        "spec.clock[0].offset",
+    );
+    assert!(err.message.contains("allow_backwards"), "{err}");
+    let err = parse_err(
+        &with_clock("clocks: [realtime, boottime]\njumps: {every: 10s, by: -5ms}"),
+        "spec.clock[0].jumps.by",
+    );
+    assert!(err.message.contains("boottime"), "{err}");
+    // Allowed when asked for, and fine for realtime; running slow is not going back.
+    parse_ok(&with_clock(
+        "clocks: [monotonic]\noffset: -1s\nallow_backwards: true",
+    ));
+    parse_ok(&with_clock(
+        "clocks: [realtime]\noffset: -1s\njumps: {every: 1s, by: -1s}",
+    ));
+    parse_ok(&with_clock(
+        "clocks: [monotonic]\ndrift: -500ppm\njitter: 1ms",
+    ));
+}
+
+#[test]
+fn bad_clock_rules_are_refused() {
+    for (rule, path) in [
+        (
+            "clocks: [realtime, wallclock]\noffset: 1s",
+            "spec.clock[0].clocks[1]",
+        ),
+        (
+            "clocks: [realtime, realtime]\noffset: 1s",
+            "spec.clock[0].clocks[1]",
+        ),
+        (
+            "clocks: [all, monotonic]\njitter: 1ms",
+            "spec.clock[0].clocks[0]",
+        ),
+        ("clocks: []\noffset: 1s", "spec.clock[0].clocks"),
+        ("offset: 2", "spec.clock[0].offset"),
+        ("offset: two seconds", "spec.clock[0].offset"),
+        ("offset: 11y", "spec.clock[0].offset"),
+        ("drift: 500", "spec.clock[0].drift"),
+        ("drift: 600000ppm", "spec.clock[0].drift"),
+        ("jitter: -1ms", "spec.clock[0].jitter"),
+        ("jitter: 1m", "spec.clock[0].jitter"),
+        ("jumps: {every: 100us, by: 1s}", "spec.clock[0].jumps.every"),
+        ("jumps: {every: 1s, by: 0}", "spec.clock[0].jumps.by"),
+        ("jumps: {every: 1ms, by: 1d}", "spec.clock[0].jumps.by"),
+        ("jumps: {every: 1s}", "spec.clock[0].jumps"),
+        ("offset: 0", "spec.clock[0]"),
+        ("name: \"a b\"\noffset: 1s", "spec.clock[0].name"),
+        ("offset: 1s\nskew: 1s", "spec.clock[0].skew"),
+    ] {
+        parse_err(&with_clock(rule), path);
+    }
+}
+
+#[test]
+fn a_clock_takes_one_rule() {
+    let text =
+        with_clock("offset: 1s") + "    - clocks: [monotonic, realtime]\n      jitter: 1ms\n";
+    let err = parse_err(&text, "spec.clock[1].clocks[1]");
+    assert!(err.message.contains("spec.clock[0]"), "{err}");
+    let text = with_clock("name: a\noffset: 1s")
+        + "    - name: a\n      clocks: [tai]\n      offset: 1s\n";
+    parse_err(&text, "spec.clock[1].name");
 }
 
 #[test]

@@ -12,9 +12,11 @@ use fault_common::{
 use ipnet::IpNet;
 
 use super::document::{
-    Checksum, Direction, Document, Header, NetworkRule, PortSpec, Probability, Target,
+    self, Checksum, Direction, Document, Header, NetworkRule, PortSpec, Probability, Scalar, Target,
 };
-use super::{Invalid, Policy, Protocol, Rule, TargetSpec, API_VERSION, KIND};
+use super::{
+    ClockId, ClockJumps, ClockRule, Invalid, Policy, Protocol, Rule, TargetSpec, API_VERSION, KIND,
+};
 
 /// The longest `metadata.name`: it names a directory in bpffs and prefixes pin names, so it
 /// stays well inside the kernel's 255-byte file names.
@@ -60,10 +62,10 @@ pub(super) fn policy(document: Document, file: &Path) -> Result<Policy, Invalid>
         .map(|(index, target)| self::target(target, &format!("spec.targets[{index}]")))
         .collect::<Result<Vec<_>, _>>()?;
 
-    if spec.network.is_empty() {
+    if spec.network.is_empty() && spec.clock.is_empty() {
         return Err(Invalid::new(
-            "spec.network",
-            "expected at least one network rule",
+            "spec",
+            "expected at least one rule, under network or clock (or both)",
         ));
     }
     let mut rules = Vec::with_capacity(spec.network.len());
@@ -83,6 +85,7 @@ pub(super) fn policy(document: Document, file: &Path) -> Result<Policy, Invalid>
         }
         rules.push(rule);
     }
+    let clock = clock_rules(spec.clock, &names, duration)?;
 
     Ok(Policy {
         file: file.to_owned(),
@@ -90,6 +93,7 @@ pub(super) fn policy(document: Document, file: &Path) -> Result<Policy, Invalid>
         duration,
         targets,
         rules,
+        clock,
     })
 }
 
@@ -430,4 +434,312 @@ fn probability(raw: &Probability) -> Option<f64> {
 fn to_threshold(probability: f64) -> u64 {
     // The product is in [0, 2^32], so the cast neither truncates nor saturates.
     (probability * PROB_ONE as f64).round() as u64
+}
+
+// ---- clock rules ------------------------------------------------------------------------------
+
+/// The largest offset: ten years either way keeps every faulted reading far inside the
+/// 64-bit nanosecond range the stub computes in.
+const MAX_CLOCK_OFFSET_NS: u64 = 10 * 365 * 24 * 3600 * 1_000_000_000;
+/// The largest drift: at 50% a clock still moves forward at half speed, and the stub's
+/// fixed-point product cannot overflow within a day.
+const MAX_DRIFT_PPM: f64 = 500_000.0;
+/// The shortest jump interval: below a millisecond a jump is noise, which `jitter` is for.
+const MIN_JUMP_EVERY_NS: u64 = 1_000_000;
+/// The largest jitter: noise of more than ten seconds is an offset, not noise.
+const MAX_JITTER_NS: u64 = 10 * 1_000_000_000;
+
+fn clock_rules(
+    raw: Vec<document::ClockRule>,
+    network_names: &HashMap<String, usize>,
+    duration: Duration,
+) -> Result<Vec<ClockRule>, Invalid> {
+    let mut rules: Vec<ClockRule> = Vec::with_capacity(raw.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    // Clock -> index of the rule that faults it.
+    let mut owners: HashMap<ClockId, usize> = HashMap::new();
+    for (index, raw) in raw.into_iter().enumerate() {
+        let path = format!("spec.clock[{index}]");
+        let rule = clock_rule(raw, index, &path, duration)?;
+        let clash = match (
+            names.insert(rule.name.clone(), index),
+            network_names.get(&rule.name),
+        ) {
+            (Some(first), _) => Some(format!("spec.clock[{first}]")),
+            (None, Some(first)) => Some(format!("spec.network[{first}]")),
+            (None, None) => None,
+        };
+        if let Some(first) = clash {
+            return Err(Invalid::new(
+                format!("{path}.name"),
+                format!(
+                    "rule name {:?} is already used by {first}; names must be unique",
+                    rule.name
+                ),
+            ));
+        }
+        for (i, clock) in rule.clocks.iter().enumerate() {
+            if let Some(first) = owners.insert(*clock, index) {
+                return Err(Invalid::new(
+                    format!("{path}.clocks[{i}]"),
+                    format!(
+                        "clock {clock} is already faulted by spec.clock[{first}]; \
+                         a clock takes one rule"
+                    ),
+                ));
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+fn clock_rule(
+    raw: document::ClockRule,
+    index: usize,
+    path: &str,
+    duration: Duration,
+) -> Result<ClockRule, Invalid> {
+    let name = match &raw.name {
+        Some(name) => rule_name(name, &format!("{path}.name"))?,
+        None => format!("clock-{index}"),
+    };
+    let clocks = clock_list(raw.clocks.as_deref(), &format!("{path}.clocks"))?;
+    let offset_ns = match &raw.offset {
+        Some(text) => {
+            let path = format!("{path}.offset");
+            let ns = signed_duration(text, &path)?;
+            if ns.unsigned_abs() > MAX_CLOCK_OFFSET_NS {
+                return Err(Invalid::new(
+                    path,
+                    format!("expected at most 10 years either way, got {:?}", text.0),
+                ));
+            }
+            ns
+        }
+        None => 0,
+    };
+    let drift_ppm = match &raw.drift {
+        Some(text) => ppm(text, &format!("{path}.drift"))?,
+        None => 0.0,
+    };
+    let jumps = match &raw.jumps {
+        Some(jumps) => Some(clock_jumps(jumps, &format!("{path}.jumps"), duration)?),
+        None => None,
+    };
+    let jitter_ns = match &raw.jitter {
+        Some(text) => {
+            let path = format!("{path}.jitter");
+            let ns = signed_duration(text, &path)?;
+            if ns < 0 || ns.unsigned_abs() > MAX_JITTER_NS {
+                return Err(Invalid::new(
+                    path,
+                    format!(
+                        "expected an amplitude from 0 to 10s, like 2ms, got {:?}",
+                        text.0
+                    ),
+                ));
+            }
+            ns as u64
+        }
+        None => 0,
+    };
+    if offset_ns == 0 && drift_ppm == 0.0 && jumps.is_none() && jitter_ns == 0 {
+        return Err(Invalid::new(
+            path,
+            "expected at least one of offset, drift, jumps or jitter with a value other than 0",
+        ));
+    }
+    if !raw.allow_backwards {
+        if let Some(clock) = clocks.iter().find(|c| c.never_backwards()) {
+            let backwards = if offset_ns < 0 {
+                Some(("offset", "a negative offset"))
+            } else if jumps.is_some_and(|j| j.by_ns < 0) {
+                Some(("jumps.by", "a backward jump"))
+            } else {
+                None
+            };
+            if let Some((field, what)) = backwards {
+                return Err(Invalid::new(
+                    format!("{path}.{field}"),
+                    format!(
+                        "{what} makes {clock} go backwards, which programs rely on it never \
+                         doing; use a positive value, or set allow_backwards: true"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(ClockRule {
+        name,
+        clocks,
+        offset_ns,
+        drift_ppm,
+        jumps,
+        jitter_ns,
+        allow_backwards: raw.allow_backwards,
+    })
+}
+
+fn clock_list(raw: Option<&[String]>, path: &str) -> Result<Vec<ClockId>, Invalid> {
+    let Some(raw) = raw else {
+        return Ok(vec![ClockId::Realtime]);
+    };
+    if raw.is_empty() {
+        return Err(Invalid::new(
+            path,
+            "expected at least one clock (leave clocks out for realtime)",
+        ));
+    }
+    let mut clocks = Vec::new();
+    for (i, name) in raw.iter().enumerate() {
+        let item = format!("{path}[{i}]");
+        let name = name.trim();
+        if name == "all" {
+            if raw.len() > 1 {
+                return Err(Invalid::new(
+                    item,
+                    "all already names every clock; list it alone",
+                ));
+            }
+            return Ok(ClockId::ALL.to_vec());
+        }
+        let Some(clock) = ClockId::from_name(name) else {
+            let known = join_names();
+            return Err(Invalid::new(
+                item,
+                format!("expected one of {known} or all, got {name:?}"),
+            ));
+        };
+        if clocks.contains(&clock) {
+            return Err(Invalid::new(item, format!("clock {clock} is listed twice")));
+        }
+        clocks.push(clock);
+    }
+    Ok(clocks)
+}
+
+fn join_names() -> String {
+    ClockId::ALL
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn clock_jumps(
+    raw: &document::Jumps,
+    path: &str,
+    duration: Duration,
+) -> Result<ClockJumps, Invalid> {
+    let every_path = format!("{path}.every");
+    let every = signed_duration(&raw.every, &every_path)?;
+    if every < MIN_JUMP_EVERY_NS as i64 {
+        return Err(Invalid::new(
+            every_path,
+            format!(
+                "expected an interval of at least 1ms, like 30s, got {:?}",
+                raw.every.0
+            ),
+        ));
+    }
+    let by_path = format!("{path}.by");
+    let by_ns = signed_duration(&raw.by, &by_path)?;
+    if by_ns == 0 {
+        return Err(Invalid::new(
+            by_path,
+            "expected a step other than 0, like -1s or 500ms",
+        ));
+    }
+    // Every jump adds up: the total over the whole run must stay as bounded as an offset.
+    let count = (duration.as_nanos() / every as u128) as u64;
+    if u128::from(by_ns.unsigned_abs()) * u128::from(count) > u128::from(MAX_CLOCK_OFFSET_NS) {
+        return Err(Invalid::new(
+            by_path,
+            format!(
+                "{count} jumps of {:?} add up to more than 10 years within spec.duration; \
+                 jump less often or by less",
+                raw.by.0
+            ),
+        ));
+    }
+    Ok(ClockJumps {
+        every_ns: every as u64,
+        by_ns,
+    })
+}
+
+/// A duration with an optional sign (`-2s`, `+1.5s`, `500ms`), or a bare `0`, in ns.
+fn signed_duration(text: &Scalar, path: &str) -> Result<i64, Invalid> {
+    let raw = text.0.trim();
+    let invalid = |why: String| {
+        Invalid::new(
+            path,
+            format!(
+                "expected a duration with an optional sign, like -2s, 1.5s or 500ms, got {:?}{why}",
+                text.0
+            ),
+        )
+    };
+    let (negative, magnitude) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, raw.strip_prefix('+').unwrap_or(raw).trim_start()),
+    };
+    if magnitude == "0" {
+        return Ok(0);
+    }
+    let ns = parse_magnitude(magnitude).map_err(|e| invalid(format!(" ({e})")))?;
+    let ns = i64::try_from(ns).map_err(|_| invalid(" (too large)".to_owned()))?;
+    Ok(if negative { -ns } else { ns })
+}
+
+/// humantime's durations plus decimal fractions (`1.5s`, `0.25ms`), in ns.
+fn parse_magnitude(text: &str) -> Result<u128, String> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(d.as_nanos());
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| "a unit is missing".to_owned())?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
+    let scale = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" | "min" => 60e9,
+        "h" => 3600e9,
+        "d" => 86400e9,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    let ns = (value * scale).round();
+    if !ns.is_finite() || ns > 1e30 {
+        return Err("too large".to_owned());
+    }
+    Ok(ns as u128)
+}
+
+/// `500ppm`, `-20ppm`, `+1.5ppm`, or `0`.
+fn ppm(text: &Scalar, path: &str) -> Result<f64, Invalid> {
+    let raw = text.0.trim();
+    let value = if raw == "0" {
+        Some(0.0)
+    } else {
+        raw.strip_suffix("ppm")
+            .and_then(|n| n.trim().parse::<f64>().ok())
+    };
+    match value {
+        Some(v) if v.is_finite() && v.abs() <= MAX_DRIFT_PPM => Ok(v),
+        _ => Err(Invalid::new(
+            path,
+            format!(
+                "expected a rate in parts per million from -500000ppm to +500000ppm, \
+                 like 500ppm or -20ppm, got {:?}",
+                text.0
+            ),
+        )),
+    }
 }

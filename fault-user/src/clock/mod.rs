@@ -1,0 +1,207 @@
+//! Clock faults: skew, drift, jumps and jitter on the clocks a target's processes read.
+//!
+//! Programs read the time through the vDSO (`clock_gettime`, `gettimeofday`, `time`) without
+//! entering the kernel, so no syscall hook sees those reads, and under lockdown no eBPF
+//! program may rewrite what they return. So fault redirects the vDSO entry points of each
+//! target process to code of its own, mapped into the process:
+//!
+//! - `vdso`: finds `[vdso]` in `/proc/PID/maps` and the entry points in its `.dynsym`;
+//! - `reloc`: moves each entry point's first instructions into a trampoline (iced-x86);
+//! - `stub`: the injected code, which calls the original vDSO code through the trampoline
+//!   and adds the fault from a parameter page (`layout`), and which ends the fault by
+//!   itself at the policy's deadline, so a SIGKILLed `fault apply` still ends it on time;
+//! - `inject`: stops every thread with ptrace and makes system calls in the target;
+//! - `seccomp`: checks those calls against the target's seccomp filters first;
+//! - `patch`: puts it together for one process, and reverts it.
+//!
+//! [`Engine`] follows a policy's target cgroups: processes found at apply, and those that
+//! appear later (forked children come patched already; an exec drops the patch, so an
+//! exec'd process is patched anew), are patched; revert restores every process's original
+//! bytes. What stays in a process after revert is the `memfd:fault-clock` mapping (12 KiB,
+//! inert: the vDSO no longer jumps to it, and its expired flag is set) and the private copy
+//! of the vDSO page the kernel made when it was written; a later apply reuses both.
+//!
+//! Reads that do not go through the vDSO (a raw `syscall(SYS_clock_gettime)`) are not
+//! faulted.
+
+pub mod inject;
+pub mod layout;
+pub mod patch;
+pub mod reloc;
+pub mod seccomp;
+pub mod stub;
+pub mod vdso;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{ClockId, ClockRule};
+use crate::target::{self, ResolvedTarget};
+use layout::Plan;
+use patch::Patched;
+
+/// A patched process as the state file records it, so that `fault stop` can revert it after
+/// the loader died: the pid, its start time (to know it is still the same process) and where
+/// the mapping is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub pid: u32,
+    pub start_time: u64,
+    pub base: u64,
+}
+
+/// A clock rule as `fault status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub summary: String,
+    /// The fault without noise at the time the status was written, in ns.
+    #[serde(default)]
+    pub steady_ns: i64,
+}
+
+/// The clock faults of one apply.
+pub struct Engine {
+    rules: Vec<ClockRule>,
+    plan: Plan,
+    patched: BTreeMap<u32, Patched>,
+    /// Processes that could not be patched, by (pid, start time), so each is reported once.
+    refused: BTreeMap<(u32, u64), String>,
+}
+
+impl Engine {
+    /// Starts the faults' clock now; they end `duration` later.
+    pub fn new(rules: &[ClockRule], duration: Duration) -> Self {
+        let remaining = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
+        Engine {
+            rules: rules.to_vec(),
+            plan: Plan::new(rules, remaining, layout::now_ns),
+            patched: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Patches every process in `targets` not patched yet, and forgets those that exited or
+    /// exec'd (they are patched again if they are still there). Returns what to tell the
+    /// user, one line per event.
+    pub fn follow(&mut self, targets: &[ResolvedTarget]) -> Vec<String> {
+        if !self.is_active() {
+            return Vec::new();
+        }
+        let mut lines = Vec::new();
+        self.patched.retain(|&pid, p| {
+            patch::start_time(pid) == Some(p.start_time) && patch::still_mapped(pid, p.base)
+        });
+        let own = std::process::id();
+        for pid in target::pids(targets) {
+            if pid == own || self.patched.contains_key(&pid) {
+                continue;
+            }
+            let Some(start) = patch::start_time(pid) else {
+                continue; // gone already
+            };
+            if self.refused.contains_key(&(pid, start)) {
+                continue;
+            }
+            match patch::patch(pid, &self.plan) {
+                Ok(p) => {
+                    lines.push(if p.adopted {
+                        format!(
+                            "clock: process {pid} ({}) was patched already (forked from a \
+                             patched parent, or left by an earlier run); parameters updated",
+                            inject::comm(pid)
+                        )
+                    } else {
+                        format!(
+                            "clock: patched process {pid} ({}): {} thread(s) stopped for {:.2} ms",
+                            inject::comm(pid),
+                            p.threads,
+                            p.stopped_us as f64 / 1000.0
+                        )
+                    });
+                    self.patched.insert(pid, p);
+                }
+                // A process that ended while being patched is no failure.
+                Err(_) if patch::start_time(pid) != Some(start) => {}
+                Err(e) => {
+                    let text = format!("{:#}", anyhow::Error::from(e));
+                    lines.push(format!(
+                        "clock: warning: {text}; its clocks are not faulted"
+                    ));
+                    self.refused.insert((pid, start), text);
+                }
+            }
+        }
+        lines
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.patched
+            .values()
+            .map(|p| Record {
+                pid: p.pid,
+                start_time: p.start_time,
+                base: p.base,
+            })
+            .collect()
+    }
+
+    /// How many processes are patched and how many were refused.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.patched.len(), self.refused.len())
+    }
+
+    pub fn rule_status(&self) -> Vec<RuleStatus> {
+        rule_status(&self.rules, &self.plan)
+    }
+
+    /// Restores every patched process; returns the problems.
+    pub fn revert_all(&mut self) -> Vec<String> {
+        // Every fault ends at the first store, before any process is stopped.
+        for p in self.patched.values() {
+            p.shared().expire();
+        }
+        let mut problems = Vec::new();
+        for (_, p) in std::mem::take(&mut self.patched) {
+            if let Err(e) = patch::revert_patched(&p) {
+                problems.push(format!("{:#}", anyhow::Error::from(e)));
+            }
+        }
+        problems
+    }
+}
+
+fn rule_status(rules: &[ClockRule], plan: &Plan) -> Vec<RuleStatus> {
+    rules
+        .iter()
+        .map(|r| {
+            let first: ClockId = r.clocks[0];
+            let params = &plan.clocks[first.linux_id() as usize];
+            let now = layout::now_ns(first.linux_id());
+            RuleStatus {
+                name: r.name.clone(),
+                summary: r.describe(),
+                steady_ns: if now < params.deadline_ns {
+                    params.steady_fault(now)
+                } else {
+                    0
+                },
+            }
+        })
+        .collect()
+}
+
+/// Reverts processes a loader that is gone had patched; returns the problems.
+pub fn revert_recorded(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| patch::revert(r.pid, r.start_time, r.base).err())
+        .map(|e| format!("{:#}", anyhow::Error::from(e)))
+        .collect()
+}

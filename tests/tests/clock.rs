@@ -1,0 +1,1099 @@
+//! Clock faults on real processes: C (glibc), Python, Rust and Go programs in a target
+//! cgroup print what their clock reads next to what the raw `clock_gettime` system call
+//! says (never faulted), so each line carries its own skew. Each test leaves nothing behind
+//! (checked at its end); run one at a time (`--test-threads=1`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use fault_tests::{
+    assert_no_leftovers, fault, fault_ok, podman_available, probe, probe_json, require_root,
+    run_in, spawn_in, write_policy, Cgroup, ChildGuard, Container, FaultApply, Netns, IMAGE_PYTHON,
+};
+
+const SEC: i64 = 1_000_000_000;
+const MS: i64 = 1_000_000;
+
+// ---- the target programs ----------------------------------------------------------------------
+
+/// Prints `<label> <faultable ns> <true ns>` every 20 ms: clock_gettime(CLOCK) through libc
+/// (the vDSO) against the raw system call. `gtod` lines do the same for gettimeofday.
+const C_READER: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+int main(int argc, char **argv) {
+    int clk = argc > 1 ? atoi(argv[1]) : CLOCK_REALTIME;
+    int every_ms = argc > 2 ? atoi(argv[2]) : 20;
+    for (;;) {
+        struct timespec t, v; struct timeval tv;
+        syscall(SYS_clock_gettime, clk, &t);
+        clock_gettime(clk, &v);
+        printf("c %lld %lld\n", v.tv_sec * 1000000000LL + v.tv_nsec, t.tv_sec * 1000000000LL + t.tv_nsec);
+        if (clk == CLOCK_REALTIME) {
+            syscall(SYS_clock_gettime, CLOCK_REALTIME, &t);
+            gettimeofday(&tv, 0);
+            printf("gtod %lld %lld\n", tv.tv_sec * 1000000000LL + tv.tv_usec * 1000LL, t.tv_sec * 1000000000LL + t.tv_nsec);
+        }
+        fflush(stdout);
+        usleep(every_ms * 1000);
+    }
+}
+"#;
+
+const PY_READER: &str = r#"
+import ctypes, time
+libc = ctypes.CDLL(None)
+class Timespec(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+ts = Timespec()
+while True:
+    libc.syscall(228, 0, ctypes.byref(ts))
+    true = ts.sec * 10**9 + ts.nsec
+    print("py", time.time_ns(), true, flush=True)
+    time.sleep(0.02)
+"#;
+
+const RUST_READER: &str = r#"
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[repr(C)]
+struct Timespec { sec: i64, nsec: i64 }
+extern "C" { fn syscall(n: i64, ...) -> i64; }
+fn main() {
+    loop {
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        unsafe { syscall(228, 0i64, &mut ts as *mut Timespec) };
+        let v = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        println!("rust {v} {}", ts.sec * 1_000_000_000 + ts.nsec);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+"#;
+
+const GO_READER: &str = r#"
+package main
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+func main() {
+	for {
+		var ts syscall.Timespec
+		syscall.RawSyscall(syscall.SYS_CLOCK_GETTIME, 0, uintptr(unsafe.Pointer(&ts)), 0)
+		fmt.Printf("go %d %d\n", time.Now().UnixNano(), ts.Nano())
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+"#;
+
+/// Waits until fault has mapped its stub here, then: two threads read CLOCK_MONOTONIC
+/// 500,000 times each, counting reads that went backwards; then realtime's skew range.
+const C_HAMMER: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
+static int patched(void) {
+    char line[512]; int found = 0; FILE *f = fopen("/proc/self/maps", "r");
+    while (fgets(line, sizeof line, f)) if (strstr(line, "fault-clock")) found = 1;
+    fclose(f); return found;
+}
+static void *mono(void *out) {
+    long long prev = 0, back = 0; struct timespec t;
+    for (int i = 0; i < 500000; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (ns(t) < prev) back++;
+        prev = ns(t);
+    }
+    *(long long *)out = back; return 0;
+}
+int main(void) {
+    while (!patched()) usleep(1000);
+    pthread_t a, b; long long ba = 0, bb = 0;
+    pthread_create(&a, 0, mono, &ba); pthread_create(&b, 0, mono, &bb);
+    pthread_join(a, 0); pthread_join(b, 0);
+    long long lo = 1LL << 62, hi = -(1LL << 62), mlo = 1LL << 62, mhi = -(1LL << 62);
+    for (int i = 0; i < 20000; i++) {
+        struct timespec t, v;
+        syscall(SYS_clock_gettime, CLOCK_REALTIME, &t); clock_gettime(CLOCK_REALTIME, &v);
+        long long s = ns(v) - ns(t); if (s < lo) lo = s; if (s > hi) hi = s;
+        syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &t); clock_gettime(CLOCK_MONOTONIC, &v);
+        s = ns(v) - ns(t); if (s < mlo) mlo = s; if (s > mhi) mhi = s;
+        usleep(50);
+    }
+    printf("backwards %lld reads 1000000 rt_min %lld rt_max %lld mono_min %lld mono_max %lld\n",
+           ba + bb, lo, hi, mlo, mhi);
+    return 0;
+}
+"#;
+
+/// Four threads read CLOCK_REALTIME through the vDSO between two raw system calls, and a
+/// 1 kHz SIGALRM handler does the same: every value must lie within [t1, t2] (unfaulted) or
+/// [t1 - 2 s, t2 - 2 s] (faulted). SIGUSR1 prints the counts and ends it.
+const C_STRESS: &str = r#"
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+static atomic_long checks, bad, faulted, alarms; static volatile sig_atomic_t done;
+static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
+static void check(void) {
+    struct timespec a, v, b;
+    syscall(SYS_clock_gettime, CLOCK_REALTIME, &a);
+    clock_gettime(CLOCK_REALTIME, &v);
+    syscall(SYS_clock_gettime, CLOCK_REALTIME, &b);
+    long long x = ns(v), lo = ns(a), hi = ns(b), off = 2000000000LL;
+    atomic_fetch_add(&checks, 1);
+    if (x >= lo - off && x <= hi - off) atomic_fetch_add(&faulted, 1);
+    else if (x < lo || x > hi) atomic_fetch_add(&bad, 1);
+}
+static void on_alarm(int s) { (void)s; check(); atomic_fetch_add(&alarms, 1); }
+static void on_usr1(int s) { (void)s; done = 1; }
+static void *hammer(void *p) { (void)p; while (!done) check(); return 0; }
+int main(void) {
+    signal(SIGUSR1, on_usr1);
+    struct sigaction sa = { .sa_handler = on_alarm, .sa_flags = SA_RESTART };
+    sigaction(SIGALRM, &sa, 0);
+    struct itimerval it = { { 0, 1000 }, { 0, 1000 } };
+    setitimer(ITIMER_REAL, &it, 0);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], 0, hammer, 0);
+    printf("started\n"); fflush(stdout);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], 0);
+    printf("checks %ld bad %ld faulted %ld alarms %ld\n", (long)checks, (long)bad, (long)faulted, (long)alarms);
+    return 0;
+}
+"#;
+
+/// Holds PID under ptrace (seized, not stopped), as a debugger would.
+const C_TRACER: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/ptrace.h>
+int main(int argc, char **argv) {
+    if (ptrace(PTRACE_SEIZE, atoi(argv[1]), 0, 0) != 0) { perror("PTRACE_SEIZE"); return 1; }
+    printf("tracing\n"); fflush(stdout);
+    for (;;) pause();
+}
+"#;
+
+/// Runs a program under a seccomp filter that refuses memfd_create with EPERM.
+const C_SECCOMP: &str = r#"
+#include <stddef.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_memfd_create, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp"); return 1;
+    }
+    execv(argv[1], argv + 1);
+    perror("execv"); return 1;
+}
+"#;
+
+/// The built programs, once per test binary.
+struct Programs {
+    dir: PathBuf,
+}
+
+fn programs() -> &'static Programs {
+    static BUILT: OnceLock<Programs> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        // Under target/, where builds belong: kept between runs (Go's cache makes the
+        // second build fast) and left out of the host's state.
+        let dir = fault_tests::workspace_root().join("target/clock-test-programs");
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write source");
+            p
+        };
+        for (name, src, extra) in [
+            ("clockread", C_READER, &[][..]),
+            ("hammer", C_HAMMER, &["-pthread"][..]),
+            ("tracer", C_TRACER, &[][..]),
+            ("seccomp-wrap", C_SECCOMP, &[][..]),
+            ("stress", C_STRESS, &["-pthread"][..]),
+        ] {
+            let c = write(&format!("{name}.c"), src);
+            run_ok(
+                Command::new("gcc")
+                    .args(["-O2", "-o"])
+                    .arg(dir.join(name))
+                    .arg(&c)
+                    .args(extra),
+            );
+        }
+        write("reader.py", PY_READER);
+        let rs = write("reader.rs", RUST_READER);
+        run_ok(
+            Command::new("rustc")
+                .args(["-O", "--edition", "2021", "-o"])
+                .arg(dir.join("rustread"))
+                .arg(rs),
+        );
+        let go = write("reader.go", GO_READER);
+        let go_bin = which("go").unwrap_or_else(|| {
+            panic!("go not found: `cargo xtask setup` installs golang-go for this test")
+        });
+        run_ok(
+            Command::new(go_bin)
+                .args(["build", "-o"])
+                .arg(dir.join("goread"))
+                .arg(go)
+                .env("GOCACHE", dir.join("gocache"))
+                .env("GOPATH", dir.join("gopath"))
+                .env("GO111MODULE", "off"),
+        );
+        Programs { dir }
+    })
+}
+
+impl Programs {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---- readers ----------------------------------------------------------------------------------
+
+/// One printed reading: when it arrived, its label, the faultable and the true ns.
+#[derive(Debug, Clone)]
+struct Reading {
+    at: Instant,
+    label: String,
+    seen: i64,
+    truth: i64,
+}
+
+impl Reading {
+    fn skew(&self) -> i64 {
+        self.seen - self.truth
+    }
+}
+
+/// A running reader and everything it printed so far.
+struct Reader {
+    child: ChildGuard,
+    lines: Arc<Mutex<Vec<Reading>>>,
+    name: String,
+}
+
+impl Reader {
+    fn start(cgroup: Option<&Cgroup>, name: &str, cmd: Command) -> Self {
+        Self::start_in(cgroup, None, name, cmd)
+    }
+
+    fn start_in(cgroup: Option<&Cgroup>, ns: Option<&Netns>, name: &str, mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = spawn_in(cgroup, ns, cmd);
+        let out = child.child_mut().stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if let [label, seen, truth] = f[..] {
+                    if let (Ok(seen), Ok(truth)) = (seen.parse(), truth.parse()) {
+                        sink.lock().unwrap().push(Reading {
+                            at: Instant::now(),
+                            label: label.to_owned(),
+                            seen,
+                            truth,
+                        });
+                    }
+                }
+            }
+        });
+        Reader {
+            child,
+            lines,
+            name: name.to_owned(),
+        }
+    }
+
+    fn c(cgroup: Option<&Cgroup>, clock: i32) -> Self {
+        let mut cmd = Command::new(programs().path("clockread"));
+        cmd.args([clock.to_string(), "20".to_string()]);
+        Self::start(cgroup, "C", cmd)
+    }
+
+    fn all_runtimes(cgroup: &Cgroup) -> Vec<Reader> {
+        let p = programs();
+        let mut py = Command::new("python3");
+        py.arg("-u").arg(p.path("reader.py"));
+        vec![
+            Self::c(Some(cgroup), 0),
+            Self::start(Some(cgroup), "Python", py),
+            Self::start(Some(cgroup), "Rust", Command::new(p.path("rustread"))),
+            Self::start(Some(cgroup), "Go", Command::new(p.path("goread"))),
+        ]
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    fn readings(&self) -> Vec<Reading> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Readings that arrived after `since`, waiting until there are at least `n`.
+    fn after(&self, since: Instant, n: usize) -> Vec<Reading> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got: Vec<Reading> = self
+                .readings()
+                .into_iter()
+                .filter(|r| r.at > since)
+                .collect();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} reader (pid {}) printed {} readings after the mark, expected {n}",
+                self.name,
+                self.pid(),
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().is_none()
+    }
+}
+
+#[track_caller]
+fn assert_skews(reader: &Reader, readings: &[Reading], want: i64, tolerance: i64, what: &str) {
+    for r in readings {
+        assert!(
+            (r.skew() - want).abs() <= tolerance,
+            "{what}: {} reader (pid {}) {} read {:+.6} s off true time, expected {:+.3} s ± {} ms: {r:?}",
+            reader.name,
+            reader.pid(),
+            r.label,
+            r.skew() as f64 / 1e9,
+            want as f64 / 1e9,
+            tolerance / MS
+        );
+    }
+}
+
+fn policy(name: &str, cgroup: &Cgroup, duration: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+         duration: {duration}\n  targets:\n    - cgroup: {}\n  clock:\n{rules}",
+        cgroup.path().display()
+    )
+}
+
+/// The vDSO image of `pid`, read from its memory.
+fn vdso_of(pid: u32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt as _;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .expect("a vDSO mapping");
+    let (lo, hi) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let lo = u64::from_str_radix(lo, 16).unwrap();
+    let hi = u64::from_str_radix(hi, 16).unwrap();
+    let mut buf = vec![0; (hi - lo) as usize];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .expect("mem")
+        .read_exact_at(&mut buf, lo)
+        .expect("read the vDSO");
+    buf
+}
+
+fn has_stub(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("fault-clock"))
+}
+
+/// Every reader's vDSO is the pristine one again (this test process's is never patched).
+#[track_caller]
+fn assert_vdso_restored(readers: &[&Reader]) {
+    let pristine = vdso_of(std::process::id());
+    for r in readers {
+        assert!(
+            vdso_of(r.pid()) == pristine,
+            "{} reader (pid {}): its vDSO differs from the pristine one after revert",
+            r.name,
+            r.pid()
+        );
+    }
+}
+
+fn wait(d: Duration) {
+    std::thread::sleep(d);
+}
+
+// ---- the tests --------------------------------------------------------------------------------
+
+#[test]
+fn offset_reaches_every_runtime_before_and_after_apply_and_reverts() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-offset");
+        let mut early = Reader::all_runtimes(&cgroup);
+        let bystander = Reader::c(None, 0);
+        wait(Duration::from_millis(300));
+
+        let file = write_policy(&policy(
+            "clock-offset",
+            &cgroup,
+            "60s",
+            "    - name: behind\n      offset: -2s\n",
+        ));
+        let started = Instant::now();
+        let mut apply = FaultApply::start(file.path(), "clock-offset");
+        apply.wait_ready();
+        let ready = Instant::now();
+        let late = Reader::all_runtimes(&cgroup);
+        let late_started = Instant::now();
+        wait(Duration::from_millis(1200));
+
+        let mark = Instant::now();
+        for r in &early {
+            let got = r.after(mark, 5);
+            assert_skews(r, &got, -2 * SEC, 5 * MS, "started before apply");
+            // The first faulted reading came soon after apply.
+            let first = r
+                .readings()
+                .into_iter()
+                .find(|x| (x.skew() + 2 * SEC).abs() < 5 * MS)
+                .expect("a faulted reading");
+            println!(
+                "{} (before apply): first faulted reading {:?} after `fault apply` started, {:?} after ready",
+                r.name,
+                first.at - started,
+                first.at.saturating_duration_since(ready)
+            );
+        }
+        for r in &late {
+            let got = r.after(mark, 5);
+            assert_skews(r, &got, -2 * SEC, 5 * MS, "started after apply");
+            let first = r
+                .readings()
+                .into_iter()
+                .find(|x| (x.skew() + 2 * SEC).abs() < 5 * MS)
+                .expect("a faulted reading");
+            println!(
+                "{} (after apply): first faulted reading {:?} after it started",
+                r.name,
+                first.at - late_started
+            );
+        }
+        assert_skews(
+            &bystander,
+            &bystander.after(mark, 5),
+            0,
+            5 * MS,
+            "untargeted",
+        );
+
+        let status = fault_ok(["status"]);
+        assert!(
+            status.contains("behind")
+                && status.contains("offset -2s")
+                && status.contains("in 8 process(es)"),
+            "fault status shows the clock rule and its 8 processes:\n{status}"
+        );
+
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "fault apply exits 0 after SIGTERM:\n{log}");
+        let reverted = Instant::now();
+        wait(Duration::from_millis(200));
+        for r in early.iter().chain(&late) {
+            assert_skews(r, &r.after(reverted, 3), 0, 5 * MS, "after revert");
+        }
+        for r in early.iter_mut() {
+            assert!(r.running(), "{} reader keeps running after revert", r.name);
+        }
+        let all: Vec<&Reader> = early.iter().chain(&late).collect();
+        assert_vdso_restored(&all);
+        assert!(
+            all.iter().all(|r| has_stub(r.pid())),
+            "the inert stub mapping stays, as documented"
+        );
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn drift_of_500ppm_shows_over_three_seconds() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-drift");
+        let reader = Reader::c(Some(&cgroup), 0);
+        let file = write_policy(&policy(
+            "clock-drift",
+            &cgroup,
+            "60s",
+            "    - name: fast\n      drift: 500ppm\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-drift");
+        apply.wait_ready();
+        let mark = Instant::now();
+        wait(Duration::from_millis(3200));
+        let got: Vec<Reading> = reader
+            .after(mark, 100)
+            .into_iter()
+            .filter(|r| r.label == "c")
+            .collect();
+        let (a, b) = (&got[0], got.last().unwrap());
+        let elapsed = (b.truth - a.truth) as f64;
+        let rate = (b.skew() - a.skew()) as f64 / elapsed * 1e6;
+        println!(
+            "drift: {:+.3} ms over {:.3} s = {rate:.1} ppm",
+            (b.skew() - a.skew()) as f64 / 1e6,
+            elapsed / 1e9
+        );
+        assert!(elapsed > 2.5e9, "readings span {:.2} s", elapsed / 1e9);
+        assert!(
+            (rate - 500.0).abs() < 25.0,
+            "measured {rate:.1} ppm, expected 500 ± 25 ppm"
+        );
+        drop(apply);
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn jumps_happen_at_their_interval() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-jumps");
+        let reader = Reader::c(Some(&cgroup), 0);
+        let file = write_policy(&policy(
+            "clock-jumps",
+            &cgroup,
+            "60s",
+            "    - name: steps\n      jumps: {every: 1s, by: -100ms}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-jumps");
+        apply.wait_ready();
+        let mark = Instant::now();
+        wait(Duration::from_millis(3600));
+        let got: Vec<Reading> = reader
+            .after(mark, 100)
+            .into_iter()
+            .filter(|r| r.label == "c")
+            .collect();
+        // Every reading sits on a step of -100 ms, and the steps come a second apart.
+        let mut steps: Vec<(i64, i64)> = Vec::new(); // (step, true time it was first seen)
+        for r in &got {
+            let step = (-r.skew() + 50 * MS) / (100 * MS);
+            assert!(
+                (r.skew() + step * 100 * MS).abs() < MS,
+                "skew {:+.6} s is not a multiple of -100 ms",
+                r.skew() as f64 / 1e9
+            );
+            if steps.last().is_none_or(|&(s, _)| s != step) {
+                steps.push((step, r.truth));
+            }
+        }
+        println!("jumps: {steps:?}");
+        assert!(steps.len() >= 3, "at least 3 steps in 3.6 s: {steps:?}");
+        for w in steps.windows(2).skip(1) {
+            let (s0, t0) = w[0];
+            let (s1, t1) = w[1];
+            assert_eq!(s1, s0 + 1, "one step at a time: {steps:?}");
+            let gap = t1 - t0;
+            assert!(
+                (gap - SEC).abs() < 60 * MS,
+                "steps {:.3} s apart, expected 1 s ± 60 ms: {steps:?}",
+                gap as f64 / 1e9
+            );
+        }
+        drop(apply);
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn jitter_spreads_and_monotonic_never_goes_back() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-jitter");
+        let file = write_policy(&policy(
+            "clock-jitter",
+            &cgroup,
+            "60s",
+            "    - name: noisy\n      clocks: [realtime, monotonic]\n      jitter: 2ms\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-jitter");
+        apply.wait_ready();
+        // Started after apply: it waits until fault has patched it, then hammers.
+        let mut cmd = Command::new(programs().path("hammer"));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = spawn_in(Some(&cgroup), None, cmd).wait_output(Duration::from_secs(60));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "hammer: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("jitter: {text}");
+        let f: Vec<i64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [back, reads, rt_min, rt_max, mono_min, mono_max] = f[..] else {
+            panic!("unexpected hammer output: {text}");
+        };
+        assert_eq!(reads, 1_000_000);
+        assert_eq!(
+            back, 0,
+            "monotonic went backwards {back} times in a million reads"
+        );
+        assert!(
+            rt_min >= -2 * MS - 100_000 && rt_max <= 2 * MS + 100_000,
+            "realtime noise within ±2 ms: {rt_min}..{rt_max}"
+        );
+        assert!(
+            rt_min < -MS && rt_max > MS,
+            "realtime noise spreads over the range: {rt_min}..{rt_max}"
+        );
+        assert!(
+            mono_max <= 100_000 && mono_min >= -2 * MS - 100_000,
+            "monotonic only lags, by up to 2 ms: {mono_min}..{mono_max}"
+        );
+        drop(apply);
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn after_sigkill_the_deadline_ends_the_skew_and_stop_restores_the_bytes() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-kill");
+        let reader = Reader::c(Some(&cgroup), 0);
+        let file = write_policy(&policy(
+            "clock-kill",
+            &cgroup,
+            "3s",
+            "    - name: behind\n      offset: -2s\n",
+        ));
+        let before = wall_ns();
+        let mut apply = FaultApply::start(file.path(), "clock-kill");
+        apply.wait_ready();
+        let ready = wall_ns();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        wait(Duration::from_millis(3500));
+
+        let got: Vec<Reading> = reader
+            .readings()
+            .into_iter()
+            .filter(|r| r.label == "c" && r.truth > ready)
+            .collect();
+        let last_skewed = got
+            .iter()
+            .rfind(|r| (r.skew() + 2 * SEC).abs() < 5 * MS)
+            .expect("skewed readings after SIGKILL");
+        let first_true = got
+            .iter()
+            .find(|r| r.skew().abs() < 5 * MS)
+            .expect("true readings after the deadline");
+        println!(
+            "deadline: last skewed reading {:.3} s and first true one {:.3} s after `fault apply` started (duration 3 s)",
+            (last_skewed.truth - before) as f64 / 1e9,
+            (first_true.truth - before) as f64 / 1e9
+        );
+        assert!(
+            last_skewed.truth < ready + 3 * SEC,
+            "skewed until the deadline, not after"
+        );
+        assert!(
+            first_true.truth >= before + 3 * SEC && first_true.truth <= ready + 3 * SEC + 50 * MS,
+            "true time again at the deadline (within a 20 ms reading interval)"
+        );
+        assert!(
+            got.iter()
+                .filter(|r| r.truth > first_true.truth)
+                .all(|r| r.skew().abs() < 5 * MS),
+            "and true time from then on"
+        );
+
+        assert!(
+            vdso_of(reader.pid()) != vdso_of(std::process::id()),
+            "still patched"
+        );
+        let out = fault(["status"]);
+        let status = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            status.contains("is gone"),
+            "status tells the loader died:\n{status}"
+        );
+        fault_ok(["stop", "--all"]);
+        assert_vdso_restored(&[&reader]);
+        assert_skews(
+            &reader,
+            &reader.after(Instant::now(), 3),
+            0,
+            5 * MS,
+            "after stop",
+        );
+        drop(apply);
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn traced_and_seccomp_confined_targets_are_reported_and_left_alone() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-blocked");
+        let traced = Reader::c(Some(&cgroup), 0);
+        let mut tracer_cmd = Command::new(programs().path("tracer"));
+        tracer_cmd
+            .arg(traced.pid().to_string())
+            .stdout(Stdio::null());
+        let _tracer = spawn_in(None, None, tracer_cmd);
+        let mut confined_cmd = Command::new(programs().path("seccomp-wrap"));
+        confined_cmd.args([programs().path("clockread").to_str().unwrap(), "0", "20"]);
+        let confined = Reader::start(Some(&cgroup), "seccomp-confined C", confined_cmd);
+        let healthy = Reader::c(Some(&cgroup), 0);
+        wait(Duration::from_millis(300));
+
+        let file = write_policy(&policy(
+            "clock-blocked",
+            &cgroup,
+            "60s",
+            "    - name: behind\n      offset: -2s\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-blocked");
+        apply.wait_ready();
+        wait(Duration::from_millis(400));
+        let mark = Instant::now();
+        assert_skews(
+            &healthy,
+            &healthy.after(mark, 3),
+            -2 * SEC,
+            5 * MS,
+            "the healthy one",
+        );
+        assert_skews(&traced, &traced.after(mark, 3), 0, 5 * MS, "the traced one");
+        assert_skews(
+            &confined,
+            &confined.after(mark, 3),
+            0,
+            5 * MS,
+            "the confined one",
+        );
+        let log = apply.log();
+        assert!(
+            log.contains(&format!("process {} (clockread)", traced.pid()))
+                && log.contains("already traced by pid"),
+            "the log names the traced process and its tracer:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("process {} (clockread)", confined.pid()))
+                && log.contains("seccomp filter answers errno 1 to memfd_create"),
+            "the log names the confined process and what its filter refused:\n{log}"
+        );
+        assert!(
+            !has_stub(traced.pid()) && !has_stub(confined.pid()),
+            "nothing was mapped into the refused processes"
+        );
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// Sends 200 datagrams from the target to a receiver beside it on the namespace's loopback;
+/// returns how many arrived.
+fn udp_delivered(cgroup: &Cgroup, ns: &Netns, port: u16) -> u64 {
+    let bind = format!("127.0.0.1:{port}");
+    let mut receiver = spawn_in(
+        None,
+        Some(ns),
+        probe(&[
+            "udp-recv",
+            "--bind",
+            &bind,
+            "--expect",
+            "200",
+            "--timeout-ms",
+            "800",
+        ]),
+    );
+    receiver.wait_listening(port);
+    let sent = probe_json(&run_in(
+        Some(cgroup),
+        Some(ns),
+        probe(&["udp-send", "--to", &bind, "--count", "200", "--size", "64"]),
+        Duration::from_secs(20),
+    ));
+    assert_eq!(sent["sent"], 200, "{sent}");
+    let got = probe_json(&receiver.wait_output(Duration::from_secs(20)));
+    got["unique"].as_u64().unwrap_or_else(|| panic!("{got}"))
+}
+
+#[test]
+fn network_and_clock_rules_apply_and_revert_together() {
+    require_root();
+    programs();
+    {
+        let ns = Netns::new("clock-net");
+        let cgroup = Cgroup::new("clock-net");
+        let mut cmd = Command::new(programs().path("clockread"));
+        cmd.args(["0", "20"]);
+        let reader = Reader::start_in(Some(&cgroup), Some(&ns), "C", cmd);
+        wait(Duration::from_millis(200));
+        let text = policy(
+            "clock-net",
+            &cgroup,
+            "60s",
+            "    - name: behind\n      offset: -2s\n",
+        ) + "  network:\n    - name: no-udp\n      direction: egress\n      \
+               match: {protocol: udp}\n      drop: {probability: 100%}\n";
+        let file = write_policy(&text);
+        let mut apply = FaultApply::start(file.path(), "clock-net");
+        apply.wait_ready();
+        wait(Duration::from_millis(100));
+        let mark = Instant::now();
+        assert_skews(
+            &reader,
+            &reader.after(mark, 3),
+            -2 * SEC,
+            5 * MS,
+            "with network rules",
+        );
+        assert_eq!(
+            udp_delivered(&cgroup, &ns, 9301),
+            0,
+            "every datagram dropped"
+        );
+        let out = fault(["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert!(v[0]["attachments"].as_u64() >= Some(1), "{v}");
+        assert_eq!(v[0]["rules"][0]["name"], "no-udp", "{v}");
+        assert_eq!(v[0]["clock_rules"][0]["name"], "behind", "{v}");
+        assert_eq!(v[0]["clock_processes"], 1, "{v}");
+
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+        let reverted = Instant::now();
+        assert_skews(
+            &reader,
+            &reader.after(reverted, 3),
+            0,
+            5 * MS,
+            "after revert",
+        );
+        assert_eq!(
+            udp_delivered(&cgroup, &ns, 9302),
+            200,
+            "traffic flows again"
+        );
+        assert_vdso_restored(&[&reader]);
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn a_busy_target_with_a_signal_handler_survives_100_apply_revert_cycles() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-stress");
+        let mut cmd = Command::new(programs().path("stress"));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut target = spawn_in(Some(&cgroup), None, cmd);
+        wait(Duration::from_millis(200));
+        let file = write_policy(&policy(
+            "clock-stress",
+            &cgroup,
+            "60s",
+            "    - name: behind\n      offset: -2s\n",
+        ));
+        for cycle in 0..100 {
+            let mut apply = FaultApply::start(file.path(), "clock-stress");
+            apply.wait_ready();
+            wait(Duration::from_millis(10));
+            let (exit, log) = apply.stop();
+            assert!(exit.success(), "cycle {cycle}: {log}");
+            assert!(
+                log.contains("patched process"),
+                "cycle {cycle}: the target was patched:\n{log}"
+            );
+            assert!(
+                target.try_wait().is_none(),
+                "the target died in cycle {cycle}"
+            );
+        }
+        assert!(
+            vdso_of(target.pid()) == vdso_of(std::process::id()),
+            "after 100 cycles the target's vDSO is the pristine one"
+        );
+        target.signal(libc::SIGUSR1);
+        let out = target.wait_output(Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "stress target: {text}");
+        println!("stress: {text}");
+        let f: Vec<i64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [checks, bad, faulted, alarms] = f[..] else {
+            panic!("unexpected output: {text}");
+        };
+        assert_eq!(
+            bad, 0,
+            "{bad} of {checks} reads were neither true nor true - 2 s"
+        );
+        assert!(
+            faulted > 0 && faulted < checks,
+            "both faulted and true reads: {text}"
+        );
+        assert!(alarms > 100, "the signal handler ran: {text}");
+    }
+    assert_no_leftovers();
+}
+
+/// `(faultable, true)` pairs a container's reader printed so far (`podman logs`).
+fn container_readings(c: &Container) -> Vec<(i64, i64)> {
+    let out = Command::new("podman")
+        .args(["logs", c.name()])
+        .output()
+        .expect("podman logs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                ["c", seen, truth] => Some((seen.parse().ok()?, truth.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_podman_container_reads_the_skew() {
+    require_root();
+    programs();
+    assert!(
+        podman_available(),
+        "podman is missing: `cargo xtask setup` installs it"
+    );
+    {
+        // The C reader, run inside the container (the image carries the host's glibc).
+        let volume = format!("{}:/p:ro", programs().dir.display());
+        let c = Container::run_with(
+            "clock",
+            &["-v", &volume],
+            IMAGE_PYTHON,
+            &["/p/clockread", "0", "20"],
+        );
+        wait(Duration::from_millis(300));
+        let text = format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: clock-container\n\
+             spec:\n  duration: 60s\n  targets:\n    - container: {}\n  clock:\n    \
+             - name: behind\n      offset: -2s\n",
+            c.name()
+        );
+        let file = write_policy(&text);
+        let mut apply = FaultApply::start(file.path(), "clock-container");
+        apply.wait_ready();
+        let log = apply.log();
+        assert!(log.contains("patched process"), "{log}");
+        let before = container_readings(&c).len();
+        wait(Duration::from_millis(300));
+        let during = container_readings(&c);
+        assert!(during.len() > before + 5, "the container keeps printing");
+        for &(seen, truth) in &during[before + 1..] {
+            let skew = seen - truth;
+            assert!(
+                (skew + 2 * SEC).abs() < 5 * MS,
+                "inside the container: {:+.6} s off, expected -2 s",
+                skew as f64 / 1e9
+            );
+        }
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+        let reverted = container_readings(&c).len();
+        wait(Duration::from_millis(300));
+        let after = container_readings(&c);
+        for &(seen, truth) in &after[reverted + 1..] {
+            assert!((seen - truth).abs() < 5 * MS, "true time after revert");
+        }
+    }
+    assert_no_leftovers();
+}
+
+fn wall_ns() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    d.as_nanos() as i64
+}
