@@ -31,13 +31,47 @@ pub mod maps {
     /// `Array<u64>`: bitmap of (direction, tcp/udp, port) pairs that some rule names, so a
     /// packet to any other port skips the trie (see [`super::port_bit`]).
     pub const PORT_BITS: &str = "PORT_BITS";
+    /// `CgroupArray`: the target cgroups (directory fds), [`super::EXEC_MAX_CGROUPS`] slots;
+    /// a process that execs in one of them or in a descendant is held until patched.
+    pub const EXEC_CGROUPS: &str = "EXEC_CGROUPS";
+    /// `HashMap<u32, u64>`: processes the exec program stopped (pid -> CLOCK_MONOTONIC ns
+    /// of the stop) and fault has not let go yet. Pinned, so `fault stop` can let them go
+    /// after the loader died.
+    pub const EXEC_HELD: &str = "EXEC_HELD";
+    /// `RingBuf` of [`super::ExecEvent`]: a process was stopped at exec.
+    pub const EXEC_EVENTS: &str = "EXEC_EVENTS";
+}
+
+/// Load-time globals of the exec program (`EbpfLoader::set_global`).
+pub mod globals {
+    /// `u64`: CLOCK_MONOTONIC ns after which no process is stopped (0: none).
+    pub const EXEC_DEADLINE_NS: &str = "EXEC_DEADLINE_NS";
+    /// `u32`: slots of EXEC_CGROUPS in use.
+    pub const EXEC_CGROUP_COUNT: &str = "EXEC_CGROUP_COUNT";
 }
 
 /// Program names (the function names in fault-ebpf).
 pub mod progs {
     pub const TC_EGRESS: &str = "fault_tc_egress";
     pub const CGROUP_INGRESS: &str = "fault_cg_ingress";
+    pub const EXEC: &str = "fault_exec";
 }
+
+/// Slots in EXEC_CGROUPS: a policy's targets beyond this many are covered by the rescan only.
+pub const EXEC_MAX_CGROUPS: u32 = 64;
+/// Entries in EXEC_HELD: processes held at once; beyond, an exec is not held (fail open).
+pub const EXEC_MAX_HELD: u32 = 1024;
+
+/// A process the exec program stopped, for the loader to patch and let go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExecEvent {
+    pub pid: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns when it was stopped (`bpf_ktime_get_ns`).
+    pub stopped_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16);
 
 /// Direction codes in [`RuleKey::dir`], seen from the target.
 pub const DIR_EGRESS: u8 = 1;
@@ -224,4 +258,5 @@ mod pod {
     unsafe impl aya::Pod for super::RuleState {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ExecEvent {}
 }

@@ -1,5 +1,6 @@
 //! fault's eBPF programs. One file per hook family: `tc` (egress network faults),
-//! `cgroup_skb` (ingress network faults), and `net`, what both share.
+//! `cgroup_skb` (ingress network faults), `net`, what both share, and `exec` (holds a
+//! process that execs in a target until its clocks are patched).
 // Built for the host (as a workspace member, by `cargo clippy --workspace`) it is an empty
 // program; only the bpf target carries the programs.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -9,6 +10,8 @@
 mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
 mod edt;
+#[cfg(target_arch = "bpf")]
+mod exec;
 #[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]

@@ -450,8 +450,22 @@ fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
              and fault does not replace a qdisc it cannot restore exactly"
         );
     }
+    // fq's defaults (100 packets a flow, 10,000 in all) would cap a delayed flow at
+    // 100 packets per delay; room for 10,000 a flow lets a flow run at full speed through
+    // a 100 ms delay, as a real path's bandwidth-delay product would.
     let out = Command::new("tc")
-        .args(["qdisc", "replace", "dev", ifname, "root", "fq"])
+        .args([
+            "qdisc",
+            "replace",
+            "dev",
+            ifname,
+            "root",
+            "fq",
+            "limit",
+            "100000",
+            "flow_limit",
+            "10000",
+        ])
         .output()
         .context("run tc")?;
     if !out.status.success() {

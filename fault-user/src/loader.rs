@@ -13,7 +13,8 @@ use fault_common::{
 };
 
 /// The compiled eBPF object (see build.rs).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fault-ebpf"));
 
 /// Everything the kernel side needs for one policy.
 pub struct Tables<'a> {

@@ -163,6 +163,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         attachments: Vec::new(),
         qdiscs: Vec::new(),
         ingress_cgroups: Vec::new(),
+        fq: Vec::new(),
         clock_rules: Vec::new(),
         clock_processes: Vec::new(),
     };
@@ -195,9 +196,35 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         st.qdiscs = attached.qdiscs.clone();
         st.ingress_cgroups = attached.cgroups();
     }
+    // Delays are departure times that only fq honours: it becomes the root qdisc of the
+    // targets' interfaces while the policy runs.
+    let timing = policy.rules.iter().any(|r| {
+        let a = &r.action;
+        a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0
+    });
+    if timing {
+        match attach::install_fq(&resolved.netns) {
+            Ok(fq) => st.fq = fq,
+            Err((partial, e)) => {
+                let mut problems = attach::restore_fq(&partial);
+                problems.extend(attached.map(attach::Attached::detach).unwrap_or_default());
+                for p in problems {
+                    eprintln!("warning: {p}");
+                }
+                let _ = state::remove_pins(&policy.name);
+                let _ = st.remove_file();
+                return Err(failed(e.context(
+                    "delay and rate need sch_fq as the root qdisc (the fallback for kernels \
+                     without it is not built yet)",
+                )));
+            }
+        }
+    }
     // ---- clock faults (crate::clock): every process in the targets now, and (below, on
     // each rescan) every process that appears later.
     let mut clocks = clock::Engine::new(&policy.clock, policy.duration);
+    // Attached before the first scan, so a process that execs meanwhile is held or found.
+    let mut exec_watch = start_exec_watch(&clocks, &resolved, deadline_ns, &pin_dir);
     follow_clocks(&mut clocks, &resolved, &mut st);
     // ---- end of clock faults
     st.ready = true;
@@ -237,6 +264,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         ids: resolved.cgroup_ids.iter().copied().collect(),
         netns: resolved.netns.iter().map(|n| n.inode).collect(),
         egress: directions.contains(&Direction::Egress),
+        timing,
     };
     let start = Instant::now();
     let end = tokio::time::Instant::now() + policy.duration;
@@ -259,6 +287,18 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
                 }
                 follow_clocks(&mut clocks, &resolved, &mut st);
             }
+            // ---- clock faults: processes the exec hold stopped (crate::clock::exec)
+            held = async {
+                match exec_watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(w) = exec_watch.as_mut() {
+                    on_exec(w, held, &mut clocks, &mut st);
+                }
+            }
+            // ---- end of clock faults
             _ = tick.tick(), if network => {
                 if let Some(Ok(c)) = ebpf.as_ref().map(|e| loader::live_counters(e, policy.rules.len())) {
                     println!("[{:>5.0?}]", start.elapsed().as_secs_f64().round() as u64);
@@ -270,12 +310,20 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         }
     };
 
-    // Revert: clocks and links first, then the maps' pins and our records.
+    // Revert: clocks and links first, then the maps' pins and our records. The exec hold
+    // goes first: nothing is stopped after this, and whoever it still holds goes on.
+    if let Some(w) = exec_watch.take() {
+        let pids = w.finish();
+        if !pids.is_empty() {
+            println!("fault: clock: let go {pids:?}, stopped at exec and not patched yet");
+        }
+    }
     let mut problems = clocks.revert_all();
     let final_counters = ebpf
         .as_ref()
         .and_then(|e| loader::live_counters(e, policy.rules.len()).ok());
     problems.extend(attached.map(attach::Attached::detach).unwrap_or_default());
+    problems.extend(attach::restore_fq(&st.fq));
     drop(ebpf);
     if let Err(e) = state::remove_pins(&policy.name) {
         problems.push(format!("{e:#}"));
@@ -322,11 +370,76 @@ fn follow_clocks(clocks: &mut clock::Engine, resolved: &target::Resolved, st: &m
     }
 }
 
+// ---- clock faults: the exec hold (crate::clock::exec)
+
+/// Starts holding processes that exec in the targets until they are patched; where the
+/// kernel refuses a step, says which and that the rescan covers them instead.
+fn start_exec_watch(
+    clocks: &clock::Engine,
+    resolved: &target::Resolved,
+    deadline_ns: u64,
+    pin_dir: &Path,
+) -> Option<clock::exec::ExecWatch> {
+    if !clocks.is_active() {
+        return None;
+    }
+    let cgroups: Vec<PathBuf> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
+    match clock::exec::ExecWatch::start(loader::OBJECT, &cgroups, deadline_ns, pin_dir) {
+        Ok(w) => {
+            if cgroups.len() > fault_common::EXEC_MAX_CGROUPS as usize {
+                println!(
+                    "fault: clock: warning: processes that exec are held in the first {} \
+                     targets only; in the others they are patched by the 250 ms rescan",
+                    fault_common::EXEC_MAX_CGROUPS
+                );
+            }
+            Some(w)
+        }
+        Err(e) => {
+            println!(
+                "fault: clock: warning: cannot hold processes at exec ({:#}); falling back to \
+                 the 250 ms rescan: a process that execs in a target reads true time until then",
+                anyhow::Error::from(e)
+            );
+            None
+        }
+    }
+}
+
+/// Patches the processes the exec hold stopped, lets each go (also when the patch failed),
+/// then records them.
+fn on_exec(
+    watch: &mut clock::exec::ExecWatch,
+    held: Vec<fault_common::ExecEvent>,
+    clocks: &mut clock::Engine,
+    st: &mut State,
+) {
+    for e in &held {
+        let lines = clocks.patch_exec(e.pid);
+        watch.release(e.pid);
+        let held_us = loader::monotonic_ns().saturating_sub(e.stopped_ns) / 1000;
+        for line in &lines {
+            println!("fault: {line}; held {:.2} ms", held_us as f64 / 1000.0);
+        }
+    }
+    let records = clocks.records();
+    if records != st.clock_processes {
+        st.clock_processes = records;
+        if let Err(e) = st.write() {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+// ---- end of clock faults
+
 /// What an apply has already covered.
 struct Seen {
     ids: std::collections::BTreeSet<u64>,
     netns: std::collections::BTreeSet<u64>,
     egress: bool,
+    /// Whether rules delay or pace (fq goes on new namespaces' interfaces too).
+    timing: bool,
 }
 
 /// Covers processes and child cgroups that appeared in the targets since the last look: new
@@ -360,6 +473,21 @@ fn follow_targets(
     st.attachments.extend(more.records());
     st.qdiscs.extend(more.qdiscs.clone());
     attached.extend(more);
+    let result = result.and_then(|()| {
+        if !seen.timing {
+            return Ok(());
+        }
+        match attach::install_fq(&new_ns) {
+            Ok(fq) => {
+                st.fq.extend(fq);
+                Ok(())
+            }
+            Err((fq, e)) => {
+                st.fq.extend(fq);
+                Err(e)
+            }
+        }
+    });
     st.write()?;
     for n in &new_ns {
         println!(
@@ -434,9 +562,13 @@ fn cleanup_dead(s: &State) -> Vec<String> {
     let mut problems = Vec::new();
     if let Ok(dir) = state::pin_dir(&s.name) {
         let _ = loader::expire_pinned(&dir);
+        // Processes the dead loader held at exec go on (unpatched, or patched and reverted
+        // below).
+        clock::exec::release_pinned(&dir);
     }
     problems.extend(clock::revert_recorded(&s.clock_processes));
     problems.extend(attach::remove_recorded(&s.attachments, &s.qdiscs));
+    problems.extend(attach::restore_fq(&s.fq));
     if let Err(e) = state::remove_pins(&s.name) {
         problems.push(format!("{e:#}"));
     }

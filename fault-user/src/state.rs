@@ -39,6 +39,9 @@ pub struct State {
     /// Cgroups with the ingress program (links: they end with the loader).
     #[serde(default)]
     pub ingress_cgroups: Vec<PathBuf>,
+    /// Interfaces whose default root qdisc fault replaced with fq for delays.
+    #[serde(default)]
+    pub fq: Vec<crate::attach::FqRecord>,
     /// Clock rules, and the processes whose vDSO is redirected: `fault stop` restores them
     /// when the loader cannot (see `crate::clock`).
     #[serde(default)]

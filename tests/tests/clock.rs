@@ -220,6 +220,22 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Reads CLOCK_REALTIME once through libc (the vDSO) as its very first act, then by the raw
+/// system call, and prints both: `first <faultable ns> <true ns>`.
+const C_FIRST_READ: &str = r#"
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    struct timespec v, t;
+    clock_gettime(CLOCK_REALTIME, &v);
+    syscall(SYS_clock_gettime, CLOCK_REALTIME, &t);
+    printf("first %lld %lld\n", v.tv_sec * 1000000000LL + v.tv_nsec, t.tv_sec * 1000000000LL + t.tv_nsec);
+    return 0;
+}
+"#;
+
 /// The built programs, once per test binary.
 struct Programs {
     dir: PathBuf,
@@ -243,6 +259,7 @@ fn programs() -> &'static Programs {
             ("tracer", C_TRACER, &[][..]),
             ("seccomp-wrap", C_SECCOMP, &[][..]),
             ("stress", C_STRESS, &["-pthread"][..]),
+            ("firstread", C_FIRST_READ, &[][..]),
         ] {
             let c = write(&format!("{name}.c"), src);
             run_ok(
@@ -1096,4 +1113,231 @@ fn wall_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     d.as_nanos() as i64
+}
+
+/// The state letter of every process in `cgroup` (`T` is stopped).
+fn states(cgroup: &Cgroup) -> Vec<(i32, char)> {
+    cgroup
+        .procs()
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            Some((pid, rest.trim_start().chars().next()?))
+        })
+        .collect()
+}
+
+#[test]
+fn processes_that_exec_in_the_target_are_faulted_from_their_first_read() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-exec");
+        let bystander = Reader::c(None, 0);
+        let file = write_policy(&policy(
+            "clock-exec",
+            &cgroup,
+            "60s",
+            "    - name: ahead\n      offset: 1h\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-exec");
+        apply.wait_ready();
+
+        // `date +%s`, started after apply: true time + 1 h, to the second.
+        for _ in 0..3 {
+            let before = wall_ns() / SEC;
+            let out = run_in(
+                Some(&cgroup),
+                None,
+                {
+                    let mut c = Command::new("date");
+                    c.arg("+%s").stdout(Stdio::piped());
+                    c
+                },
+                Duration::from_secs(10),
+            );
+            let after = wall_ns() / SEC;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let seen: i64 = text.trim().parse().unwrap_or_else(|_| {
+                panic!(
+                    "date +%s printed {text:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            assert!(
+                seen >= before + 3600 && seen <= after + 3600,
+                "date +%s in the target read {seen}, expected true time + 3600 s in [{}, {}]",
+                before + 3600,
+                after + 3600
+            );
+        }
+
+        // A C program whose first instruction-level act is a clock read: that read is
+        // faulted, and it comes within 10 ms of the exec (spawn included).
+        let mut latencies = Vec::new();
+        for run in 0..20 {
+            let spawned = wall_ns();
+            let out = run_in(
+                Some(&cgroup),
+                None,
+                {
+                    let mut c = Command::new(programs().path("firstread"));
+                    c.stdout(Stdio::piped());
+                    c
+                },
+                Duration::from_secs(10),
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f: Vec<i64> = text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let [seen, truth] = f[..] else {
+                panic!("firstread printed {text:?}");
+            };
+            assert!(
+                (seen - truth - 3600 * SEC).abs() < 5 * MS,
+                "run {run}: the first read of a process exec'd in the target was {:+.6} s off \
+                 true time, expected +3600 s",
+                (seen - truth) as f64 / 1e9
+            );
+            latencies.push(truth - spawned);
+        }
+        latencies.sort();
+        let ms = |ns: i64| ns as f64 / 1e6;
+        println!(
+            "exec -> first perturbed read (spawn included), 20 runs: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+            ms(latencies[10]),
+            ms(latencies[18]),
+            ms(latencies[19])
+        );
+        assert!(
+            latencies[18] < 10 * MS,
+            "exec -> first perturbed read p90 {:.2} ms, expected < 10 ms: {latencies:?}",
+            ms(latencies[18])
+        );
+        assert_skews(
+            &bystander,
+            &bystander.after(Instant::now(), 3),
+            0,
+            5 * MS,
+            "untargeted",
+        );
+        let log = apply.log();
+        assert!(
+            log.contains("(firstread) at exec"),
+            "the log tells the exec'd processes were patched:\n{log}"
+        );
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn drift_of_10000ppm_shows_as_100ms_over_10_seconds() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-drift10k");
+        let early = Reader::c(Some(&cgroup), 0);
+        let file = write_policy(&policy(
+            "clock-drift10k",
+            &cgroup,
+            "60s",
+            "    - name: fast\n      drift: 10000ppm\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-drift10k");
+        apply.wait_ready();
+        // Exec'd after apply: held at exec and patched, so it drifts from its first read.
+        let late = Reader::c(Some(&cgroup), 0);
+        let mark = Instant::now();
+        wait(Duration::from_millis(10_300));
+        for r in [&early, &late] {
+            let got: Vec<Reading> = r
+                .after(mark, 100)
+                .into_iter()
+                .filter(|x| x.label == "c")
+                .collect();
+            let a = &got[0];
+            let b = got
+                .iter()
+                .find(|x| x.truth >= a.truth + 10 * SEC)
+                .expect("readings 10 s apart");
+            let gained = b.skew() - a.skew();
+            println!(
+                "drift ({} reader, pid {}): {:+.3} ms over {:.3} s",
+                if std::ptr::eq(r, &early) {
+                    "started before apply"
+                } else {
+                    "exec'd after apply"
+                },
+                r.pid(),
+                gained as f64 / 1e6,
+                (b.truth - a.truth) as f64 / 1e9
+            );
+            assert!(
+                (gained - 100 * MS).abs() <= 10 * MS,
+                "10,000 ppm over 10 s: {:+.3} ms, expected 100 ms ± 10 ms",
+                gained as f64 / 1e6
+            );
+        }
+        drop(apply);
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn a_sigkilled_loader_never_leaves_a_process_held_at_exec() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-held");
+        let file = write_policy(&policy(
+            "clock-held",
+            &cgroup,
+            "60s",
+            "    - name: behind\n      offset: -2s\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-held");
+        apply.wait_ready();
+        // Execs without pause: events flow when the loader dies.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "while :; do /bin/true; done"]);
+        let mut looper = spawn_in(Some(&cgroup), None, cmd);
+        wait(Duration::from_millis(500));
+        let log = apply.log();
+        assert!(
+            log.contains("(true) at exec"),
+            "execs are being held and patched:\n{log}"
+        );
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        wait(Duration::from_millis(100));
+        let held: Vec<(i32, char)> = states(&cgroup)
+            .into_iter()
+            .filter(|&(_, s)| s == 'T')
+            .collect();
+        println!("held when the loader died: {held:?}");
+
+        fault_ok(["stop", "--all"]);
+        // Whatever was held goes on, and nothing is stopped again: the loop keeps exec'ing.
+        for _ in 0..10 {
+            wait(Duration::from_millis(50));
+            let stopped: Vec<(i32, char)> = states(&cgroup)
+                .into_iter()
+                .filter(|&(_, s)| s == 'T')
+                .collect();
+            assert!(
+                stopped.is_empty(),
+                "processes left stopped after `fault stop --all`: {stopped:?}"
+            );
+        }
+        assert!(looper.try_wait().is_none(), "the exec loop keeps running");
+        looper.signal(libc::SIGKILL);
+        drop(apply);
+    }
+    assert_no_leftovers();
 }

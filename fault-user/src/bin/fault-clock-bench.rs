@@ -2,13 +2,17 @@
 //! program untouched, and how long patching stops a process. Needs root (ptrace); prints
 //! Markdown tables.
 //!
-//! `fault-clock-bench [--rounds N]`: two copies of this program run as workers; one is
+//! `fault-clock-bench [--rounds N] [--fault PATH]`: two copies of this program run as workers; one is
 //! patched with offset, drift and jitter all active on CLOCK_REALTIME (and jitter on
 //! CLOCK_MONOTONIC, which brings the clamp), the other is not. Both time 10^6 calls per
 //! round, taking turns, and the medians are compared. Then idle workers with 1, 100 and 500
-//! threads are patched and reverted 20 times each to time the stop.
+//! threads are patched and reverted 20 times each to time the stop. With `--fault`, the
+//! `fault` binary is run on a cgroup of its own: the time from `fault apply` to the first
+//! faulted read in a running target, and from exec to the first read of a process started
+//! in the target (held at exec until patched).
 
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,10 +24,20 @@ const CALLS: u32 = 1_000_000;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--worker") {
-        let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
-        return worker(threads);
+    match args.get(1).map(String::as_str) {
+        Some("--worker") => {
+            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+            return worker(threads);
+        }
+        Some("--watch") => return watch(),
+        Some("--first-read") => return first_read(),
+        _ => {}
     }
+    let fault_bin = args
+        .iter()
+        .position(|a| a == "--fault")
+        .map(|i| args.get(i + 1).context("--fault PATH").map(PathBuf::from))
+        .transpose()?;
     let rounds = match args.iter().position(|a| a == "--rounds") {
         Some(i) => args.get(i + 1).context("--rounds N")?.parse()?,
         None => 15,
@@ -32,7 +46,11 @@ fn main() -> anyhow::Result<()> {
         bail!("fault-clock-bench needs root: it patches its worker with ptrace");
     }
     cost(rounds)?;
-    stop_times()
+    stop_times()?;
+    if let Some(fault_bin) = fault_bin {
+        apply_and_exec(&fault_bin)?;
+    }
+    Ok(())
 }
 
 fn rules() -> Vec<ClockRule> {
@@ -122,6 +140,14 @@ fn cost(rounds: usize) -> anyhow::Result<()> {
     let mut plain = Worker::spawn(0)?;
     let mut faulted = Worker::spawn(0)?;
     let mut idle = Worker::spawn(0)?;
+    // The untargeted process before anything is patched, taking turns with the same
+    // workers as later, for its ratio.
+    let mut untargeted_before = Vec::new();
+    for _ in 0..rounds {
+        untargeted_before.push(plain.round()?[0]);
+        faulted.round()?;
+        idle.round()?;
+    }
     let p = patch::patch(faulted.pid(), &plan)?;
     // Patched, but no clock faulted: the cost of the redirection alone.
     let nothing = layout::Plan::new(&[], 3_600_000_000_000, layout::now_ns);
@@ -170,6 +196,13 @@ fn cost(rounds: usize) -> anyhow::Result<()> {
         );
     }
     println!();
+    let before = median(untargeted_before);
+    let during = median(results[0][0].clone());
+    println!(
+        "untargeted process, clock_gettime(REALTIME): {before:.1} ns before the others were \
+         patched, {during:.1} ns while they were: **ratio {:.2}**\n",
+        during / before
+    );
     Ok(())
 }
 
@@ -200,6 +233,245 @@ fn stop_times() -> anyhow::Result<()> {
             median(revert)
         );
     }
+    println!();
+    Ok(())
+}
+
+const OFFSET_S: i64 = -2;
+const POLICY: &str = "clock-bench";
+
+/// CLOCK_REALTIME through the vDSO (faultable) and by the raw system call (never faulted).
+fn both_clocks() -> (i64, i64) {
+    let mut v = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut t = v;
+    // SAFETY: valid out pointers.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut v);
+        libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut t);
+    }
+    let ns = |t: libc::timespec| t.tv_sec * 1_000_000_000 + t.tv_nsec;
+    (ns(v), ns(t))
+}
+
+/// Reads the clock every 100 µs; prints the true time of the first faulted read, and exits.
+fn watch() -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    loop {
+        let (seen, truth) = both_clocks();
+        if (seen - truth - OFFSET_S * 1_000_000_000).abs() < 100_000_000 {
+            writeln!(out, "{truth}")?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Prints `<faultable ns> <true ns>` of its first clock read.
+fn first_read() -> anyhow::Result<()> {
+    let (seen, truth) = both_clocks();
+    println!("{seen} {truth}");
+    Ok(())
+}
+
+/// A cgroup of the bench's own; removed (its processes killed) on drop.
+struct BenchCgroup(PathBuf);
+
+impl BenchCgroup {
+    fn create() -> anyhow::Result<Self> {
+        let path = fault::sysfs::cgroup2_mount()?.join("fault-clock-bench");
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(BenchCgroup(path))
+    }
+
+    /// `cmd`, started inside the cgroup: it moves itself there between fork and exec.
+    fn command(&self, program: &Path) -> anyhow::Result<Command> {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(
+            self.0
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )?;
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A running `fault apply`, ended with SIGTERM on drop.
+struct Apply(Child);
+
+impl Apply {
+    fn start(fault_bin: &Path, policy: &Path) -> anyhow::Result<Self> {
+        let child = Command::new(fault_bin)
+            .args(["apply", "--interval", "1h"])
+            .arg(policy)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start fault apply")?;
+        Ok(Apply(child))
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let state = format!("/run/fault/{POLICY}.json");
+        let until = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"ready\": true")) {
+            if self.0.try_wait()?.is_some() || Instant::now() > until {
+                bail!("fault apply did not get ready");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Apply {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn wall_ns() -> i64 {
+    both_clocks().1
+}
+
+fn percentile(v: &[f64], p: usize) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+fn apply_and_exec(fault_bin: &Path) -> anyhow::Result<()> {
+    let cgroup = BenchCgroup::create()?;
+    let policy = std::env::temp_dir().join("fault-clock-bench.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: {POLICY}}}\nspec:\n  \
+             duration: 10m\n  targets: [{{cgroup: {}}}]\n  clock:\n    - name: bench\n      \
+             offset: {OFFSET_S}s\n      drift: 500ppm\n      jitter: 1ms\n",
+            cgroup.0.display()
+        ),
+    )?;
+    let me = std::env::current_exe()?;
+
+    // A running target: from the start of `fault apply` to its first faulted read.
+    let mut to_first = Vec::new();
+    for _ in 0..10 {
+        let mut target = cgroup
+            .command(&me)?
+            .arg("--watch")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = BufReader::new(target.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let started = wall_ns();
+        let mut apply = Apply::start(fault_bin, &policy)?;
+        line.clear();
+        out.read_line(&mut line)?;
+        let truth: i64 = line.trim().parse().context("watcher output")?;
+        to_first.push((truth - started) as f64 / 1e6);
+        apply.wait_ready()?;
+        let _ = target.wait();
+        drop(apply);
+    }
+
+    // Processes started in the target while fault runs: from just before the spawn (fork,
+    // joining the cgroup and exec included) to their first read, which must be faulted.
+    let mut apply = Apply::start(fault_bin, &policy)?;
+    apply.wait_ready()?;
+    let mut exec_to_first = Vec::new();
+    for _ in 0..50 {
+        let started = wall_ns();
+        let out = cgroup.command(&me)?.arg("--first-read").output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<i64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [seen, truth] = v[..] else {
+            bail!("--first-read printed {text:?}");
+        };
+        if (seen - truth - OFFSET_S * 1_000_000_000).abs() > 100_000_000 {
+            bail!("a process exec'd in the target read true time first ({text})");
+        }
+        exec_to_first.push((truth - started) as f64 / 1e6);
+    }
+    // The same spawn outside the target, for what fork and exec cost by themselves.
+    let mut plain = Vec::new();
+    for _ in 0..50 {
+        let started = wall_ns();
+        let out = Command::new(&me).arg("--first-read").output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let truth: i64 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .context("--first-read output")?;
+        plain.push((truth - started) as f64 / 1e6);
+    }
+    drop(apply);
+    let _ = std::fs::remove_file(&policy);
+
+    println!("time to the first faulted read (ms):\n");
+    println!("| what | runs | p50 | p90 | max | goal |");
+    println!("|---|---:|---:|---:|---:|---|");
+    let row = |what: &str, v: &[f64], goal: &str| {
+        println!(
+            "| {what} | {} | {:.2} | {:.2} | {:.2} | {goal} |",
+            v.len(),
+            percentile(v, 50),
+            percentile(v, 90),
+            v.iter().copied().fold(0.0, f64::max)
+        );
+    };
+    row(
+        "running target: from starting `fault apply` (load, attach, patch)",
+        &to_first,
+        "< 100 ms",
+    );
+    row(
+        "process exec'd in the target: from spawn (fork + exec + hold + patch)",
+        &exec_to_first,
+        "< 10 ms",
+    );
+    row(
+        "the same spawn outside the target (no fault): first read",
+        &plain,
+        "(reference)",
+    );
+    println!();
     Ok(())
 }
 

@@ -16,7 +16,8 @@
 //!
 //! [`Engine`] follows a policy's target cgroups: processes found at apply, and those that
 //! appear later (forked children come patched already; an exec drops the patch, so an
-//! exec'd process is patched anew), are patched; revert restores every process's original
+//! exec'd process is patched anew: `exec` holds it stopped from its first instruction
+//! until then, and a 250 ms rescan catches what the hold cannot), are patched; revert restores every process's original
 //! bytes. What stays in a process after revert is the `memfd:fault-clock` mapping (12 KiB,
 //! inert: the vDSO no longer jumps to it, and its expired flag is set) and the private copy
 //! of the vDSO page the kernel made when it was written; a later apply reuses both.
@@ -24,6 +25,7 @@
 //! Reads that do not go through the vDSO (a raw `syscall(SYS_clock_gettime)`) are not
 //! faulted.
 
+pub mod exec;
 pub mod inject;
 pub mod layout;
 pub mod patch;
@@ -109,36 +111,63 @@ impl Engine {
             if self.refused.contains_key(&(pid, start)) {
                 continue;
             }
-            match patch::patch(pid, &self.plan) {
-                Ok(p) => {
-                    lines.push(if p.adopted {
-                        format!(
-                            "clock: process {pid} ({}) was patched already (forked from a \
-                             patched parent, or left by an earlier run); parameters updated",
-                            inject::comm(pid)
-                        )
-                    } else {
-                        format!(
-                            "clock: patched process {pid} ({}): {} thread(s) stopped for {:.2} ms",
-                            inject::comm(pid),
-                            p.threads,
-                            p.stopped_us as f64 / 1000.0
-                        )
-                    });
-                    self.patched.insert(pid, p);
-                }
-                // A process that ended while being patched is no failure.
-                Err(_) if patch::start_time(pid) != Some(start) => {}
-                Err(e) => {
-                    let text = format!("{:#}", anyhow::Error::from(e));
-                    lines.push(format!(
-                        "clock: warning: {text}; its clocks are not faulted"
-                    ));
-                    self.refused.insert((pid, start), text);
-                }
-            }
+            lines.extend(self.patch_one(pid, start, ""));
         }
         lines
+    }
+
+    /// Patches a process the exec hold stopped right after its exec (see [`exec`]); the
+    /// caller lets it go afterwards, whatever this returns.
+    pub fn patch_exec(&mut self, pid: u32) -> Vec<String> {
+        if !self.is_active() || pid == std::process::id() {
+            return Vec::new();
+        }
+        let Some(start) = patch::start_time(pid) else {
+            return Vec::new(); // killed while held
+        };
+        // The exec dropped any earlier patch (the rescan may have patched it meanwhile).
+        if let Some(p) = self.patched.get(&pid) {
+            if p.start_time == start && patch::still_mapped(pid, p.base) {
+                return Vec::new();
+            }
+            self.patched.remove(&pid);
+        }
+        // Microseconds: the stop takes effect on the process's way back to user space.
+        exec::wait_stopped(pid, Duration::from_millis(50));
+        // A new program: what refused the old one may not refuse this one.
+        self.refused.remove(&(pid, start));
+        self.patch_one(pid, start, " at exec").into_iter().collect()
+    }
+
+    fn patch_one(&mut self, pid: u32, start: u64, when: &str) -> Option<String> {
+        match patch::patch(pid, &self.plan) {
+            Ok(p) => {
+                let line = if p.adopted {
+                    format!(
+                        "clock: process {pid} ({}) was patched already (forked from a \
+                         patched parent, or left by an earlier run); parameters updated",
+                        inject::comm(pid)
+                    )
+                } else {
+                    format!(
+                        "clock: patched process {pid} ({}){when}: {} thread(s) stopped for {:.2} ms",
+                        inject::comm(pid),
+                        p.threads,
+                        p.stopped_us as f64 / 1000.0
+                    )
+                };
+                self.patched.insert(pid, p);
+                Some(line)
+            }
+            // A process that ended while being patched is no failure.
+            Err(_) if patch::start_time(pid) != Some(start) => None,
+            Err(e) => {
+                let text = format!("{:#}", anyhow::Error::from(e));
+                let line = format!("clock: warning: {text}; its clocks are not faulted");
+                self.refused.insert((pid, start), text);
+                Some(line)
+            }
+        }
     }
 
     pub fn records(&self) -> Vec<Record> {

@@ -124,6 +124,40 @@ pub(super) struct NetworkRule {
     pub duplicate: Option<Duplicate>,
     #[serde(default)]
     pub partition: bool,
+    pub delay: Option<Delay>,
+    /// `10mbit`, `1gbit`, `500kbps`: a rate as tc writes it.
+    pub rate: Option<Scalar>,
+    pub reorder: Option<Reorder>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with latency and optional jitter, distribution and correlation"
+)]
+pub(super) struct Delay {
+    pub latency: Scalar,
+    pub jitter: Option<Scalar>,
+    #[serde(default)]
+    pub distribution: Distribution,
+    pub correlation: Option<Probability>,
+}
+
+/// The shape of the jitter around the latency.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Distribution {
+    #[default]
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with probability")]
+pub(super) struct Reorder {
+    pub probability: Probability,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

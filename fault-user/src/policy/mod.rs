@@ -280,6 +280,34 @@ impl Rule {
 
 fn describe_action(action: &NetRule) -> String {
     let mut parts = Vec::new();
+    if action.delay_ns != 0 || action.jitter_ns != 0 {
+        let mut d = format!(
+            "delay {}",
+            humantime::format_duration(Duration::from_nanos(action.delay_ns))
+        );
+        if action.jitter_ns != 0 {
+            let dist = match action.jitter_dist {
+                fault_common::DIST_NORMAL => "normal",
+                fault_common::DIST_PARETO => "pareto",
+                fault_common::DIST_PARETONORMAL => "paretonormal",
+                _ => "uniform",
+            };
+            d.push_str(&format!(
+                " ± {} {dist}",
+                humantime::format_duration(Duration::from_nanos(action.jitter_ns))
+            ));
+            if action.jitter_corr != 0 {
+                d.push_str(&format!(" (corr {})", percent(action.jitter_corr)));
+            }
+        }
+        parts.push(d);
+    }
+    if action.rate_bytes != 0 {
+        parts.push(format!("rate {} kbit/s", action.rate_bytes * 8 / 1000));
+    }
+    if action.reorder_p != 0 {
+        parts.push(format!("reorder {}", percent(action.reorder_p)));
+    }
     match action.drop_model {
         DROP_BERNOULLI if action.drop_corr == 0 => {
             parts.push(format!("drop {}", percent(action.drop_p)));

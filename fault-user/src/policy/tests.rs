@@ -335,14 +335,14 @@ fn durations_are_human() {
 
 #[test]
 fn unknown_field_is_refused_with_its_line() {
-    let text = EXAMPLE.replace("      duplicate:", "      delay: 10ms\n      duplicate:");
-    let err = parse_err(&text, "spec.network[0].delay");
+    let text = EXAMPLE.replace("      duplicate:", "      latency: 10ms\n      duplicate:");
+    let err = parse_err(&text, "spec.network[0].latency");
     assert!(
         err.message
-            .starts_with("unknown field `delay`, expected one of `name`"),
+            .starts_with("unknown field `latency`, expected one of `name`"),
         "{err}"
     );
-    // EXAMPLE starts with an empty line, so `delay:` is on line 21.
+    // EXAMPLE starts with an empty line, so `latency:` is on line 21.
     assert_eq!(err.line, Some(21), "{err}");
     assert!(err.to_string().ends_with(" (line 21)"), "{err}");
     assert!(!err.message.contains("line"), "position shown twice: {err}");
@@ -765,5 +765,56 @@ fn load_names_the_file_it_cannot_read() {
         err.to_string()
             .starts_with("/nonexistent/policy.yaml: cannot read the policy: "),
         "{err}"
+    );
+}
+
+#[test]
+fn delay_rate_and_reorder_compile_to_departure_times() {
+    let policy = parse_ok(&with_rule(
+        "direction: egress\nmatch: {protocol: tcp, ports: [5432]}\n\
+         delay: {latency: 100ms, jitter: 20ms, distribution: normal, correlation: 25%}\n\
+         rate: 10mbit\nreorder: {probability: 5%}",
+    ));
+    let a = policy.rules[0].action;
+    assert_eq!(a.delay_ns, 100_000_000);
+    assert_eq!(a.jitter_ns, 20_000_000);
+    assert_eq!(a.jitter_dist, fault_common::DIST_NORMAL);
+    assert_eq!(a.jitter_corr, PROB_ONE / 4);
+    assert_eq!(a.rate_bytes, 1_250_000);
+    assert_eq!(a.reorder_p, threshold(0.05));
+    assert_eq!(
+        policy.rules[0].describe(),
+        "egress tcp to any address ports 5432: delay 100ms ± 20ms normal (corr 25%), \
+         rate 10000 kbit/s, reorder 5%"
+    );
+    let policy = parse_ok(&with_rule("direction: egress\nrate: 500kbps"));
+    assert_eq!(policy.rules[0].action.rate_bytes, 500_000);
+}
+
+#[test]
+fn bad_timing_is_refused_with_its_limit() {
+    let err = parse_err(
+        &with_rule("direction: egress\ndelay: {latency: 9s, jitter: 1s}"),
+        "spec.network[0].delay",
+    );
+    assert!(err.message.contains("horizon of 10s"), "{err}");
+    let err = parse_err(
+        &with_rule("direction: egress\nrate: 10 apples"),
+        "spec.network[0].rate",
+    );
+    assert!(err.message.contains("10mbit"), "{err}");
+    let err = parse_err(
+        &with_rule("direction: egress\nrate: 1mbit\nreorder: {probability: 5%}"),
+        "spec.network[0].reorder",
+    );
+    assert!(err.message.contains("needs a delay"), "{err}");
+    let err = parse_err(
+        &with_rule("direction: both\ndelay: {latency: 10ms}"),
+        "spec.network[0].delay",
+    );
+    assert!(err.message.contains("egress only"), "{err}");
+    parse_err(
+        &with_rule("direction: egress\ndelay: {latency: 10ms, distribution: gaussian}"),
+        "spec.network[0].delay.distribution",
     );
 }

@@ -7,12 +7,14 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use fault_common::{
-    NetRule, CSUM_FIX, CSUM_KEEP, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, DROP_NONE, PROB_ONE,
+    NetRule, CSUM_FIX, CSUM_KEEP, DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM,
+    DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, DROP_NONE, PROB_ONE,
 };
 use ipnet::IpNet;
 
 use super::document::{
-    self, Checksum, Direction, Document, Header, NetworkRule, PortSpec, Probability, Scalar, Target,
+    self, Checksum, Direction, Distribution, Document, Header, NetworkRule, PortSpec, Probability,
+    Scalar, Target,
 };
 use super::{
     ClockId, ClockJumps, ClockRule, Invalid, Policy, Protocol, Rule, TargetSpec, API_VERSION, KIND,
@@ -223,6 +225,9 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
         for (field, present) in [
             ("corrupt", raw.corrupt.is_some()),
             ("duplicate", raw.duplicate.is_some()),
+            ("delay", raw.delay.is_some()),
+            ("rate", raw.rate.is_some()),
+            ("reorder", raw.reorder.is_some()),
         ] {
             if present {
                 return Err(Invalid::new(
@@ -315,10 +320,16 @@ fn port(number: i128) -> Option<u16> {
 }
 
 fn action(raw: &NetworkRule, path: &str) -> Result<NetRule, Invalid> {
-    if raw.drop.is_none() && raw.corrupt.is_none() && raw.duplicate.is_none() && !raw.partition {
+    if raw.drop.is_none()
+        && raw.corrupt.is_none()
+        && raw.duplicate.is_none()
+        && !raw.partition
+        && raw.delay.is_none()
+        && raw.rate.is_none()
+    {
         return Err(Invalid::new(
             path,
-            "expected at least one of drop, corrupt, duplicate or partition",
+            "expected at least one of drop, corrupt, duplicate, partition, delay or rate",
         ));
     }
     if raw.partition && raw.drop.is_some() {
@@ -396,7 +407,99 @@ fn action(raw: &NetworkRule, path: &str) -> Result<NetRule, Invalid> {
             &format!("{path}.duplicate.probability"),
         )?;
     }
+    timing(raw, path, &mut action)?;
     Ok(action)
+}
+
+/// fq drops packets scheduled further ahead than its horizon (10 s unless configured).
+const FQ_HORIZON: Duration = Duration::from_secs(10);
+
+/// Delay, jitter, rate and reordering, carried out by EDT and fq (fault-ebpf/src/edt.rs).
+fn timing(raw: &NetworkRule, path: &str, action: &mut NetRule) -> Result<(), Invalid> {
+    if let Some(delay) = &raw.delay {
+        let path = format!("{path}.delay");
+        let latency = timing_duration(&delay.latency, &format!("{path}.latency"))?;
+        let jitter = match &delay.jitter {
+            Some(j) => timing_duration(j, &format!("{path}.jitter"))?,
+            None => Duration::ZERO,
+        };
+        // A normal draw stays within 4 standard deviations but for 1 in 15,000; Pareto's
+        // tail is longer, and fq would drop what lands past its horizon.
+        let reach = latency + jitter * 4;
+        if reach > FQ_HORIZON {
+            return Err(Invalid::new(
+                path,
+                format!(
+                    "latency plus 4 x jitter must stay within fq's horizon of {}, got {}",
+                    humantime::format_duration(FQ_HORIZON),
+                    humantime::format_duration(reach)
+                ),
+            ));
+        }
+        action.delay_ns = latency.as_nanos() as u64;
+        action.jitter_ns = jitter.as_nanos() as u64;
+        action.jitter_dist = match delay.distribution {
+            Distribution::Uniform => DIST_UNIFORM,
+            Distribution::Normal => DIST_NORMAL,
+            Distribution::Pareto => DIST_PARETO,
+            Distribution::Paretonormal => DIST_PARETONORMAL,
+        };
+        if let Some(c) = &delay.correlation {
+            action.jitter_corr = threshold(c, &format!("{path}.correlation"))?;
+        }
+    }
+    if let Some(rate) = &raw.rate {
+        action.rate_bytes = rate_bytes(&rate.0).ok_or_else(|| {
+            Invalid::new(
+                format!("{path}.rate"),
+                format!(
+                    "expected a rate above zero like 10mbit, 1gbit or 500kbps, got {:?}",
+                    rate.0
+                ),
+            )
+        })?;
+    }
+    if let Some(reorder) = &raw.reorder {
+        if action.delay_ns == 0 && action.jitter_ns == 0 {
+            return Err(Invalid::new(
+                format!("{path}.reorder"),
+                "reordering sends some packets ahead of delayed ones; it needs a delay",
+            ));
+        }
+        action.reorder_p = threshold(&reorder.probability, &format!("{path}.reorder.probability"))?;
+    }
+    Ok(())
+}
+
+fn timing_duration(raw: &Scalar, path: &str) -> Result<Duration, Invalid> {
+    humantime::parse_duration(raw.0.trim()).map_err(|_| {
+        Invalid::new(
+            path,
+            format!("expected a duration like 100ms or 1s, got {:?}", raw.0),
+        )
+    })
+}
+
+/// Bytes per second from tc's notation: `bit`, `kbit`, `mbit`, `gbit` (bits, decimal
+/// prefixes) or `bps`, `kbps`, `mbps`, `gbps` (bytes).
+fn rate_bytes(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let (scale, bits) = match unit {
+        "bit" => (1.0, true),
+        "kbit" => (1e3, true),
+        "mbit" => (1e6, true),
+        "gbit" => (1e9, true),
+        "bps" => (1.0, false),
+        "kbps" => (1e3, false),
+        "mbps" => (1e6, false),
+        "gbps" => (1e9, false),
+        _ => return None,
+    };
+    let bytes = number * scale / if bits { 8.0 } else { 1.0 };
+    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes.round() as u64)
 }
 
 /// A probability as the kernel's threshold out of [`PROB_ONE`].

@@ -282,6 +282,7 @@ fn udp_recv(
     let mut first_at: Option<Instant> = None;
     let mut last_at: Option<Instant> = None;
     let mut lingering = false;
+    let mut arrivals: Vec<u64> = Vec::new();
     loop {
         let n = match socket.recv_from(&mut buf) {
             Ok((n, _)) => n,
@@ -312,6 +313,7 @@ fn udp_recv(
                 if highest.is_some_and(|h| seq < h) {
                     reordered += 1;
                 }
+                arrivals.push(seq);
                 highest = highest.max(Some(seq));
             }
         }
@@ -334,10 +336,21 @@ fn udp_recv(
         .zip(std::iter::once(&true).chain(seen.iter()))
         .filter(|(here, before)| !**here && **before)
         .count();
+    // Packets that overtook: arrived while a lower sequence number was still to come. One
+    // packet sent early counts once here, where `reordered` counts every packet it passed.
+    let mut overtakers = 0u64;
+    let mut lowest_after = u64::MAX;
+    for &seq in arrivals.iter().rev() {
+        if lowest_after < seq {
+            overtakers += 1;
+        }
+        lowest_after = lowest_after.min(seq);
+    }
     Ok(format!(
         "{{\"expected\":{expect},\"received\":{received},\"unique\":{unique},\
          \"duplicates\":{duplicates},\"corrupted\":{corrupted},\"reordered\":{reordered},\
-         \"lost\":{},\"loss_runs\":{loss_runs},\"span_ms\":{span:.3}}}",
+         \"overtakers\":{overtakers},\"lost\":{},\"loss_runs\":{loss_runs},\
+         \"span_ms\":{span:.3}}}",
         expect - unique
     ))
 }

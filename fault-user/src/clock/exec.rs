@@ -1,0 +1,241 @@
+//! Processes that exec inside a target, held from their first instruction until patched.
+//!
+//! The `fault_exec` program (fault-ebpf/src/exec.rs) stops a process that execs under a
+//! target cgroup (SIGSTOP, before its first instruction), records it in the pinned
+//! EXEC_HELD map and queues its pid in a ring buffer. [`ExecWatch`] hands the pids to the
+//! engine, which patches each process, and then lets it go with SIGCONT, whether or not the
+//! patch worked. So the new program's first clock read is already faulted.
+//!
+//! Safety: the program ends with the loader (its link is a file descriptor of the loader),
+//! and EXEC_HELD outlives it in bpffs, so `fault stop` (or the next apply of the policy)
+//! continues any process a dead loader was holding ([`release_pinned`]).
+//!
+//! Side effect, documented: the exec'd process's parent may see a stop and a continue
+//! (SIGCHLD with CLD_STOPPED, CLD_CONTINUED; `waitpid` with WUNTRACED/WCONTINUED).
+
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{CgroupArray, HashMap, Map, MapData, RingBuf},
+    programs::{raw_trace_point::RawTracePointLink, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use fault_common::{globals, maps, progs, ExecEvent, EXEC_MAX_CGROUPS};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::io::unix::AsyncFd;
+
+/// The raw tracepoint the program attaches to.
+const TRACEPOINT: &str = "sched_process_exec";
+
+/// A running exec hold: the program, its link and its maps.
+pub struct ExecWatch {
+    link: Option<RawTracePointLink>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    held: HashMap<MapData, u32, u64>,
+    /// Keeps the program loaded (the link holds it too).
+    _ebpf: Ebpf,
+}
+
+/// Why the hold could not start: which step the kernel refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}")]
+pub struct StartError {
+    pub step: String,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+fn step<E: Into<anyhow::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> StartError {
+    let step = what.into();
+    move |e| StartError {
+        step,
+        source: e.into(),
+    }
+}
+
+impl ExecWatch {
+    /// Loads and attaches the exec program for `cgroups` (at most [`EXEC_MAX_CGROUPS`]; the
+    /// rest are left to the rescan), stopping nothing after `deadline_ns` (CLOCK_MONOTONIC),
+    /// and pins EXEC_HELD in `pin_dir`.
+    pub fn start(
+        object: &[u8],
+        cgroups: &[PathBuf],
+        deadline_ns: u64,
+        pin_dir: &Path,
+    ) -> Result<Self, StartError> {
+        let count = cgroups.len().min(EXEC_MAX_CGROUPS as usize) as u32;
+        let mut loader = EbpfLoader::new();
+        // Only the exec program is loaded from this copy of the object: the network maps
+        // it also declares are created at their smallest.
+        for name in [
+            maps::TARGETS,
+            maps::RULE_LPM,
+            maps::RULES,
+            maps::COUNTERS,
+            maps::RULE_STATE,
+            maps::RATE_NEXT,
+            maps::FLOW_LAST,
+            maps::DIST_TABLE,
+            maps::PORT_BITS,
+        ] {
+            loader.map_max_entries(name, 1);
+        }
+        let mut ebpf = loader
+            .override_global(globals::EXEC_DEADLINE_NS, &deadline_ns, true)
+            .override_global(globals::EXEC_CGROUP_COUNT, &count, true)
+            .load(object)
+            .map_err(step("load the eBPF object for the exec hold"))?;
+
+        let mut array: CgroupArray<&mut MapData> = ebpf
+            .map_mut(maps::EXEC_CGROUPS)
+            .context("map missing from the object")
+            .and_then(|m| Ok(m.try_into()?))
+            .map_err(step(maps::EXEC_CGROUPS))?;
+        for (i, path) in cgroups.iter().take(count as usize).enumerate() {
+            let dir = std::fs::File::open(path)
+                .with_context(|| format!("open {}", path.display()))
+                .map_err(step(format!("fill {}", maps::EXEC_CGROUPS)))?;
+            array
+                .set(i as u32, dir.as_fd(), 0)
+                .map_err(step(format!("fill {}", maps::EXEC_CGROUPS)))?;
+        }
+        let held_map = ebpf
+            .map(maps::EXEC_HELD)
+            .context("map missing from the object")
+            .map_err(step(maps::EXEC_HELD))?;
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("create {}", pin_dir.display()))
+            .map_err(step(format!("pin {}", maps::EXEC_HELD)))?;
+        held_map
+            .pin(pin_dir.join(maps::EXEC_HELD))
+            .map_err(step(format!(
+                "pin {} in {}",
+                maps::EXEC_HELD,
+                pin_dir.display()
+            )))?;
+
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(progs::EXEC)
+            .context("program missing from the object")
+            .and_then(|p| Ok(p.try_into()?))
+            .map_err(step(format!("find program {}", progs::EXEC)))?;
+        // The verifier's log is part of the error's text, so a rejection shows it.
+        prog.load()
+            .map_err(step(format!("load program {}", progs::EXEC)))?;
+        let id = prog
+            .attach(TRACEPOINT)
+            .map_err(step(format!("attach raw tracepoint {TRACEPOINT}")))?;
+        let link = prog
+            .take_link(id)
+            .map_err(step(format!("attach raw tracepoint {TRACEPOINT}")))?;
+
+        let take = |ebpf: &mut Ebpf, name: &str| -> Result<Map, StartError> {
+            ebpf.take_map(name)
+                .context("map missing from the object")
+                .map_err(step(name.to_owned()))
+        };
+        let ring: RingBuf<MapData> = take(&mut ebpf, maps::EXEC_EVENTS)?
+            .try_into()
+            .map_err(step(maps::EXEC_EVENTS))?;
+        // SAFETY: the AsyncFd owns the RingBuf, which owns the map's fd, so the fd stays
+        // open (and is the same file) for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(step(format!("poll {}", maps::EXEC_EVENTS)))?;
+        let held: HashMap<MapData, u32, u64> = take(&mut ebpf, maps::EXEC_HELD)?
+            .try_into()
+            .map_err(step(maps::EXEC_HELD))?;
+        Ok(ExecWatch {
+            link: Some(link),
+            ring,
+            held,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Waits for processes stopped at exec; returns them (cancel-safe: nothing is taken
+    /// from the ring until it is readable, and then everything at once).
+    pub async fn next(&mut self) -> Vec<ExecEvent> {
+        let Ok(mut guard) = self.ring.readable_mut().await else {
+            // Polling a ring buffer fd does not fail; if it did, stop asking.
+            return std::future::pending().await;
+        };
+        let mut out = Vec::new();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(e) = parse(&item) {
+                out.push(e);
+            }
+        }
+        guard.clear_ready();
+        out
+    }
+
+    /// Lets a held process go.
+    pub fn release(&mut self, pid: u32) {
+        cont(pid);
+        let _ = self.held.remove(&pid);
+    }
+
+    /// Detaches the program (nothing is stopped from here on), then lets go every process
+    /// still held, also those whose event was not read yet. Returns the pids let go.
+    pub fn finish(mut self) -> Vec<u32> {
+        drop(self.link.take());
+        let pids: Vec<u32> = self.held.keys().flatten().collect();
+        for &pid in &pids {
+            self.release(pid);
+        }
+        pids
+    }
+}
+
+/// Waits until the SIGSTOP sent at exec has stopped `pid` (state `T`), at most `timeout`.
+/// Patching earlier would seize it with the signal still pending, and the stop would then
+/// land in the middle of the system calls fault makes in it. False on timeout (someone
+/// continued it, or it died): the patch then proceeds on a running process, as for any other.
+pub fn wait_stopped(pid: u32, timeout: std::time::Duration) -> bool {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.rsplit_once(')')?;
+                rest.trim_start().chars().next()
+            });
+        match state {
+            Some('T') => return true,
+            None | Some('Z' | 'X') => return false,
+            _ if std::time::Instant::now() > until => return false,
+            _ => std::thread::yield_now(),
+        }
+    }
+}
+
+fn parse(bytes: &[u8]) -> Option<ExecEvent> {
+    let raw: [u8; size_of::<ExecEvent>()] = bytes.get(..size_of::<ExecEvent>())?.try_into().ok()?;
+    // SAFETY: ExecEvent is repr(C) plain integers; every bit pattern is valid.
+    Some(unsafe { std::mem::transmute::<[u8; size_of::<ExecEvent>()], ExecEvent>(raw) })
+}
+
+fn cont(pid: u32) {
+    // A process that is gone needs nothing.
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+}
+
+/// Lets go every process a policy's exec hold still records in its pinned EXEC_HELD (the
+/// loader died while holding them). Returns the pids, or nothing when there is no pin.
+pub fn release_pinned(pin_dir: &Path) -> Vec<u32> {
+    let Ok(data) = MapData::from_pin(pin_dir.join(maps::EXEC_HELD)) else {
+        return Vec::new();
+    };
+    let Ok(mut held) = HashMap::<MapData, u32, u64>::try_from(Map::HashMap(data)) else {
+        return Vec::new();
+    };
+    let pids: Vec<u32> = held.keys().flatten().collect();
+    for &pid in &pids {
+        cont(pid);
+        let _ = held.remove(&pid);
+    }
+    pids
+}
