@@ -25,7 +25,7 @@ fn skip_without_fq() -> bool {
     if have_fq() {
         return false;
     }
-    eprintln!("skipped: this kernel has no sch_fq; delay runs in the 6.1 guest (cargo xtask test)");
+    fault_tests::skip("this kernel has no sch_fq; delay runs in the 6.1 guest (cargo xtask test)");
     true
 }
 
@@ -313,7 +313,7 @@ fn a_rate_limit_holds_a_bulk_transfer() {
 fn without_fq_a_delay_is_refused_by_name_and_nothing_stays() {
     require_root();
     if have_fq() {
-        eprintln!("skipped: this kernel has sch_fq; the refusal is for kernels without it");
+        fault_tests::skip("this kernel has sch_fq; the refusal is for kernels without it");
         return;
     }
     {

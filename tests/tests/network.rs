@@ -575,7 +575,7 @@ fn sigkill_under_tcx_detaches_at_once() {
     if !kernel_has_tcx() {
         // Before 6.6 fault attaches clsact filters, which outlive the loader by design; the
         // deadline test covers that path.
-        eprintln!("skipped: this kernel has no tcx (needs Linux 6.6)");
+        fault_tests::skip("this kernel has no tcx (needs Linux 6.6)");
         return;
     }
     {
