@@ -147,6 +147,13 @@ fn display(cmd: &Command) -> String {
     parts.join(" ")
 }
 
+/// Says why a test returns without testing, past libtest's output capture (which takes only
+/// `print!`/`eprint!`), so the reason shows in every run.
+pub fn skip(reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,11 +176,4 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
     }
-}
-
-/// Says why a test returns without testing, past libtest's output capture (which takes only
-/// `print!`/`eprint!`), so the reason shows in every run.
-pub fn skip(reason: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
 }
