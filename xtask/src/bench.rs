@@ -8,6 +8,8 @@
 //! 3. Clock faults (`fault-clock-bench`): the cost of a clock read in a patched process next
 //!    to an untouched one, how long patching stops a process, and the time to the first
 //!    faulted read after `fault apply` and after an exec inside the target.
+//! 4. Delay (`bench/guest-delay.sh`, in the Debian 6.1 guest, which has sch_fq and netem):
+//!    fault's EDT delay side by side with tc-netem on the same veth.
 
 use std::{
     path::{Path, PathBuf},
@@ -140,6 +142,28 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .enumerate()
             .map(|(i, (a, b))| format!("| {} | {a:.2} | {b:.2} |\n", i + 1))
             .collect::<String>(),
+    );
+    println!("== delay: fault vs netem in the Debian 6.1 guest (several minutes)");
+    let out = Command::new(std::env::current_exe()?)
+        .args(["vm", "--", "sh"])
+        .arg(root.join("xtask/src/bench/guest-delay.sh"))
+        .env("FAULT_BIN", &fault)
+        .env("FAULT_PROBE", &probe)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run the delay bench in the guest")?;
+    if !out.status.success() {
+        bail!("the delay bench failed in the guest ({})", out.status);
+    }
+    let delay = String::from_utf8_lossy(&out.stdout);
+    print!("{delay}");
+    let text = format!(
+        "{text}\n## Delay: fault (EDT + fq) and netem on the same veth\n\n\
+         In the Debian 6.1 guest under qemu (TCG), which has sch_fq and sch_netem: UDP echo \
+         round trips from a target process with an egress delay, first by fault, then by \
+         `tc qdisc add dev va root netem delay`, on the same veth in the same run; a bulk \
+         TCP transfer under 100 ms; and an untargeted process's round trip with 10,000 delay \
+         rules installed (which also puts fq in place of the veth's noqueue).\n\n{delay}"
     );
     std::fs::write(root.join("BENCHMARKS.md"), text)?;
     println!("written to BENCHMARKS.md");
