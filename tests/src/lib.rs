@@ -9,6 +9,7 @@
 mod cgroup;
 mod container;
 mod fault;
+mod hosts;
 mod leftovers;
 mod netns;
 mod process;
@@ -21,6 +22,7 @@ use std::sync::OnceLock;
 pub use cgroup::{enter_cgroup, Cgroup};
 pub use container::{podman_available, Container, IMAGE_BUSYBOX, IMAGE_PYTHON};
 pub use fault::{fault, fault_bin, fault_ok, write_policy, FaultApply, PolicyFile, STATE_DIR};
+pub use hosts::{anchor, hosts, Hosts};
 pub use leftovers::{assert_no_leftovers, leftovers};
 pub use netns::{enter_netns, Netns, VethPair};
 pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, ChildGuard};

@@ -5,8 +5,8 @@
 use std::{process::Command, time::Duration};
 
 use fault_tests::{
-    assert_no_leftovers, probe, probe_json, require_root, run_in, spawn_in, write_policy, Cgroup,
-    ChildGuard, FaultApply, Netns, VethPair,
+    anchor, assert_no_leftovers, hosts, probe, probe_json, require_root, run_in, spawn_in,
+    write_policy, Cgroup, FaultApply, Hosts, Netns,
 };
 use serde_json::Value;
 
@@ -27,30 +27,6 @@ fn skip_without_fq() -> bool {
     }
     fault_tests::skip("this kernel has no sch_fq; delay runs in the 6.1 guest (cargo xtask test)");
     true
-}
-
-struct Hosts {
-    a: Netns,
-    b: Netns,
-    veth: VethPair,
-}
-
-fn hosts(label: &str, subnet: u8) -> Hosts {
-    let a = Netns::new(&format!("{label}-a"));
-    let b = Netns::new(&format!("{label}-b"));
-    let veth = VethPair::new(
-        &a,
-        &format!("10.78.{subnet}.1/24"),
-        &b,
-        &format!("10.78.{subnet}.2/24"),
-    );
-    Hosts { a, b, veth }
-}
-
-fn anchor(cgroup: &Cgroup, ns: &Netns) -> ChildGuard {
-    let mut sleep = Command::new("sleep");
-    sleep.arg("600");
-    spawn_in(Some(cgroup), Some(ns), sleep)
 }
 
 fn policy(name: &str, cgroup: &Cgroup, rule: &str) -> String {
@@ -96,7 +72,7 @@ fn a_fixed_delay_adds_to_the_targets_round_trip_only() {
         return;
     }
     {
-        let h = hosts("delay", 1);
+        let h = hosts("delay", "10.78", 1);
         let target = Cgroup::new("delay");
         let _anchor = anchor(&target, &h.a);
         let base = ms(&ping(&h, Some(&target), 9301, 100)["p50_us"]);
@@ -143,7 +119,7 @@ fn jitter_has_the_configured_spread() {
         return;
     }
     {
-        let h = hosts("jitter", 2);
+        let h = hosts("jitter", "10.78", 2);
         let target = Cgroup::new("jitter");
         let _anchor = anchor(&target, &h.a);
         let base = ms(&ping(&h, Some(&target), 9311, 100)["p50_us"]);
@@ -216,7 +192,7 @@ fn jitter_keeps_a_flow_in_order_unless_reordering_is_asked() {
         return;
     }
     {
-        let h = hosts("order", 3);
+        let h = hosts("order", "10.78", 3);
         let target = Cgroup::new("order");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -266,7 +242,7 @@ fn a_rate_limit_holds_a_bulk_transfer() {
         return;
     }
     {
-        let h = hosts("rate", 4);
+        let h = hosts("rate", "10.78", 4);
         let target = Cgroup::new("rate");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -317,7 +293,7 @@ fn without_fq_a_delay_is_refused_by_name_and_nothing_stays() {
         return;
     }
     {
-        let h = hosts("nofq", 5);
+        let h = hosts("nofq", "10.78", 5);
         let target = Cgroup::new("nofq");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(

@@ -4,42 +4,13 @@
 
 use std::time::Duration;
 
-use std::process::Command;
-
 use fault_tests::{
-    assert_no_leftovers, fault, fault_bin, probe, probe_json, require_root, run_in, spawn_in,
-    write_policy, Cgroup, ChildGuard, FaultApply, Netns, VethPair,
+    anchor, assert_no_leftovers, fault, fault_bin, hosts, probe, probe_json, require_root, run_in,
+    spawn_in, write_policy, Cgroup, FaultApply, Netns, VethPair,
 };
 use serde_json::Value;
 
 const PACKETS: u64 = 20_000;
-
-/// Two hosts: `a` (where the target lives) and `b` (its peer).
-struct Hosts {
-    a: Netns,
-    b: Netns,
-    veth: VethPair,
-}
-
-fn hosts(label: &str, subnet: u8) -> Hosts {
-    let a = Netns::new(&format!("{label}-a"));
-    let b = Netns::new(&format!("{label}-b"));
-    let veth = VethPair::new(
-        &a,
-        &format!("10.77.{subnet}.1/24"),
-        &b,
-        &format!("10.77.{subnet}.2/24"),
-    );
-    Hosts { a, b, veth }
-}
-
-/// A process that keeps the target present in host `a`, as a service's processes would be
-/// before anyone applies a fault to it.
-fn anchor(cgroup: &Cgroup, ns: &Netns) -> ChildGuard {
-    let mut sleep = Command::new("sleep");
-    sleep.arg("600");
-    spawn_in(Some(cgroup), Some(ns), sleep)
-}
 
 fn policy(name: &str, cgroup: &Cgroup, duration: &str, rules: &str) -> String {
     format!(
@@ -127,7 +98,7 @@ fn status_rules() -> Vec<Value> {
 fn egress_loss_is_accurate_silent_and_scoped_to_the_cgroup() {
     require_root();
     {
-        let h = hosts("loss", 11);
+        let h = hosts("loss", "10.77", 11);
         let target = Cgroup::new("loss");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -185,7 +156,7 @@ fn egress_loss_is_accurate_silent_and_scoped_to_the_cgroup() {
 fn correlated_loss_keeps_its_rate_and_comes_in_bursts() {
     require_root();
     {
-        let h = hosts("corr", 23);
+        let h = hosts("corr", "10.77", 23);
         let target = Cgroup::new("corr");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -218,7 +189,7 @@ fn correlated_loss_keeps_its_rate_and_comes_in_bursts() {
 fn ingress_loss_drops_packets_on_their_way_to_the_target() {
     require_root();
     {
-        let h = hosts("inloss", 12);
+        let h = hosts("inloss", "10.77", 12);
         let target = Cgroup::new("inloss");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -256,7 +227,7 @@ fn ingress_loss_drops_packets_on_their_way_to_the_target() {
 fn tcp_recovers_from_loss_in_both_directions() {
     require_root();
     {
-        let h = hosts("tcp", 13);
+        let h = hosts("tcp", "10.77", 13);
         let target = Cgroup::new("tcp");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -316,7 +287,7 @@ fn tcp_recovers_from_loss_in_both_directions() {
 fn corruption_with_fixed_checksums_reaches_the_application() {
     require_root();
     {
-        let h = hosts("corrupt", 14);
+        let h = hosts("corrupt", "10.77", 14);
         // Without offload the receiver verifies every checksum, so a corrupted datagram
         // that is delivered proves the checksum was fixed.
         h.veth.set_tx_checksum_offload(false);
@@ -370,7 +341,7 @@ fn udp_csum_errors(ns: &Netns) -> u64 {
 fn corruption_with_kept_checksums_is_discarded_by_the_receiver() {
     require_root();
     {
-        let h = hosts("keep", 15);
+        let h = hosts("keep", "10.77", 15);
         h.veth.set_tx_checksum_offload(false);
         let target = Cgroup::new("keep");
         let _anchor = anchor(&target, &h.a);
@@ -408,7 +379,7 @@ fn corruption_with_kept_checksums_is_discarded_by_the_receiver() {
 fn duplication_is_accurate() {
     require_root();
     {
-        let h = hosts("dup", 16);
+        let h = hosts("dup", "10.77", 16);
         let target = Cgroup::new("dup");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -436,7 +407,7 @@ fn duplication_is_accurate() {
 fn partition_by_cidr_is_one_way() {
     require_root();
     {
-        let h = hosts("part", 17);
+        let h = hosts("part", "10.77", 17);
         // A second address on b: the partition cuts 10.77.17.2 only.
         h.b.ip(&["addr", "add", "10.77.17.3/24", "dev", h.veth.name_b()]);
         let target = Cgroup::new("part");
@@ -468,7 +439,7 @@ fn partition_by_cidr_is_one_way() {
 fn gilbert_elliott_loss_matches_its_stationary_rate() {
     require_root();
     {
-        let h = hosts("ge", 18);
+        let h = hosts("ge", "10.77", 18);
         let target = Cgroup::new("ge");
         let _anchor = anchor(&target, &h.a);
         // p = 2 %, r = 20 %: the chain is bad 2/22 of the time and loses everything then.
@@ -505,7 +476,7 @@ fn gilbert_elliott_loss_matches_its_stationary_rate() {
 fn deadline_in_the_kernel_ends_faults_after_sigkill() {
     require_root();
     {
-        let h = hosts("deadline", 19);
+        let h = hosts("deadline", "10.77", 19);
         let target = Cgroup::new("deadline");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -579,7 +550,7 @@ fn sigkill_under_tcx_detaches_at_once() {
         return;
     }
     {
-        let h = hosts("kill", 20);
+        let h = hosts("kill", "10.77", 20);
         let target = Cgroup::new("kill");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
@@ -646,7 +617,7 @@ fn invalid_policies_exit_2_and_attach_nothing() {
 fn processes_that_start_after_apply_are_covered() {
     require_root();
     {
-        let h = hosts("late", 21);
+        let h = hosts("late", "10.77", 21);
         let target = Cgroup::new("late");
         let file = write_policy(&policy(
             "t-late",

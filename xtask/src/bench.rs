@@ -12,7 +12,7 @@
 //!    fault's EDT delay side by side with tc-netem on the same veth.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -20,7 +20,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build, cmd, setup};
+use crate::{
+    build, cmd,
+    sandbox::{Layout, Sandbox},
+    setup,
+};
 
 const NS_A: &str = "fault-bench-a";
 const NS_B: &str = "fault-bench-b";
@@ -55,7 +59,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "== throughput of an untargeted TCP flow, {ROUNDS} rounds of {} MiB",
         BYTES >> 20
     );
-    let sb = Sandbox::create(&fault)?;
+    let sb = Sandbox::create(
+        &fault,
+        Layout {
+            ns: [NS_A, NS_B],
+            dev: ["fbench0", "fbench1"],
+            addr: ["10.67.0.1/24", "10.67.0.2/24"],
+            cgroup: "fault-bench",
+        },
+    )?;
     let policy = root.join("target/bench-policy.yaml");
     std::fs::write(
         &policy,
@@ -226,75 +238,4 @@ fn wait_ready(apply: &mut Child) -> Result<()> {
         sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// Two namespaces and a target cgroup with a resident process in A; removed on drop.
-struct Sandbox {
-    fault: PathBuf,
-    cgroup: PathBuf,
-    anchor: Option<Child>,
-}
-
-impl Sandbox {
-    fn create(fault: &Path) -> Result<Self> {
-        let mut sb = Sandbox {
-            fault: fault.to_path_buf(),
-            cgroup: crate::demo::cgroup2_mount()?.join("fault-bench"),
-            anchor: None,
-        };
-        sb.remove();
-        for args in [
-            vec!["netns", "add", NS_A],
-            vec!["netns", "add", NS_B],
-            vec![
-                "link", "add", "fbench0", "netns", NS_A, "type", "veth", "peer", "name", "fbench1",
-                "netns", NS_B,
-            ],
-            vec!["-n", NS_A, "addr", "add", "10.67.0.1/24", "dev", "fbench0"],
-            vec!["-n", NS_B, "addr", "add", "10.67.0.2/24", "dev", "fbench1"],
-            vec!["-n", NS_A, "link", "set", "fbench0", "up"],
-            vec!["-n", NS_B, "link", "set", "fbench1", "up"],
-        ] {
-            cmd::run(Command::new("ip").args(&args))?;
-        }
-        std::fs::create_dir_all(&sb.cgroup)?;
-        let anchor = Command::new("sh")
-            .arg("-c")
-            .arg("echo $$ > \"$0\" && exec nsenter --net=/run/netns/$1 sleep 3600")
-            .arg(sb.cgroup.join("cgroup.procs"))
-            .arg(NS_A)
-            .spawn()?;
-        sb.anchor = Some(anchor);
-        Ok(sb)
-    }
-
-    fn remove(&mut self) {
-        let _ = Command::new(&self.fault)
-            .args(["stop", "--all"])
-            .stdout(Stdio::null())
-            .status();
-        if let Some(mut a) = self.anchor.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        for ns in [NS_A, NS_B] {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.remove();
-    }
 }

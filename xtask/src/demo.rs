@@ -14,7 +14,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build, cmd, setup};
+use crate::{
+    build, cmd,
+    sandbox::{Layout, Sandbox},
+    setup,
+};
 
 const CLIENT_NS: &str = "fault-demo-client";
 const SERVER_NS: &str = "fault-demo-server";
@@ -30,7 +34,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     setup::ensure()?;
     let fault = build::fault(root)?;
     let probe = build::probe(root)?;
-    let sandbox = Sandbox::create(&fault)?;
+    let sandbox = Sandbox::create(
+        &fault,
+        Layout {
+            ns: [CLIENT_NS, SERVER_NS],
+            dev: ["fdemo0", "fdemo1"],
+            addr: ["10.66.0.1/24", "10.66.0.2/24"],
+            cgroup: "fault-demo/client",
+        },
+    )?;
     let result = show(root, &fault, &probe, &sandbox);
     drop(sandbox);
     result
@@ -80,7 +92,7 @@ fn show(root: &Path, fault: &Path, probe: &Path, sb: &Sandbox) -> Result<()> {
 /// 100 pings and 2,000 UDP datagrams from the client cgroup to the server.
 fn traffic(sb: &Sandbox, probe: &Path) -> Result<()> {
     let out = sb
-        .in_client(
+        .in_target(
             "ping",
             &["-q", "-c", "100", "-i", "0.01", "-W", "1", SERVER_IP],
         )
@@ -93,9 +105,8 @@ fn traffic(sb: &Sandbox, probe: &Path) -> Result<()> {
         .unwrap_or("ping printed no summary");
     println!("  ping:  {line}");
 
-    let receiver = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{SERVER_NS}"))
-        .arg(probe)
+    let receiver = sb
+        .on_host(1, probe)
         .args([
             "udp-recv",
             "--bind",
@@ -111,7 +122,7 @@ fn traffic(sb: &Sandbox, probe: &Path) -> Result<()> {
     sleep(Duration::from_millis(300));
     let probe = probe.to_string_lossy();
     let sent = sb
-        .in_client(
+        .in_target(
             &probe,
             &[
                 "udp-send",
@@ -160,143 +171,4 @@ fn wait_ready(apply: &mut Child) -> Result<()> {
         }
         sleep(Duration::from_millis(50));
     }
-}
-
-/// The demo's hosts and cgroup; dropping it removes them.
-struct Sandbox {
-    fault: PathBuf,
-    cgroup: PathBuf,
-    anchor: Option<Child>,
-}
-
-impl Sandbox {
-    fn create(fault: &Path) -> Result<Self> {
-        let cg2 = cgroup2_mount()?;
-        let mut sb = Sandbox {
-            fault: fault.to_path_buf(),
-            cgroup: cg2.join("fault-demo/client"),
-            anchor: None,
-        };
-        // Leftovers of an interrupted earlier run go first.
-        sb.remove();
-        for (args, what) in [
-            (
-                vec!["netns", "add", CLIENT_NS],
-                "create the client namespace",
-            ),
-            (
-                vec!["netns", "add", SERVER_NS],
-                "create the server namespace",
-            ),
-            (
-                vec![
-                    "link", "add", "fdemo0", "netns", CLIENT_NS, "type", "veth", "peer", "name",
-                    "fdemo1", "netns", SERVER_NS,
-                ],
-                "create the veth pair",
-            ),
-            (
-                vec![
-                    "-n",
-                    CLIENT_NS,
-                    "addr",
-                    "add",
-                    "10.66.0.1/24",
-                    "dev",
-                    "fdemo0",
-                ],
-                "address",
-            ),
-            (
-                vec![
-                    "-n",
-                    SERVER_NS,
-                    "addr",
-                    "add",
-                    "10.66.0.2/24",
-                    "dev",
-                    "fdemo1",
-                ],
-                "address",
-            ),
-            (
-                vec!["-n", CLIENT_NS, "link", "set", "fdemo0", "up"],
-                "link up",
-            ),
-            (
-                vec!["-n", SERVER_NS, "link", "set", "fdemo1", "up"],
-                "link up",
-            ),
-            (vec!["-n", CLIENT_NS, "link", "set", "lo", "up"], "lo up"),
-            (vec!["-n", SERVER_NS, "link", "set", "lo", "up"], "lo up"),
-        ] {
-            cmd::run(Command::new("ip").args(&args)).context(what)?;
-        }
-        std::fs::create_dir_all(&sb.cgroup)
-            .with_context(|| format!("create {}", sb.cgroup.display()))?;
-        // The client host's resident process, as a service would have before a game day.
-        sb.anchor = Some(
-            sb.in_client("sleep", &["3600"])
-                .spawn()
-                .context("start the client")?,
-        );
-        Ok(sb)
-    }
-
-    /// A command in the client cgroup (joined first, while /sys is the host's) and then in
-    /// the client namespace (nsenter, unlike `ip netns exec`, leaves /sys alone).
-    fn in_client(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg("echo $$ > \"$0\" && ns=$1 && shift && exec nsenter --net=/run/netns/$ns \"$@\"")
-            .arg(self.cgroup.join("cgroup.procs"))
-            .arg(CLIENT_NS)
-            .arg(program)
-            .args(args);
-        c
-    }
-
-    fn remove(&mut self) {
-        let _ = Command::new(&self.fault)
-            .args(["stop", "--all"])
-            .stdout(Stdio::null())
-            .status();
-        if let Some(mut a) = self.anchor.take() {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        if let Some(parent) = self.cgroup.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-        for ns in [CLIENT_NS, SERVER_NS] {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    text.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup2 mount in /proc/self/mountinfo")
 }

@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod sandbox;
 mod setup;
 mod test;
 mod vm;
