@@ -13,16 +13,16 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
     build, cmd,
-    sandbox::{Layout, Sandbox},
+    sandbox::{wait_ready, Layout, Sandbox},
     setup,
 };
 
@@ -86,7 +86,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .arg(&policy)
             .stdout(Stdio::null())
             .spawn()?;
-        let b = wait_ready(&mut apply).and_then(|()| throughput(&probe));
+        let b = wait_ready(&mut apply, "bench").and_then(|()| throughput(&probe));
         let _ = Command::new("kill")
             .args(["-TERM", &apply.id().to_string()])
             .status();
@@ -225,17 +225,4 @@ fn throughput(probe: &Path) -> Result<f64> {
             String::from_utf8_lossy(&sent.stdout)
         ),
     }
-}
-
-fn wait_ready(apply: &mut Child) -> Result<()> {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string("/run/fault/bench.json")
-        .is_ok_and(|s| s.contains("\"ready\": true"))
-    {
-        if apply.try_wait()?.is_some() || Instant::now() > until {
-            bail!("fault apply did not get ready");
-        }
-        sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }

@@ -6,17 +6,17 @@
 //! fault reverts. Everything the demo creates is removed, also when a step fails.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
     build, cmd,
-    sandbox::{Layout, Sandbox},
+    sandbox::{wait_ready, Layout, Sandbox},
     setup,
 };
 
@@ -67,7 +67,7 @@ fn show(root: &Path, fault: &Path, probe: &Path, sb: &Sandbox) -> Result<()> {
         .stdin(Stdio::null())
         .spawn()
         .context("start fault apply")?;
-    wait_ready(&mut apply)?;
+    wait_ready(&mut apply, POLICY_NAME)?;
 
     heading("3. the same traffic under the fault");
     traffic(sb, probe)?;
@@ -153,22 +153,4 @@ fn traffic(sb: &Sandbox, probe: &Path) -> Result<()> {
         field(&got, "corrupted"),
     );
     Ok(())
-}
-
-fn wait_ready(apply: &mut Child) -> Result<()> {
-    let state = PathBuf::from(format!("/run/fault/{POLICY_NAME}.json"));
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        if std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"ready\": true")) {
-            return Ok(());
-        }
-        if let Some(status) = apply.try_wait()? {
-            bail!("fault apply exited early ({status})");
-        }
-        if Instant::now() > until {
-            let _ = apply.kill();
-            bail!("fault apply did not get ready within 30 s");
-        }
-        sleep(Duration::from_millis(50));
-    }
 }

@@ -7,10 +7,10 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cmd;
 
@@ -128,6 +128,26 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// Waits until `fault apply` (running as `apply`) says in its state file that policy
+/// `name` is attached; kills it and fails if it exits first or takes over 30 s.
+pub fn wait_ready(apply: &mut Child, name: &str) -> Result<()> {
+    let state = PathBuf::from(format!("/run/fault/{name}.json"));
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"ready\": true")) {
+            return Ok(());
+        }
+        if let Some(status) = apply.try_wait()? {
+            bail!("fault apply exited early ({status})");
+        }
+        if Instant::now() > until {
+            let _ = apply.kill();
+            bail!("fault apply did not get ready within 30 s");
+        }
+        sleep(Duration::from_millis(50));
     }
 }
 

@@ -125,6 +125,19 @@ pub struct Thread {
     held: bool,
 }
 
+/// The refusal for a process another tracer (a debugger, strace) holds, if one does.
+fn traced(pid: u32) -> Option<InjectError> {
+    let tracer = status_field(pid, "TracerPid")
+        .and_then(|t| t.parse::<u32>().ok())
+        .filter(|&t| t != 0)?;
+    Some(InjectError::Traced {
+        pid,
+        comm: comm(pid),
+        tracer,
+        tracer_comm: comm(tracer),
+    })
+}
+
 /// Every thread of one process, stopped.
 #[derive(Debug)]
 pub struct Stopped {
@@ -136,16 +149,8 @@ pub struct Stopped {
 impl Stopped {
     /// Seizes and stops every thread of `pid`.
     pub fn stop(pid: u32) -> Result<Self, InjectError> {
-        if let Some(tracer) = status_field(pid, "TracerPid")
-            .and_then(|t| t.parse::<u32>().ok())
-            .filter(|&t| t != 0)
-        {
-            return Err(InjectError::Traced {
-                pid,
-                comm: comm(pid),
-                tracer,
-                tracer_comm: comm(tracer),
-            });
+        if let Some(e) = traced(pid) {
+            return Err(e);
         }
         let mut held = Stopped {
             pid,
@@ -165,18 +170,10 @@ impl Stopped {
                     // A thread that is exiting refuses to be seized; it needs no stopping.
                     Err(_) if matches!(thread_state(pid, tid), 'Z' | 'X') => continue,
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        if let Some(tracer) = status_field(pid, "TracerPid")
-                            .and_then(|t| t.parse::<u32>().ok())
-                            .filter(|&t| t != 0)
-                        {
-                            return Err(InjectError::Traced {
-                                pid,
-                                comm: comm(pid),
-                                tracer,
-                                tracer_comm: comm(tracer),
-                            });
-                        }
-                        return Err(held.error(tid, "PTRACE_SEIZE", e));
+                        // Someone may have attached since the first look.
+                        return Err(
+                            traced(pid).unwrap_or_else(|| held.error(tid, "PTRACE_SEIZE", e))
+                        );
                     }
                     Err(e) => return Err(held.error(tid, "PTRACE_SEIZE", e)),
                 }

@@ -341,24 +341,13 @@ fn patch_inner(pid: u32, plan: &Plan) -> Result<Patched, PatchError> {
             });
         }
         let started = std::time::Instant::now();
-        let mut world = Stopped::stop(pid)?;
+        let world = Stopped::stop(pid)?;
         if shared.bytes()[CODE_OFF..] != code[..] {
             shared.write(CODE_OFF, &code);
         }
         shared.write(0, bytes_of(&header));
         shared.set_plan(plan);
-        finish(&mut world, &header)?;
-        let threads = world.threads.len();
-        world.detach()?;
-        return Ok(Patched {
-            pid,
-            start_time,
-            base,
-            adopted: false,
-            stopped_us: started.elapsed().as_micros() as u64,
-            threads,
-            shared,
-        });
+        return complete(world, &header, started, start_time, base, shared);
     }
 
     let syscall_insn = find_syscall(&image)
@@ -384,8 +373,21 @@ fn patch_inner(pid: u32, plan: &Plan) -> Result<Patched, PatchError> {
         shared.write(0, bytes_of(&header));
         shared.set_plan(plan);
     })?;
-    finish(&mut world, &header)?;
-    let threads = world.threads.len();
+    complete(world, &header, started, start_time, base, shared)
+}
+
+/// The last steps of a patch, with the stub in place: write the jumps, let the threads go,
+/// and say what was done.
+fn complete(
+    mut world: Stopped,
+    header: &Header,
+    started: std::time::Instant,
+    start_time: u64,
+    base: u64,
+    shared: Shared,
+) -> Result<Patched, PatchError> {
+    finish(&mut world, header)?;
+    let (pid, threads) = (world.pid, world.threads.len());
     world.detach()?;
     Ok(Patched {
         pid,
