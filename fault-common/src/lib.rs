@@ -40,6 +40,15 @@ pub mod maps {
     pub const EXEC_HELD: &str = "EXEC_HELD";
     /// `RingBuf` of [`super::ExecEvent`]: a process was stopped at exec.
     pub const EXEC_EVENTS: &str = "EXEC_EVENTS";
+    /// `RingBuf` of [`ResendHeader`] + packet bytes: packets the userspace-delay program
+    /// took off the wire for fault to send again at their departure time.
+    pub const RESEND_RING: &str = "RESEND_RING";
+    /// `Array<[u8; RESEND_SLOT_SIZE]>`, one slot per CPU: where a packet is assembled before it
+    /// goes into RESEND_RING.
+    pub const RESEND_SLOT: &str = "RESEND_SLOT";
+    /// `Array<u64>` with one entry: CLOCK_MONOTONIC ns of the resender's last sign of life.
+    /// A packet is only handed over while that is recent, so a dead loader holds nothing.
+    pub const RESEND_ALIVE: &str = "RESEND_ALIVE";
 }
 
 /// Load-time globals of the exec program (`EbpfLoader::set_global`).
@@ -53,6 +62,8 @@ pub mod globals {
 /// Program names (the function names in fault-ebpf).
 pub mod progs {
     pub const TC_EGRESS: &str = "fault_tc_egress";
+    /// The same egress program for kernels without sch_fq: delayed packets go to userspace.
+    pub const TC_EGRESS_RESEND: &str = "fault_tc_resend";
     pub const CGROUP_INGRESS: &str = "fault_cg_ingress";
     pub const EXEC: &str = "fault_exec";
 }
@@ -246,8 +257,42 @@ pub struct Config {
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
-/// `skb->mark` we give a duplicate so the program lets it pass instead of duplicating it again.
-pub const DUP_MARK: u32 = 0xfa17_d0b1;
+/// What precedes a packet in RESEND_RING.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ResendHeader {
+    /// CLOCK_MONOTONIC ns at which the packet may leave.
+    pub depart_ns: u64,
+    /// The network namespace it was sent in (`bpf_get_netns_cookie`).
+    pub netns_cookie: u64,
+    pub ifindex: u32,
+    /// Bytes of packet that follow, from the MAC header on.
+    pub len: u32,
+    /// Offsets of the IP and L4 headers (l4_off 0 if unknown), for the checksum and
+    /// segmentation offloads.
+    pub l3_off: u16,
+    pub l4_off: u16,
+    /// For a GSO packet, the segment size and count (both 0 otherwise).
+    pub gso_size: u16,
+    pub gso_segs: u16,
+    /// IP protocol number and family (`FAMILY_V4`/`FAMILY_V6`).
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<ResendHeader>() == 40);
+
+/// Largest packet (a GSO super-packet included) that can be delayed in userspace; a larger
+/// one is let through undelayed and counted as an error.
+pub const RESEND_MAX_LEN: u32 = 65536 + 256;
+/// Size of a `maps::RESEND_SLOT` entry.
+pub const RESEND_SLOT_SIZE: usize = core::mem::size_of::<ResendHeader>() + RESEND_MAX_LEN as usize;
+/// How long the resender may stay silent before the program stops handing it packets.
+pub const RESEND_STALE_NS: u64 = 1_000_000_000;
+
+/// `skb->cb` words that mark a copy of a packet the program itself sent (a duplicate, or a
+/// delayed packet's orphaned copy), so it is let through when it comes round again.
+pub const OWN_COPY_CB: [u32; 2] = [0xfa17_c0b1, 0x5e1f_0d0e];
 
 #[cfg(feature = "user")]
 mod pod {
@@ -259,4 +304,5 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ResendHeader {}
 }

@@ -36,15 +36,29 @@ pub fn wanted(rule: &NetRule) -> bool {
     rule.delay_ns != 0 || rule.jitter_ns != 0 || rule.rate_bytes != 0
 }
 
-/// Gives the packet its departure time. Returns false if the helper refused.
+/// Whether the rule holds packets back for a while (as opposed to pacing them only). Such
+/// packets leave their socket's accounting, see [`crate::tc`].
 #[inline(always)]
-pub fn schedule(
+pub fn holds(rule: &NetRule) -> bool {
+    rule.delay_ns != 0 || rule.jitter_ns != 0
+}
+
+/// Writes a departure time into the packet, for fq. Returns false if the helper refused.
+#[inline(always)]
+pub fn stamp(ctx: &TcContext, depart: u64) -> bool {
+    unsafe { bpf_skb_set_tstamp(ctx.skb.skb, depart, TSTAMP_DELIVERY_MONO) == 0 }
+}
+
+/// The packet's departure time (CLOCK_MONOTONIC ns) under the rule's delay, jitter, rate and
+/// reordering.
+#[inline(always)]
+pub fn departure(
     ctx: &TcContext,
     index: u32,
     rule: &NetRule,
     state: &mut RuleState,
     pkt: &Packet,
-) -> bool {
+) -> u64 {
     let now = unsafe { bpf_ktime_get_ns() };
     // TCP paces by EDT itself: never send earlier than the stack asked.
     let skb_tstamp = unsafe { (*ctx.skb.skb).tstamp };
@@ -65,7 +79,7 @@ pub fn schedule(
     }
 
     let mut reorder = false;
-    if rule.delay_ns != 0 || rule.jitter_ns != 0 {
+    if holds(rule) {
         if rule.reorder_p != 0 && net::chance(rule.reorder_p) {
             // Sent as soon as the rate allows: it overtakes the delayed packets before it.
             reorder = true;
@@ -94,8 +108,7 @@ pub fn schedule(
         }
     }
 
-    let ret = unsafe { bpf_skb_set_tstamp(ctx.skb.skb, depart, TSTAMP_DELIVERY_MONO) };
-    ret == 0
+    depart
 }
 
 /// Latency plus a jitter draw from the rule's distribution, never below zero.

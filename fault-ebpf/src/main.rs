@@ -15,6 +15,8 @@ mod exec;
 #[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
+mod resend;
+#[cfg(target_arch = "bpf")]
 mod tc;
 
 #[cfg(not(target_arch = "bpf"))]

@@ -42,6 +42,8 @@ pub struct Packet {
     pub dport: [u8; 2],
     /// Offset of the L4 header, and of its payload (0 when the payload cannot be reached).
     pub l4_off: u32,
+    /// Offset of the IP header (0 on L3 devices, 14 after an Ethernet header).
+    pub l3_off: u32,
     pub payload_off: u32,
 }
 
@@ -68,6 +70,7 @@ pub fn parse(skb: &SkBuff, l3: usize, skb_protocol: u32) -> Option<Packet> {
         sport: [0; 2],
         dport: [0; 2],
         l4_off: 0,
+        l3_off: l3 as u32,
         payload_off: 0,
     };
     let l4: usize;

@@ -11,31 +11,43 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use fault_common::{NetRule, CSUM_FIX, DIR_EGRESS, DUP_MARK, PROTO_TCP, PROTO_UDP};
+use fault_common::{NetRule, CSUM_FIX, DIR_EGRESS, OWN_COPY_CB, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     edt,
     net::{self, Packet, ETH_P_IP, ETH_P_IPV6, TARGETS},
+    resend,
 };
 
 /// Hand the packet on unchanged (see the module comment).
 const TC_NEXT: i32 = -1;
 const ETH_HLEN: usize = 14;
 
+/// Delays by departure time, for fq (the root qdisc fault installs).
 #[classifier]
 pub fn fault_tc_egress(ctx: TcContext) -> i32 {
-    match try_egress(&ctx) {
+    match try_egress::<false>(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// Delays by handing packets to fault in userspace, for kernels without sch_fq. A separate
+/// program, so that the helpers it needs are asked of those kernels only.
+#[classifier]
+pub fn fault_tc_resend(ctx: TcContext) -> i32 {
+    match try_egress::<true>(&ctx) {
         Ok(action) | Err(action) => action,
     }
 }
 
 #[inline(always)]
-fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
+fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
-    let skb = unsafe { &*ctx.skb.skb };
-    if skb.mark == DUP_MARK {
-        // Our own duplicate coming round again: let it go, and give back the mark.
-        ctx.set_mark(0);
+    let skb = unsafe { &mut *ctx.skb.skb };
+    if skb.cb[0] == OWN_COPY_CB[0] && skb.cb[1] == OWN_COPY_CB[1] {
+        // Our own copy coming round again (see `send_copy`): let it go.
+        skb.cb[0] = 0;
+        skb.cb[1] = 0;
         return Ok(TC_NEXT);
     }
     // Cheapest test first: is the sending socket in a target cgroup at all?
@@ -43,10 +55,14 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     if unsafe { TARGETS.get(cgroup) }.is_none() || net::expired() {
         return Ok(TC_NEXT);
     }
+    if RESEND && resend::from_packet_socket(skb) {
+        // fault's resender, in a target cgroup itself: its packets have been delayed already.
+        return Ok(TC_NEXT);
+    }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
     let index =
         net::find_rule(DIR_EGRESS, pkt.family, pkt.proto, pkt.dport, &pkt.daddr).ok_or(TC_NEXT)?;
-    Ok(apply(ctx, index, &pkt, skb.mark))
+    Ok(apply::<RESEND>(ctx, index, &pkt))
 }
 
 /// Ethernet-like devices (veth, lo, NICs) carry a MAC header at TC, L3 devices (wireguard,
@@ -68,7 +84,7 @@ fn l3_offset(ctx: &TcContext, skb_protocol: u32) -> usize {
 
 /// Decides, counts and carries out what rule `index` does to this packet.
 #[inline(always)]
-fn apply(ctx: &TcContext, index: u32, pkt: &Packet, mark: u32) -> i32 {
+fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
     let Some((rule, counters, state)) = net::rule_slots(index) else {
         return TC_NEXT;
     };
@@ -76,25 +92,14 @@ fn apply(ctx: &TcContext, index: u32, pkt: &Packet, mark: u32) -> i32 {
 
     if net::should_drop(rule, state) {
         counters.dropped += 1;
-        // Real loss is silent to the sender. A plain drop here is reported to the sending
-        // socket (ENOBUFS, and TCP takes it for local congestion), but a redirect is
-        // reported as sent whatever happens next, and a redirect to ifindex 0, which never
-        // exists, is freed by skb_do_redirect:
-        // https://elixir.bootlin.com/linux/v6.6/source/net/core/filter.c#L2487
-        // https://elixir.bootlin.com/linux/v6.6/source/net/core/dev.c#L4037
-        return unsafe { bpf_redirect(0, 0) as i32 };
+        return drop_silently();
     }
 
     if rule.dup_p != 0 && net::chance(rule.dup_p) {
-        // The clone carries DUP_MARK so that, coming through this hook again, it is let
-        // through rather than duplicated or dropped in turn.
-        ctx.set_mark(DUP_MARK);
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        match ctx.clone_redirect(ifindex, 0) {
-            Ok(()) => counters.duplicated += 1,
-            Err(_) => counters.errors += 1,
+        match send_copy(ctx) {
+            true => counters.duplicated += 1,
+            false => counters.errors += 1,
         }
-        ctx.set_mark(mark);
     }
 
     if rule.corrupt_p != 0 && net::chance(rule.corrupt_p) {
@@ -105,14 +110,66 @@ fn apply(ctx: &TcContext, index: u32, pkt: &Packet, mark: u32) -> i32 {
         }
     }
 
-    if edt::wanted(rule) {
-        if edt::schedule(ctx, index, rule, state, pkt) {
-            counters.delayed += 1;
-        } else {
-            counters.errors += 1;
+    if !edt::wanted(rule) {
+        return TC_NEXT;
+    }
+    if RESEND {
+        if !resend::available() {
+            return TC_NEXT;
         }
+        let depart = edt::departure(ctx, index, rule, state, pkt);
+        if resend::hand_off(ctx, depart, pkt) {
+            counters.delayed += 1;
+            return drop_silently();
+        }
+        counters.errors += 1;
+        return TC_NEXT;
+    }
+
+    let depart = edt::departure(ctx, index, rule, state, pkt);
+    if !edt::stamp(ctx, depart) {
+        counters.errors += 1;
+        return TC_NEXT;
+    }
+    counters.delayed += 1;
+    // While fq holds a packet, it still counts against its socket's send budget (TCP Small
+    // Queues allows about 1 ms of data in the qdisc), and a delay much longer than that would
+    // cap the flow at a few packets per delay. A clone belongs to no socket, so the clone is
+    // what waits in fq and the original is freed at once, as if the link had taken it; netem
+    // does the same (skb_orphan_partial on enqueue). A pure rate limit keeps the original, so
+    // that the sender is slowed by its socket budget rather than by losses.
+    if edt::holds(rule) && send_copy(ctx) {
+        return drop_silently();
     }
     TC_NEXT
+}
+
+/// Sends a clone of the packet out of the same interface. The clone goes through this program
+/// again, marked in `skb->cb` (which a clone inherits) so that it is let through; the
+/// original's `cb` is given back, and its mark is never touched.
+#[inline(always)]
+fn send_copy(ctx: &TcContext) -> bool {
+    let skb = unsafe { &mut *ctx.skb.skb };
+    let saved = [skb.cb[0], skb.cb[1]];
+    skb.cb[0] = OWN_COPY_CB[0];
+    skb.cb[1] = OWN_COPY_CB[1];
+    let ifindex = skb.ifindex;
+    let ok = ctx.clone_redirect(ifindex, 0).is_ok();
+    let skb = unsafe { &mut *ctx.skb.skb };
+    skb.cb[0] = saved[0];
+    skb.cb[1] = saved[1];
+    ok
+}
+
+/// Drops the packet so that its sender is told it was sent, as real loss is silent. A plain
+/// drop is reported to the sending socket (ENOBUFS, and TCP takes it for local congestion);
+/// a redirect is reported as sent whatever happens next, and a redirect to ifindex 0, which
+/// never exists, is freed by skb_do_redirect:
+/// https://elixir.bootlin.com/linux/v6.6/source/net/core/filter.c#L2487
+/// https://elixir.bootlin.com/linux/v6.6/source/net/core/dev.c#L4037
+#[inline(always)]
+fn drop_silently() -> i32 {
+    unsafe { bpf_redirect(0, 0) as i32 }
 }
 
 /// Flips bits in one 16-bit word of the transport payload. `Ok(false)` when the packet has

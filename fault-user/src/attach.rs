@@ -250,6 +250,7 @@ fn attach_here(ebpf: &mut Ebpf, ns: &Netns, tcx: bool, out: &mut Attached) -> an
         .iter()
         .map(|i| i.name().to_string_lossy().into_owned())
         .collect();
+    let program = crate::loader::egress_program(ebpf);
     for ifname in &ifaces {
         if !tcx {
             match tc::qdisc_add_clsact(ifname) {
@@ -263,7 +264,7 @@ fn attach_here(ebpf: &mut Ebpf, ns: &Netns, tcx: bool, out: &mut Attached) -> an
         }
         {
             let prog: &mut SchedClassifier = ebpf
-                .program_mut(progs::TC_EGRESS)
+                .program_mut(program)
                 .context("program missing from the object")?
                 .try_into()?;
             let options = if tcx {
@@ -376,6 +377,57 @@ pub struct FqRecord {
     /// What was there: always the kernel's default for the device (fault replaces nothing
     /// else), which deleting our root qdisc brings back.
     pub previous: String,
+}
+
+/// How delayed packets are held: by fq, or by fault in userspace where the kernel has no fq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayPath {
+    Fq,
+    Userspace,
+}
+
+impl DelayPath {
+    /// fq where the kernel has it; `FAULT_DELAY_PATH=userspace` forces the other path (to
+    /// compare the two on one kernel).
+    pub fn choose() -> Self {
+        match std::env::var("FAULT_DELAY_PATH").as_deref() {
+            Ok("userspace") => DelayPath::Userspace,
+            Ok("fq") => DelayPath::Fq,
+            _ if fq_available() => DelayPath::Fq,
+            _ => DelayPath::Userspace,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            DelayPath::Fq => {
+                "departure times held by fq (the interfaces' root qdisc while the policy runs)"
+            }
+            DelayPath::Userspace => {
+                "held and sent again by fault in userspace (this kernel has no sch_fq): \
+                 a copy and a send per delayed packet, see BENCHMARKS.md"
+            }
+        }
+    }
+}
+
+/// Whether this kernel has the fq qdisc: loaded, built in, or loadable.
+pub fn fq_available() -> bool {
+    if std::path::Path::new("/sys/module/sch_fq").exists() {
+        return true;
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin"));
+    if builtin.is_ok_and(|b| b.lines().any(|l| l.ends_with("/sch_fq.ko"))) {
+        return true;
+    }
+    Command::new("modprobe")
+        .args(["-q", "sch_fq"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::path::Path::new("/sys/module/sch_fq").exists()
 }
 
 /// Makes fq the root qdisc of every interface in `netns`, so that departure times written by

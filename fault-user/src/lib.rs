@@ -10,6 +10,7 @@ pub mod dist;
 pub mod loader;
 pub mod policy;
 pub mod report;
+pub mod resend;
 pub mod run;
 pub mod state;
 pub mod sysfs;

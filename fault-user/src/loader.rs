@@ -23,6 +23,21 @@ pub struct Tables<'a> {
     pub rules: &'a [NetRule],
     /// CLOCK_MONOTONIC nanoseconds after which nothing is injected.
     pub deadline_ns: u64,
+    /// Delay through userspace (kernels without sch_fq, see `crate::resend`) rather than fq.
+    pub resend: bool,
+}
+
+/// The egress program `load` loaded: the resend variant or the fq one.
+pub fn egress_program(ebpf: &Ebpf) -> &'static str {
+    let loaded = |name| {
+        ebpf.program(name)
+            .is_some_and(|p: &aya::programs::Program| p.fd().is_ok())
+    };
+    if loaded(progs::TC_EGRESS_RESEND) {
+        progs::TC_EGRESS_RESEND
+    } else {
+        progs::TC_EGRESS
+    }
 }
 
 /// Loads both programs and fills the maps. Nothing is attached yet.
@@ -36,6 +51,17 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::COUNTERS, n(t.rules.len()))
         .map_max_entries(maps::RULE_STATE, n(t.rules.len()))
         .map_max_entries(maps::RATE_NEXT, n(t.rules.len()))
+        // The ring and the per-CPU slots cost memory only where packets go through userspace.
+        .map_max_entries(maps::RESEND_RING, if t.resend { 64 << 20 } else { 4096 })
+        .map_max_entries(
+            maps::RESEND_SLOT,
+            match t.resend {
+                true => {
+                    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))? as u32
+                }
+                false => 1,
+            },
+        )
         .load(OBJECT)
         .context("load the eBPF object")?;
 
@@ -71,7 +97,10 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     )?;
 
     // The verifier's log is part of the error's Display, so a rejection shows it.
-    let name = progs::TC_EGRESS;
+    let name = match t.resend {
+        true => progs::TC_EGRESS_RESEND,
+        false => progs::TC_EGRESS,
+    };
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?

@@ -14,6 +14,8 @@ pub struct RuleReport {
     pub dropped: u64,
     pub corrupted: u64,
     pub duplicated: u64,
+    /// Given a later departure time (delay, jitter, rate).
+    pub delayed: u64,
     pub errors: u64,
 }
 
@@ -29,6 +31,7 @@ pub fn rule_reports(state: &State, counters: &[RuleCounters]) -> Vec<RuleReport>
             dropped: c.dropped,
             corrupted: c.corrupted,
             duplicated: c.duplicated,
+            delayed: c.delayed,
             errors: c.errors,
         })
         .collect()
@@ -59,6 +62,9 @@ pub fn counter_lines(reports: &[RuleReport]) -> Vec<String> {
                 r.duplicated,
                 pct(r.duplicated, r.seen),
             );
+            if r.delayed != 0 {
+                line.push_str(&format!("  delayed {}", r.delayed));
+            }
             if r.errors != 0 {
                 line.push_str(&format!("  errors {}", r.errors));
             }
@@ -81,6 +87,29 @@ pub fn clock_lines(rules: &[crate::clock::RuleStatus], processes: usize) -> Vec<
             )
         })
         .collect()
+}
+
+/// The userspace delay path's figures (see `crate::resend`).
+pub fn resend_line(s: &crate::resend::Stats) -> String {
+    let per = |total: u64| match s.sent {
+        0 => 0.0,
+        n => total as f64 / n as f64 / 1000.0,
+    };
+    format!(
+        "  delayed in userspace: {} sent, {} dropped (queue full or no socket), {} send errors; \
+         {:.1} us CPU per packet, {:.1} us late on average{}",
+        s.sent,
+        s.dropped,
+        s.errors,
+        per(s.cpu_ns),
+        per(s.late_ns),
+        s.last_error
+            .map(|e| format!(
+                " (last send error: {})",
+                std::io::Error::from_raw_os_error(e)
+            ))
+            .unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

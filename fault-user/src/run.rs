@@ -14,7 +14,7 @@ use crate::{
     attach::{self, Direction},
     clock, loader,
     policy::{self, Policy},
-    report,
+    report, resend,
     state::{self, RuleInfo, State},
     target,
 };
@@ -126,6 +126,13 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
 
     let deadline_ns = loader::monotonic_ns() + policy.duration.as_nanos() as u64;
     let actions: Vec<_> = policy.rules.iter().map(|r| r.action).collect();
+    // Delays and rates are departure times: fq holds packets until then where the kernel has
+    // it, fault itself (crate::resend) where it does not.
+    let timing = actions
+        .iter()
+        .any(|a| a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0);
+    let delay_path = timing.then(attach::DelayPath::choose);
+    let use_resend = delay_path == Some(attach::DelayPath::Userspace);
     // A policy with clock rules only loads no eBPF program.
     let network = !policy.rules.is_empty();
     let mut ebpf = match network {
@@ -135,6 +142,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
                 lpm: &lpm,
                 rules: &actions,
                 deadline_ns,
+                resend: use_resend,
             })
             .map_err(failed)?,
         ),
@@ -175,6 +183,27 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         return Err(failed(e));
     }
 
+    // The resender and its sockets are ready before the program hands it anything.
+    let resender = match (use_resend, ebpf.as_mut()) {
+        (true, Some(ebpf)) => {
+            let started = resend::Resender::start(ebpf).and_then(|r| {
+                for ns in &resolved.netns {
+                    r.add_netns(ns)?;
+                }
+                Ok(r)
+            });
+            match started {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ = state::remove_pins(&policy.name);
+                    let _ = st.remove_file();
+                    return Err(failed(e.context("start the userspace delay path")));
+                }
+            }
+        }
+        _ => None,
+    };
+
     let cgroups: Vec<PathBuf> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
     let mut attached = match ebpf
         .as_mut()
@@ -196,13 +225,8 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         st.qdiscs = attached.qdiscs.clone();
         st.ingress_cgroups = attached.cgroups();
     }
-    // Delays are departure times that only fq honours: it becomes the root qdisc of the
-    // targets' interfaces while the policy runs.
-    let timing = policy.rules.iter().any(|r| {
-        let a = &r.action;
-        a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0
-    });
-    if timing {
+    // With fq, it becomes the root qdisc of the targets' interfaces while the policy runs.
+    if delay_path == Some(attach::DelayPath::Fq) {
         match attach::install_fq(&resolved.netns) {
             Ok(fq) => st.fq = fq,
             Err((partial, e)) => {
@@ -214,8 +238,8 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
                 let _ = state::remove_pins(&policy.name);
                 let _ = st.remove_file();
                 return Err(failed(e.context(
-                    "delay and rate need sch_fq as the root qdisc (the fallback for kernels \
-                     without it is not built yet)",
+                    "delay and rate need sch_fq as the root qdisc (FAULT_DELAY_PATH=userspace \
+                     uses fault's own, slower, path instead)",
                 )));
             }
         }
@@ -251,6 +275,9 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             humantime::format_duration(policy.duration),
         );
     }
+    if let Some(path) = delay_path {
+        println!("  delay: {}", path.describe());
+    }
     for t in &resolved.targets {
         println!(
             "  target {} -> cgroup {} (id {})",
@@ -264,7 +291,8 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         ids: resolved.cgroup_ids.iter().copied().collect(),
         netns: resolved.netns.iter().map(|n| n.inode).collect(),
         egress: directions.contains(&Direction::Egress),
-        timing,
+        fq: delay_path == Some(attach::DelayPath::Fq),
+        resender: resender.as_ref(),
     };
     let start = Instant::now();
     let end = tokio::time::Instant::now() + policy.duration;
@@ -324,6 +352,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         .and_then(|e| loader::live_counters(e, policy.rules.len()).ok());
     problems.extend(attached.map(attach::Attached::detach).unwrap_or_default());
     problems.extend(attach::restore_fq(&st.fq));
+    let resent = resender.map(resend::Resender::finish);
     drop(ebpf);
     if let Err(e) = state::remove_pins(&policy.name) {
         problems.push(format!("{e:#}"));
@@ -340,6 +369,11 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         for l in report::counter_lines(&report::rule_reports(&st, &c)) {
             println!("{l}");
         }
+    }
+    match resent {
+        Some(Ok(r)) => println!("{}", report::resend_line(&r)),
+        Some(Err(e)) => problems.push(format!("userspace delay path: {e:#}")),
+        None => {}
     }
     if problems.is_empty() {
         Ok(())
@@ -434,12 +468,14 @@ fn on_exec(
 // ---- end of clock faults
 
 /// What an apply has already covered.
-struct Seen {
+struct Seen<'a> {
     ids: std::collections::BTreeSet<u64>,
     netns: std::collections::BTreeSet<u64>,
     egress: bool,
-    /// Whether rules delay or pace (fq goes on new namespaces' interfaces too).
-    timing: bool,
+    /// Whether delays go through fq (it goes on new namespaces' interfaces too)...
+    fq: bool,
+    /// ... or through the resender (which needs a socket in new namespaces).
+    resender: Option<&'a resend::Resender>,
 }
 
 /// Covers processes and child cgroups that appeared in the targets since the last look: new
@@ -448,7 +484,7 @@ struct Seen {
 fn follow_targets(
     ebpf: &mut aya::Ebpf,
     resolved: &target::Resolved,
-    seen: &mut Seen,
+    seen: &mut Seen<'_>,
     attached: &mut attach::Attached,
     st: &mut State,
 ) -> anyhow::Result<()> {
@@ -474,7 +510,12 @@ fn follow_targets(
     st.qdiscs.extend(more.qdiscs.clone());
     attached.extend(more);
     let result = result.and_then(|()| {
-        if !seen.timing {
+        if let Some(r) = seen.resender {
+            for n in &new_ns {
+                r.add_netns(n)?;
+            }
+        }
+        if !seen.fq {
             return Ok(());
         }
         match attach::install_fq(&new_ns) {

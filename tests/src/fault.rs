@@ -53,6 +53,14 @@ where
     crate::check(&mut cmd)
 }
 
+/// Per-rule counters of the single active policy, from `fault status --json`.
+pub fn status_rules() -> Vec<serde_json::Value> {
+    let out = fault(["status", "--json"]);
+    assert!(out.status.success(), "fault status failed: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    v[0]["rules"].as_array().cloned().unwrap_or_default()
+}
+
 /// A policy written to a temporary `.yaml` file, deleted on drop.
 pub struct PolicyFile {
     file: NamedTempFile,

@@ -21,7 +21,9 @@ use std::sync::OnceLock;
 
 pub use cgroup::{enter_cgroup, Cgroup};
 pub use container::{podman_available, Container, IMAGE_BUSYBOX, IMAGE_PYTHON};
-pub use fault::{fault, fault_bin, fault_ok, write_policy, FaultApply, PolicyFile, STATE_DIR};
+pub use fault::{
+    fault, fault_bin, fault_ok, status_rules, write_policy, FaultApply, PolicyFile, STATE_DIR,
+};
 pub use hosts::{anchor, hosts, Hosts};
 pub use leftovers::{assert_no_leftovers, leftovers};
 pub use netns::{enter_netns, Netns, VethPair};

@@ -1,12 +1,13 @@
-//! Delay, jitter, rate and reordering (EDT + fq). They need the sch_fq qdisc: these tests run
-//! in the Debian 6.1 qemu guest (`cargo xtask test` boots it); on a kernel without sch_fq they
-//! say so and return.
+//! Delay, jitter, rate and reordering. On a kernel with sch_fq (the Debian 6.1 guest that
+//! `cargo xtask test` boots) packets wait in fq until their departure time; on one without (this
+//! machine's 6.18) fault holds them in userspace and sends them again. The same tests run on
+//! both, and check that fault names the path it took.
 
 use std::{process::Command, time::Duration};
 
 use fault_tests::{
     anchor, assert_no_leftovers, hosts, probe, probe_json, require_root, run_in, spawn_in,
-    write_policy, Cgroup, FaultApply, Hosts, Netns,
+    status_rules, write_policy, Cgroup, FaultApply, Hosts, Netns,
 };
 use serde_json::Value;
 
@@ -21,12 +22,13 @@ fn have_fq() -> bool {
     out.status.success()
 }
 
+/// Says which delay path this kernel gets; the tests run on either.
 fn skip_without_fq() -> bool {
-    if have_fq() {
-        return false;
+    match have_fq() {
+        true => eprintln!("delay path: fq"),
+        false => eprintln!("delay path: userspace (this kernel has no sch_fq)"),
     }
-    fault_tests::skip("this kernel has no sch_fq; delay runs in the 6.1 guest (cargo xtask test)");
-    true
+    false
 }
 
 fn policy(name: &str, cgroup: &Cgroup, rule: &str) -> String {
@@ -285,33 +287,215 @@ fn a_rate_limit_holds_a_bulk_transfer() {
     assert_no_leftovers();
 }
 
+/// A `TcpExt` counter of the namespace (from its /proc/net/netstat).
+fn tcp_ext(ns: &Netns, name: &str) -> u64 {
+    let mut cat = Command::new("cat");
+    cat.arg("/proc/net/netstat");
+    let text = String::from_utf8_lossy(&ns.output(cat).stdout).into_owned();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no {name} in /proc/net/netstat"));
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// A `Tcp` counter of the namespace (from its /proc/net/snmp).
+fn tcp_snmp(ns: &Netns, name: &str) -> u64 {
+    let mut cat = Command::new("cat");
+    cat.arg("/proc/net/snmp");
+    let text = String::from_utf8_lossy(&ns.output(cat).stdout).into_owned();
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no {name} in /proc/net/snmp"));
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// One TCP flow of `segments` 1000-byte writes, one every 200 µs; returns (segments the
+/// receiver queued out of order, segments it received, packets the rule delayed).
+fn tcp_flow(h: &Hosts, target: &Cgroup, port: u16, segments: u64) -> (u64, u64, u64) {
+    let ofo_before = tcp_ext(&h.b, "TCPOFOQueue");
+    let in_before = tcp_snmp(&h.b, "InSegs");
+    let mut server = spawn_in(
+        None,
+        Some(&h.b),
+        probe(&["tcp-recv", "--bind", &format!("0.0.0.0:{port}")]),
+    );
+    server.wait_listening(port);
+    let before: u64 = delayed_by("tcp-flow");
+    // One CPU sends, as in `stream`.
+    let mut send = Command::new("taskset");
+    send.args(["-c", "0"])
+        .arg(fault_tests::probe_bin())
+        .args([
+            "tcp-send",
+            "--to",
+            &format!("{}:{port}", h.veth.ip_b()),
+            "--bytes",
+            &(segments * 1000).to_string(),
+            "--chunk",
+            "1000",
+            "--interval-us",
+            "200",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    run_in(Some(target), Some(&h.a), send, Duration::from_secs(300));
+    let got = probe_json(&server.wait_output(Duration::from_secs(300)));
+    assert_eq!(got["bytes"], segments * 1000, "{got}");
+    (
+        tcp_ext(&h.b, "TCPOFOQueue") - ofo_before,
+        tcp_snmp(&h.b, "InSegs") - in_before,
+        delayed_by("tcp-flow") - before,
+    )
+}
+
+fn delayed_by(rule: &str) -> u64 {
+    status_rules()
+        .iter()
+        .find(|r| r["name"] == rule)
+        .and_then(|r| r["delayed"].as_u64())
+        .unwrap_or_else(|| panic!("no counters for rule {rule}"))
+}
+
 #[test]
-fn without_fq_a_delay_is_refused_by_name_and_nothing_stays() {
+fn a_tcp_flow_under_jitter_is_reordered_only_when_asked() {
     require_root();
-    if have_fq() {
-        fault_tests::skip("this kernel has sch_fq; the refusal is for kernels without it");
-        return;
-    }
+    skip_without_fq();
     {
-        let h = hosts("nofq", "10.78", 5);
-        let target = Cgroup::new("nofq");
+        let h = hosts("tcporder", "10.78", 6);
+        let target = Cgroup::new("tcporder");
+        let _anchor = anchor(&target, &h.a);
+        // Segmentation offload off on the sender's veth: what TC sees as one packet may be a
+        // GSO super-packet the stack aggregated, but the receiver gets it as segments, and
+        // counts out-of-order arrivals by segment.
+        let mut k = Command::new("ethtool");
+        k.args(["-K", h.veth.name_a(), "tso", "off", "gso", "off"]);
+        assert!(h.a.output(k).status.success(), "ethtool -K");
+        // The sender tolerates reordering (no RACK, no SACK, a duplicate-ACK threshold of 300) and starts
+        // with a window large enough for the flow, so that its window never holds data back:
+        // it would then send the paced writes as a few large packets, and what is measured
+        // here is the fault, on one segment per write.
+        for setting in [
+            "net.ipv4.tcp_recovery=0",
+            "net.ipv4.tcp_reordering=300",
+            "net.ipv4.tcp_early_retrans=0",
+            "net.ipv4.tcp_sack=0",
+        ] {
+            let mut c = Command::new("sysctl");
+            c.args(["-qw", setting]);
+            assert!(h.a.output(c).status.success(), "sysctl {setting}");
+        }
+        for (ns, peer, dev, opt) in [
+            (&h.a, h.veth.ip_b(), h.veth.name_a(), "initcwnd"),
+            (&h.b, h.veth.ip_a(), h.veth.name_b(), "initrwnd"),
+        ] {
+            let mut c = Command::new("ip");
+            c.args([
+                "route",
+                "add",
+                &format!("{peer}/32"),
+                "dev",
+                dev,
+                opt,
+                "1000",
+            ]);
+            assert!(ns.output(c).status.success(), "ip route {opt}");
+        }
+        // The receiver's packets on one CPU, as in the UDP test.
+        let rps = format!("/sys/class/net/{}/queues/rx-0/rps_cpus", h.veth.name_b());
+        let mut set = Command::new("ip");
+        set.args([
+            "netns",
+            "exec",
+            h.b.name(),
+            "sh",
+            "-c",
+            &format!("echo 1 > {rps}"),
+        ]);
+        assert!(set.status().unwrap().success(), "set {rps}");
+        for (reorder, port) in [("", 9341u16), ("      reorder: {probability: 5%}\n", 9342)] {
+            let name = format!("t-tcporder-{port}");
+            let file = write_policy(&policy(
+                &name,
+                &target,
+                &format!(
+                    "      name: tcp-flow\n      match: {{protocol: tcp, ports: [{port}]}}\n      \
+                     delay: {{latency: 20ms, jitter: 10ms}}\n{reorder}"
+                ),
+            ));
+            let mut apply = FaultApply::start(file.path(), &name);
+            apply.wait_ready();
+            let (ofo, received, delayed) = tcp_flow(&h, &target, port, 5000);
+            let share = ofo as f64 / received as f64;
+            eprintln!(
+                "reorder {:?}: {ofo} of {received} segments arrived out of order ({:.2}%); \
+                 the rule delayed {delayed} packets",
+                reorder.trim(),
+                share * 100.0
+            );
+            if reorder.is_empty() {
+                assert_eq!(ofo, 0, "jitter alone reorders nothing ({delayed} packets)");
+            } else {
+                assert!(
+                    (0.035..=0.065).contains(&share),
+                    "{:.2}% out of order, expected about 5%",
+                    share * 100.0
+                );
+            }
+            let (status, log) = apply.stop();
+            assert!(status.success(), "{log}");
+        }
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn fault_names_its_delay_path_and_a_missing_fq_is_refused_by_name() {
+    require_root();
+    let fq = have_fq();
+    {
+        let h = hosts("dpath", "10.78", 5);
+        let target = Cgroup::new("dpath");
         let _anchor = anchor(&target, &h.a);
         let file = write_policy(&policy(
-            "t-nofq",
+            "t-dpath",
             &target,
             "      match: {protocol: udp}\n      delay: {latency: 50ms}\n",
         ));
-        let out = fault_tests::fault(["apply".as_ref(), file.path().as_os_str()]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(
-            err.contains("sch_fq"),
-            "the error names what is missing: {err}"
-        );
+        let mut apply = FaultApply::start(file.path(), "t-dpath");
+        apply.wait_ready();
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        let expected = match fq {
+            true => "delay: departure times held by fq",
+            false => "delay: held and sent again by fault in userspace (this kernel has no sch_fq)",
+        };
+        assert!(log.contains(expected), "apply says which path: {log}");
+        if !fq {
+            // Asked for fq where there is none: refused, by name, with nothing left behind.
+            let mut cmd = Command::new(fault_tests::fault_bin());
+            cmd.args(["apply".as_ref(), file.path().as_os_str()])
+                .env("FAULT_DELAY_PATH", "fq");
+            let out = fault_tests::output_of(&mut cmd);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(
+                err.contains("sch_fq"),
+                "the error names what is missing: {err}"
+            );
+        }
         let mut tc = Command::new("tc");
         tc.args(["qdisc", "show", "dev", h.veth.name_a(), "root"]);
         let shown = String::from_utf8_lossy(&h.a.output(tc).stdout).into_owned();
-        assert!(shown.contains("noqueue"), "root qdisc untouched: {shown}");
+        assert!(
+            shown.contains("noqueue"),
+            "root qdisc is the default again: {shown}"
+        );
     }
     assert_no_leftovers();
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fault_tests::{
     anchor, assert_no_leftovers, fault, fault_bin, hosts, probe, probe_json, require_root, run_in,
-    spawn_in, write_policy, Cgroup, FaultApply, Netns, VethPair,
+    spawn_in, status_rules, write_policy, Cgroup, FaultApply, Netns, VethPair,
 };
 use serde_json::Value;
 
@@ -84,14 +84,6 @@ fn assert_within(measured: f64, expected: f64, tolerance: f64, what: &str) {
         expected * 100.0,
         tolerance * 100.0
     );
-}
-
-/// Per-rule counters of the single active policy, from `fault status --json`.
-fn status_rules() -> Vec<Value> {
-    let out = fault(["status", "--json"]);
-    assert!(out.status.success(), "fault status failed: {out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
-    v[0]["rules"].as_array().cloned().unwrap_or_default()
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
                 lpm: &lpm,
                 rules: &actions,
                 deadline_ns: 0,
+                resend: false,
             })?;
             let fd = if ingress {
                 let prog: &mut CgroupSkb = ebpf

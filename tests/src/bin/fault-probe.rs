@@ -66,6 +66,12 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long)]
         bytes: u64,
+        /// Bytes per write; below 64 KiB the socket sends without Nagle's delay
+        #[arg(long, default_value_t = 65_536)]
+        chunk: usize,
+        /// Pause between writes (0: none)
+        #[arg(long, default_value_t = 0)]
+        interval_us: u64,
         /// Limit on connecting and on any single write or read
         #[arg(long, default_value_t = 30_000)]
         timeout_ms: u64,
@@ -123,8 +129,16 @@ fn main() -> ExitCode {
         Cmd::TcpSend {
             to,
             bytes,
+            chunk,
+            interval_us,
             timeout_ms,
-        } => tcp_send(to, bytes, Duration::from_millis(timeout_ms)),
+        } => tcp_send(
+            to,
+            bytes,
+            chunk,
+            Duration::from_micros(interval_us),
+            Duration::from_millis(timeout_ms),
+        ),
         Cmd::TcpRecv { bind, timeout_ms } => tcp_recv(bind, Duration::from_millis(timeout_ms)),
         Cmd::Ping {
             to,
@@ -357,15 +371,29 @@ fn udp_recv(
 
 // ---- TCP ------------------------------------------------------------------------------------
 
-fn tcp_send(to: SocketAddr, bytes: u64, timeout: Duration) -> io::Result<String> {
+fn tcp_send(
+    to: SocketAddr,
+    bytes: u64,
+    chunk: usize,
+    interval: Duration,
+    timeout: Duration,
+) -> io::Result<String> {
     let start = Instant::now();
     let mut written = 0u64;
     let result = (|| -> io::Result<()> {
         let mut stream = TcpStream::connect_timeout(&to, timeout)?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_read_timeout(Some(timeout))?;
-        let mut chunk = vec![0u8; 64 * 1024];
+        stream.set_nodelay(chunk < 64 * 1024)?;
+        let mut chunk = vec![0u8; chunk.max(1)];
+        let mut next = Instant::now();
         while written < bytes {
+            if !interval.is_zero() {
+                next += interval;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
             let len = (bytes - written).min(chunk.len() as u64) as usize;
             for (i, b) in chunk[..len].iter_mut().enumerate() {
                 *b = stream_byte(written + i as u64);
