@@ -64,6 +64,9 @@ pub mod progs {
     pub const TC_EGRESS: &str = "fault_tc_egress";
     /// The same egress program for kernels without sch_fq: delayed packets go to userspace.
     pub const TC_EGRESS_RESEND: &str = "fault_tc_resend";
+    /// Ingress delay, at the egress of the far end of a target's veth (fq, and resend).
+    pub const TC_PEER: &str = "fault_tc_peer";
+    pub const TC_PEER_RESEND: &str = "fault_tc_peer_rs";
     pub const CGROUP_INGRESS: &str = "fault_cg_ingress";
     pub const EXEC: &str = "fault_exec";
 }

@@ -11,7 +11,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use fault_common::{NetRule, CSUM_FIX, DIR_EGRESS, OWN_COPY_CB, PROTO_TCP, PROTO_UDP};
+use fault_common::{
+    NetRule, RuleCounters, RuleState, CSUM_FIX, DIR_EGRESS, DIR_INGRESS, OWN_COPY_CB, PROTO_TCP,
+    PROTO_UDP,
+};
 
 use crate::{
     edt,
@@ -40,14 +43,56 @@ pub fn fault_tc_resend(ctx: TcContext) -> i32 {
     }
 }
 
+/// Ingress delay for a target with a network namespace of its own: attached to the egress of
+/// the far end of the target's veth, where every packet is on its way into the target's
+/// namespace. It applies the delay, jitter, rate and reordering of ingress rules (drops stay
+/// with the cgroup_skb program, at the target's sockets).
+#[classifier]
+pub fn fault_tc_peer(ctx: TcContext) -> i32 {
+    match try_peer::<false>(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// [`fault_tc_peer`] for kernels without sch_fq (see [`fault_tc_resend`]).
+#[classifier]
+pub fn fault_tc_peer_rs(ctx: TcContext) -> i32 {
+    match try_peer::<true>(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+#[inline(always)]
+fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
+    let skb = unsafe { &mut *ctx.skb.skb };
+    if own_copy(skb) || (RESEND && resend::from_packet_socket(skb)) || net::expired() {
+        return Ok(TC_NEXT);
+    }
+    let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
+    // Seen from the target: the peer is the source.
+    let index =
+        net::find_rule(DIR_INGRESS, pkt.family, pkt.proto, pkt.sport, &pkt.saddr).ok_or(TC_NEXT)?;
+    let (rule, counters, state) = net::rule_slots(index).ok_or(TC_NEXT)?;
+    Ok(schedule::<RESEND>(ctx, index, rule, counters, state, &pkt))
+}
+
+/// Whether this is our own copy coming round again (see `send_copy`); if so it is let go,
+/// and the marker is wiped.
+#[inline(always)]
+fn own_copy(skb: &mut aya_ebpf::bindings::__sk_buff) -> bool {
+    if skb.cb[0] == OWN_COPY_CB[0] && skb.cb[1] == OWN_COPY_CB[1] {
+        skb.cb[0] = 0;
+        skb.cb[1] = 0;
+        return true;
+    }
+    false
+}
+
 #[inline(always)]
 fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
     let skb = unsafe { &mut *ctx.skb.skb };
-    if skb.cb[0] == OWN_COPY_CB[0] && skb.cb[1] == OWN_COPY_CB[1] {
-        // Our own copy coming round again (see `send_copy`): let it go.
-        skb.cb[0] = 0;
-        skb.cb[1] = 0;
+    if own_copy(skb) {
         return Ok(TC_NEXT);
     }
     // Cheapest test first: is the sending socket in a target cgroup at all?
@@ -110,6 +155,23 @@ fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
         }
     }
 
+    if !edt::wanted(rule) {
+        return TC_NEXT;
+    }
+    schedule::<RESEND>(ctx, index, rule, counters, state, pkt)
+}
+
+/// Holds the packet until its departure time: in fq (the packet carries the time), or in
+/// userspace (RESEND).
+#[inline(always)]
+fn schedule<const RESEND: bool>(
+    ctx: &TcContext,
+    index: u32,
+    rule: &NetRule,
+    counters: &mut RuleCounters,
+    state: &mut RuleState,
+    pkt: &Packet,
+) -> i32 {
     if !edt::wanted(rule) {
         return TC_NEXT;
     }

@@ -244,7 +244,6 @@ fn attach_cgroups(ebpf: &mut Ebpf, cgroups: &[PathBuf], out: &mut Attached) -> a
 }
 
 fn attach_here(ebpf: &mut Ebpf, ns: &Netns, tcx: bool, out: &mut Attached) -> anyhow::Result<()> {
-    let dir = Direction::Egress;
     let ifaces: Vec<String> = nix::net::if_::if_nameindex()
         .context("list the interfaces")?
         .iter()
@@ -252,50 +251,89 @@ fn attach_here(ebpf: &mut Ebpf, ns: &Netns, tcx: bool, out: &mut Attached) -> an
         .collect();
     let program = crate::loader::egress_program(ebpf);
     for ifname in &ifaces {
-        if !tcx {
-            match tc::qdisc_add_clsact(ifname) {
-                Ok(()) => out.qdiscs.push(QdiscRecord {
-                    netns: ns.clone(),
-                    ifname: ifname.clone(),
-                }),
-                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e).with_context(|| format!("add a clsact qdisc to {ifname}")),
-            }
-        }
-        {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(program)
-                .context("program missing from the object")?
-                .try_into()?;
-            let options = if tcx {
-                TcAttachOptions::TcxOrder(LinkOrder::default())
-            } else {
-                TcAttachOptions::Netlink(NlOptions::default())
-            };
-            let id = prog
-                .attach_with_options(ifname, dir.attach_type(), options)
-                .with_context(|| format!("attach the {dir:?} program to {ifname}"))?;
-            let link = prog.take_link(id)?;
-            let mode = if tcx {
-                Mode::Tcx
-            } else {
-                Mode::Clsact {
-                    priority: link.priority()?,
-                    handle: link.handle()?.into(),
-                }
-            };
-            out.links.push((
-                Record {
-                    netns: ns.clone(),
-                    ifname: ifname.clone(),
-                    direction: dir,
-                    mode,
-                },
-                link,
-            ));
-        }
+        attach_one(ebpf, program, ns, ifname, tcx, out)?;
     }
     Ok(())
+}
+
+/// Attaches `program` to the egress of `ifname` in this thread's namespace (`ns`).
+fn attach_one(
+    ebpf: &mut Ebpf,
+    program: &str,
+    ns: &Netns,
+    ifname: &str,
+    tcx: bool,
+    out: &mut Attached,
+) -> anyhow::Result<()> {
+    let dir = Direction::Egress;
+    if !tcx {
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) => out.qdiscs.push(QdiscRecord {
+                netns: ns.clone(),
+                ifname: ifname.to_string(),
+            }),
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("add a clsact qdisc to {ifname}")),
+        }
+    }
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(program)
+        .context("program missing from the object")?
+        .try_into()?;
+    let options = if tcx {
+        TcAttachOptions::TcxOrder(LinkOrder::default())
+    } else {
+        TcAttachOptions::Netlink(NlOptions::default())
+    };
+    let id = prog
+        .attach_with_options(ifname, dir.attach_type(), options)
+        .with_context(|| format!("attach the {dir:?} program to {ifname}"))?;
+    let link = prog.take_link(id)?;
+    let mode = if tcx {
+        Mode::Tcx
+    } else {
+        Mode::Clsact {
+            priority: link.priority()?,
+            handle: link.handle()?.into(),
+        }
+    };
+    out.links.push((
+        Record {
+            netns: ns.clone(),
+            ifname: ifname.to_string(),
+            direction: dir,
+            mode,
+        },
+        link,
+    ));
+    Ok(())
+}
+
+/// Attaches the ingress-delay program to the egress of each far end (see `crate::peer`).
+pub fn attach_peers(
+    ebpf: &mut Ebpf,
+    peers: &[crate::peer::Peer],
+) -> Result<Attached, (Attached, anyhow::Error)> {
+    let tcx = use_tcx();
+    let program = crate::loader::peer_program(ebpf);
+    let mut attached = Attached::default();
+    for p in peers {
+        let res = in_netns(&p.netns, || {
+            let mut local = Attached::default();
+            let r = attach_one(ebpf, program, &p.netns, &p.ifname, tcx, &mut local);
+            Ok((local, r))
+        });
+        match res {
+            Ok((local, r)) => {
+                attached.extend(local);
+                if let Err(e) = r {
+                    return Err((attached, e));
+                }
+            }
+            Err(e) => return Err((attached, e)),
+        }
+    }
+    Ok(attached)
 }
 
 /// Removes clsact filters recorded by a loader that is no longer running (tcx links went
@@ -434,15 +472,27 @@ pub fn fq_available() -> bool {
 /// the egress program are honoured. An interface already under fq is left as it is; one
 /// whose root qdisc someone configured is refused rather than overwritten.
 pub fn install_fq(netns: &[Netns]) -> Result<Vec<FqRecord>, (Vec<FqRecord>, anyhow::Error)> {
+    let all: Vec<(Netns, Option<String>)> = netns.iter().map(|n| (n.clone(), None)).collect();
+    install_fq_on(&all)
+}
+
+/// [`install_fq`] for single interfaces: (namespace, interface), or every interface of the
+/// namespace for `None`.
+pub fn install_fq_on(
+    targets: &[(Netns, Option<String>)],
+) -> Result<Vec<FqRecord>, (Vec<FqRecord>, anyhow::Error)> {
     let mut done = Vec::new();
-    for ns in netns {
+    for (ns, only) in targets {
         let res = in_netns(ns, || {
             let mut here = Vec::new();
-            let ifaces: Vec<String> = nix::net::if_::if_nameindex()
-                .context("list the interfaces")?
-                .iter()
-                .map(|i| i.name().to_string_lossy().into_owned())
-                .collect();
+            let ifaces: Vec<String> = match only {
+                Some(name) => vec![name.clone()],
+                None => nix::net::if_::if_nameindex()
+                    .context("list the interfaces")?
+                    .iter()
+                    .map(|i| i.name().to_string_lossy().into_owned())
+                    .collect(),
+            };
             for ifname in ifaces {
                 match fq_here(&ifname) {
                     Ok(Some(previous)) => here.push(FqRecord {

@@ -8,6 +8,7 @@ pub mod attach;
 pub mod clock;
 pub mod dist;
 pub mod loader;
+pub mod peer;
 pub mod policy;
 pub mod report;
 pub mod resend;

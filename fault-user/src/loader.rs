@@ -25,6 +25,16 @@ pub struct Tables<'a> {
     pub deadline_ns: u64,
     /// Delay through userspace (kernels without sch_fq, see `crate::resend`) rather than fq.
     pub resend: bool,
+    /// Load the ingress-delay program too (see `crate::peer`).
+    pub peer: bool,
+}
+
+/// The ingress-delay program `load` loaded.
+pub fn peer_program(ebpf: &Ebpf) -> &'static str {
+    match egress_program(ebpf) {
+        progs::TC_EGRESS_RESEND => progs::TC_PEER_RESEND,
+        _ => progs::TC_PEER,
+    }
 }
 
 /// The egress program `load` loaded: the resend variant or the fq one.
@@ -101,12 +111,31 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
         true => progs::TC_EGRESS_RESEND,
         false => progs::TC_EGRESS,
     };
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?;
-    prog.load()
-        .with_context(|| format!("load program {name}"))?;
+    let mut classifiers = vec![name];
+    if t.peer {
+        classifiers.push(match t.resend {
+            true => progs::TC_PEER_RESEND,
+            false => progs::TC_PEER,
+        });
+    }
+    for name in classifiers {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        let loaded = prog.load();
+        if t.resend && loaded.is_err() {
+            loaded.with_context(|| {
+                format!(
+                    "load program {name}: this kernel has no sch_fq, so fault would hold delayed \
+                     packets itself, which needs bpf_get_netns_cookie in TC programs (Linux \
+                     6.15 and later); neither way to delay is available here"
+                )
+            })?;
+        } else {
+            loaded.with_context(|| format!("load program {name}"))?;
+        }
+    }
     let name = progs::CGROUP_INGRESS;
     let prog: &mut CgroupSkb = ebpf
         .program_mut(name)

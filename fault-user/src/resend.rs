@@ -490,3 +490,101 @@ fn send(fd: RawFd, h: &ResendHeader, bytes: &[u8]) -> io::Result<()> {
     }
     Err(io::Error::from_raw_os_error(libc::ENOBUFS))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet + IPv4 + UDP frame from 10.0.0.1:1000 to 10.0.0.2:2000 with `payload`,
+    /// its UDP checksum complete.
+    fn udp_frame(payload: &[u8]) -> (ResendHeader, Vec<u8>) {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let total = 20 + 8 + payload.len();
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        f.extend(ip);
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&1000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&2000u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(payload);
+        // RFC 1071 sum over the pseudo-header and the datagram.
+        let mut sum: u32 = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 17 + udp.len() as u32;
+        for c in udp.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        udp[6..8].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        f.extend(udp);
+        let h = ResendHeader {
+            len: f.len() as u32,
+            l3_off: 14,
+            l4_off: 34,
+            proto: PROTO_UDP,
+            family: FAMILY_V4,
+            ..ResendHeader::default()
+        };
+        (h, f)
+    }
+
+    #[test]
+    fn a_complete_checksum_needs_no_offload() {
+        let (h, f) = udp_frame(b"hello, odd");
+        assert!(transport_checksum_ok(&h, &f));
+        assert_eq!(vnet_header(&h, &f), VnetHdr::default());
+    }
+
+    #[test]
+    fn an_unfinished_checksum_is_left_to_the_device() {
+        let (h, mut f) = udp_frame(b"hello");
+        // CHECKSUM_PARTIAL: the field holds only the pseudo-header's sum.
+        f[40..42].copy_from_slice(&0x1234u16.to_be_bytes());
+        assert!(!transport_checksum_ok(&h, &f));
+        let v = vnet_header(&h, &f);
+        assert_eq!(v.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!((v.csum_start, v.csum_offset), (34, 6));
+        assert_eq!(v.gso_type, 0);
+    }
+
+    #[test]
+    fn a_udp_checksum_of_zero_means_none() {
+        let (h, mut f) = udp_frame(b"hello");
+        f[40..42].copy_from_slice(&[0, 0]);
+        assert!(transport_checksum_ok(&h, &f));
+    }
+
+    #[test]
+    fn a_gso_tcp_packet_keeps_its_segmentation() {
+        // Ethernet + IPv6 + a TCP header of 32 bytes (data offset 8) + payload.
+        let mut f = vec![0u8; 14 + 40 + 32 + 3000];
+        f[14] = 0x60;
+        f[14 + 40 + 12] = 8 << 4;
+        let h = ResendHeader {
+            len: f.len() as u32,
+            l3_off: 14,
+            l4_off: 54,
+            gso_size: 1428,
+            gso_segs: 3,
+            proto: PROTO_TCP,
+            family: FAMILY_V6,
+            ..ResendHeader::default()
+        };
+        let v = vnet_header(&h, &f);
+        assert_eq!(v.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert_eq!(v.gso_type, VIRTIO_NET_HDR_GSO_TCPV6);
+        assert_eq!((v.gso_size, v.hdr_len), (1428, 54 + 32));
+        assert_eq!((v.csum_start, v.csum_offset), (54, 16));
+    }
+
+    #[test]
+    fn other_protocols_go_as_they_are() {
+        let (mut h, f) = udp_frame(b"x");
+        h.proto = 1;
+        assert_eq!(vnet_header(&h, &f), VnetHdr::default());
+    }
+}

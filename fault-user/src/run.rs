@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     attach::{self, Direction},
-    clock, loader,
+    clock, loader, peer,
     policy::{self, Policy},
     report, resend,
     state::{self, RuleInfo, State},
@@ -132,6 +132,15 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         .iter()
         .any(|a| a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0);
     let delay_path = timing.then(attach::DelayPath::choose);
+    // Ingress delay holds packets at the far end of the targets' veths (crate::peer).
+    let ingress_timing = policy.rules.iter().any(|r| {
+        let a = &r.action;
+        r.ingress && (a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0)
+    });
+    let peers = match ingress_timing {
+        true => find_peers(file, &resolved)?,
+        false => Vec::new(),
+    };
     let use_resend = delay_path == Some(attach::DelayPath::Userspace);
     // A policy with clock rules only loads no eBPF program.
     let network = !policy.rules.is_empty();
@@ -143,6 +152,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
                 rules: &actions,
                 deadline_ns,
                 resend: use_resend,
+                peer: ingress_timing,
             })
             .map_err(failed)?,
         ),
@@ -187,7 +197,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     let resender = match (use_resend, ebpf.as_mut()) {
         (true, Some(ebpf)) => {
             let started = resend::Resender::start(ebpf).and_then(|r| {
-                for ns in &resolved.netns {
+                for ns in resolved.netns.iter().chain(peers.iter().map(|p| &p.netns)) {
                     r.add_netns(ns)?;
                 }
                 Ok(r)
@@ -205,10 +215,19 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     };
 
     let cgroups: Vec<PathBuf> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
-    let mut attached = match ebpf
-        .as_mut()
-        .map(|ebpf| attach::attach_all(ebpf, &resolved.netns, &cgroups, &directions))
-    {
+    let mut attached = match ebpf.as_mut().map(|ebpf| {
+        let mut all = attach::attach_all(ebpf, &resolved.netns, &cgroups, &directions)?;
+        match attach::attach_peers(ebpf, &peers) {
+            Ok(more) => {
+                all.extend(more);
+                Ok(all)
+            }
+            Err((more, e)) => {
+                all.extend(more);
+                Err((all, e))
+            }
+        }
+    }) {
         None => None,
         Some(Ok(a)) => Some(a),
         Some(Err((partial, e))) => {
@@ -227,7 +246,14 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     }
     // With fq, it becomes the root qdisc of the targets' interfaces while the policy runs.
     if delay_path == Some(attach::DelayPath::Fq) {
-        match attach::install_fq(&resolved.netns) {
+        let mut on: Vec<(target::Netns, Option<String>)> =
+            resolved.netns.iter().map(|n| (n.clone(), None)).collect();
+        on.extend(
+            peers
+                .iter()
+                .map(|p| (p.netns.clone(), Some(p.ifname.clone()))),
+        );
+        match attach::install_fq_on(&on) {
             Ok(fq) => st.fq = fq,
             Err((partial, e)) => {
                 let mut problems = attach::restore_fq(&partial);
@@ -278,6 +304,12 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     if let Some(path) = delay_path {
         println!("  delay: {}", path.describe());
     }
+    for p in &peers {
+        println!(
+            "  ingress delay: at {} (netns {}), the far end of {} in the target's namespace {}",
+            p.ifname, p.netns.inode, p.target_ifname, p.target_netns
+        );
+    }
     for t in &resolved.targets {
         println!(
             "  target {} -> cgroup {} (id {})",
@@ -293,6 +325,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
         egress: directions.contains(&Direction::Egress),
         fq: delay_path == Some(attach::DelayPath::Fq),
         resender: resender.as_ref(),
+        ingress_timing,
     };
     let start = Instant::now();
     let end = tokio::time::Instant::now() + policy.duration;
@@ -383,6 +416,29 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             problems.join("\n  ")
         )))
     }
+}
+
+/// The far ends of the targets' veths, for ingress delay. A target in fault's own network
+/// namespace (the host's) cannot have it: the far end of a host veth carries other traffic.
+fn find_peers(file: &Path, resolved: &target::Resolved) -> Result<Vec<peer::Peer>, CliError> {
+    let own = target::Netns::of_pid(std::process::id()).map_err(failed)?;
+    for t in &resolved.targets {
+        let shares = resolved
+            .netns
+            .iter()
+            .any(|n| n.inode == own.inode && target::scan(std::slice::from_ref(t)).1.contains(n));
+        if shares {
+            return Err(invalid(anyhow!(
+                "{}: target {} has processes in the host's network namespace; ingress delay, \
+                 rate and reorder need a target in a network namespace of its own (a \
+                 container, a pod), because they hold packets at the far end of its veth",
+                file.display(),
+                t.label
+            )));
+        }
+    }
+    peer::find(&resolved.netns)
+        .map_err(|e| invalid(e.context(format!("{}: ingress delay", file.display()))))
 }
 
 /// Patches the clocks of target processes not patched yet and records them in the state
@@ -476,6 +532,8 @@ struct Seen<'a> {
     fq: bool,
     /// ... or through the resender (which needs a socket in new namespaces).
     resender: Option<&'a resend::Resender>,
+    /// Whether rules delay ingress (new namespaces' veths get the far-end program).
+    ingress_timing: bool,
 }
 
 /// Covers processes and child cgroups that appeared in the targets since the last look: new
@@ -509,16 +567,39 @@ fn follow_targets(
     st.attachments.extend(more.records());
     st.qdiscs.extend(more.qdiscs.clone());
     attached.extend(more);
+    // Ingress delay at the far ends of the new namespaces' veths (a namespace of the host's
+    // is never new, so it needs no check here).
     let result = result.and_then(|()| {
+        if !seen.ingress_timing {
+            return Ok(Vec::new());
+        }
+        let peers = peer::find(&new_ns)?;
+        let (more, r) = match attach::attach_peers(ebpf, &peers) {
+            Ok(a) => (a, Ok(())),
+            Err((a, e)) => (a, Err(e)),
+        };
+        st.attachments.extend(more.records());
+        st.qdiscs.extend(more.qdiscs.clone());
+        attached.extend(more);
+        r.map(|()| peers)
+    });
+    let result = result.and_then(|peers| {
         if let Some(r) = seen.resender {
-            for n in &new_ns {
+            for n in new_ns.iter().chain(peers.iter().map(|p| &p.netns)) {
                 r.add_netns(n)?;
             }
         }
         if !seen.fq {
             return Ok(());
         }
-        match attach::install_fq(&new_ns) {
+        let mut on: Vec<(target::Netns, Option<String>)> =
+            new_ns.iter().map(|n| (n.clone(), None)).collect();
+        on.extend(
+            peers
+                .iter()
+                .map(|p| (p.netns.clone(), Some(p.ifname.clone()))),
+        );
+        match attach::install_fq_on(&on) {
             Ok(fq) => {
                 st.fq.extend(fq);
                 Ok(())

@@ -499,3 +499,82 @@ fn fault_names_its_delay_path_and_a_missing_fq_is_refused_by_name() {
     }
     assert_no_leftovers();
 }
+
+fn ingress_policy(name: &str, cgroup: &Cgroup, rule: &str) -> String {
+    policy(name, cgroup, "").replace(
+        "direction: egress\n",
+        &format!("direction: ingress\n{rule}"),
+    )
+}
+
+#[test]
+fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
+    require_root();
+    skip_without_fq();
+    {
+        let h = hosts("indelay", "10.78", 7);
+        let target = Cgroup::new("indelay");
+        let _anchor = anchor(&target, &h.a);
+        let base = ms(&ping(&h, Some(&target), 9351, 100)["p50_us"]);
+        let file = write_policy(&ingress_policy(
+            "t-indelay",
+            &target,
+            "      match: {protocol: udp}\n      delay: {latency: 50ms}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-indelay");
+        apply.wait_ready();
+        assert!(
+            apply
+                .log()
+                .contains(&format!("ingress delay: at {}", h.veth.name_b())),
+            "the far end of the target's veth is named: {}",
+            apply.log()
+        );
+        // The request leaves undelayed; the echo is held on its way back in.
+        let delayed = ms(&ping(&h, Some(&target), 9352, 200)["p50_us"]);
+        eprintln!(
+            "median RTT rose by {:.2} ms for a 50 ms ingress delay",
+            delayed - base
+        );
+        assert!(
+            (49.0..=54.0).contains(&(delayed - base)),
+            "median RTT rose by {:.2} ms for a 50 ms ingress delay (base {base:.2} ms)",
+            delayed - base
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        let mut tc = Command::new("tc");
+        tc.args(["qdisc", "show", "dev", h.veth.name_b(), "root"]);
+        let shown = String::from_utf8_lossy(&h.b.output(tc).stdout).into_owned();
+        assert!(
+            shown.contains("noqueue"),
+            "far end's root qdisc restored: {shown}"
+        );
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace() {
+    require_root();
+    {
+        let target = Cgroup::new("inhost");
+        let mut sleep = Command::new("sleep");
+        sleep.arg("600");
+        let _anchor = spawn_in(Some(&target), None, sleep);
+        let file = write_policy(&ingress_policy(
+            "t-inhost",
+            &target,
+            "      match: {protocol: udp}\n      delay: {latency: 50ms}\n",
+        ));
+        let out = fault_tests::fault(["apply".as_ref(), file.path().as_os_str()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("network namespace of its own")
+                && err.contains(&*file.path().to_string_lossy()),
+            "the error says why and names the file: {err}"
+        );
+    }
+    assert_no_leftovers();
+}

@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
                 rules: &actions,
                 deadline_ns: 0,
                 resend: false,
+                peer: false,
             })?;
             let fd = if ingress {
                 let prog: &mut CgroupSkb = ebpf

@@ -149,6 +149,10 @@ fn example_policy_files_parse() {
             "clock-skew.yaml",
             include_str!("../../../policies/clock-skew.yaml"),
         ),
+        (
+            "slow-replica-link.yaml",
+            include_str!("../../../policies/slow-replica-link.yaml"),
+        ),
     ];
     for (name, text) in files {
         let policy = parse(text, Path::new(name)).unwrap_or_else(|err| panic!("{err}"));
@@ -252,7 +256,7 @@ fn defaults_fill_in_what_the_rule_leaves_out() {
 }
 
 #[test]
-fn ingress_rules_may_only_drop() {
+fn ingress_rules_may_not_rewrite_or_clone() {
     let err = parse_err(
         &with_rule("direction: both\ncorrupt: {probability: 1%}"),
         "spec.network[0].corrupt",
@@ -808,11 +812,14 @@ fn bad_timing_is_refused_with_its_limit() {
         "spec.network[0].reorder",
     );
     assert!(err.message.contains("needs a delay"), "{err}");
-    let err = parse_err(
-        &with_rule("direction: both\ndelay: {latency: 10ms}"),
-        "spec.network[0].delay",
-    );
-    assert!(err.message.contains("egress only"), "{err}");
+    // The issue's own example: delay, rate and reorder both ways.
+    let policy = parse_ok(&with_rule(
+        "direction: both\nmatch: {protocol: tcp, ports: [5432]}\n\
+         delay: {latency: 100ms, jitter: 20ms, distribution: normal, correlation: 25%}\n\
+         rate: 10mbit\nreorder: {probability: 5%}",
+    ));
+    assert!(policy.rules[0].egress && policy.rules[0].ingress);
+    assert_eq!(policy.rules[0].action.delay_ns, 100_000_000);
     parse_err(
         &with_rule("direction: egress\ndelay: {latency: 10ms, distribution: gaussian}"),
         "spec.network[0].delay.distribution",

@@ -220,21 +220,19 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
 
     let action = action(&raw, path)?;
     if ingress {
-        // Ingress faults run in a cgroup_skb program (see fault-ebpf/src/cgroup_skb.rs), which
-        // may drop a packet but not rewrite or clone it.
+        // Ingress drops run in a cgroup_skb program (see fault-ebpf/src/cgroup_skb.rs), which
+        // may drop a packet but not rewrite or clone it; ingress delay, rate and reorder run
+        // at the far end of the target's veth (fault-user/src/peer.rs).
         for (field, present) in [
             ("corrupt", raw.corrupt.is_some()),
             ("duplicate", raw.duplicate.is_some()),
-            ("delay", raw.delay.is_some()),
-            ("rate", raw.rate.is_some()),
-            ("reorder", raw.reorder.is_some()),
         ] {
             if present {
                 return Err(Invalid::new(
                     format!("{path}.{field}"),
                     format!(
                         "{field} works on egress only (packets the target sends); \
-                         use direction: egress here, and put ingress drops in a rule of their own"
+                         use direction: egress here, and put ingress faults in a rule of their own"
                     ),
                 ));
             }
