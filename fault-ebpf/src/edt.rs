@@ -66,7 +66,11 @@ pub fn departure(
 
     // A link of the given rate: the packet leaves when the previous one has been sent.
     // (checked_div: no rate, no pacing, and no division-by-zero path for the verifier.)
-    if let Some(cost) = (ctx.len() as u64 * 1_000_000_000).checked_div(rule.rate_bytes) {
+    // A GSO super-packet leaves as gso_segs packets, each with its own headers: count the
+    // bytes the wire carries, as the kernel's qdiscs do (qdisc_pkt_len_init).
+    let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    let wire = ctx.len() as u64 + segs.saturating_sub(1) * pkt.payload_off as u64;
+    if let Some(cost) = (wire * 1_000_000_000).checked_div(rule.rate_bytes) {
         // The slot is shared by all CPUs; a lost update between two CPUs lets one packet
         // through a little early, which is within the rate's tolerance.
         if let Some(next) = RATE_NEXT.get_ptr_mut(index) {

@@ -23,12 +23,11 @@ fn have_fq() -> bool {
 }
 
 /// Says which delay path this kernel gets; the tests run on either.
-fn skip_without_fq() -> bool {
+fn say_delay_path() {
     match have_fq() {
         true => eprintln!("delay path: fq"),
         false => eprintln!("delay path: userspace (this kernel has no sch_fq)"),
     }
-    false
 }
 
 fn policy(name: &str, cgroup: &Cgroup, rule: &str) -> String {
@@ -70,9 +69,7 @@ fn ms(v: &Value) -> f64 {
 #[test]
 fn a_fixed_delay_adds_to_the_targets_round_trip_only() {
     require_root();
-    if skip_without_fq() {
-        return;
-    }
+    say_delay_path();
     {
         let h = hosts("delay", "10.78", 1);
         let target = Cgroup::new("delay");
@@ -117,9 +114,7 @@ fn a_fixed_delay_adds_to_the_targets_round_trip_only() {
 #[test]
 fn jitter_has_the_configured_spread() {
     require_root();
-    if skip_without_fq() {
-        return;
-    }
+    say_delay_path();
     {
         let h = hosts("jitter", "10.78", 2);
         let target = Cgroup::new("jitter");
@@ -190,9 +185,7 @@ fn stream(h: &Hosts, target: &Cgroup, port: u16) -> Value {
 #[test]
 fn jitter_keeps_a_flow_in_order_unless_reordering_is_asked() {
     require_root();
-    if skip_without_fq() {
-        return;
-    }
+    say_delay_path();
     {
         let h = hosts("order", "10.78", 3);
         let target = Cgroup::new("order");
@@ -240,9 +233,7 @@ fn jitter_keeps_a_flow_in_order_unless_reordering_is_asked() {
 #[test]
 fn a_rate_limit_holds_a_bulk_transfer() {
     require_root();
-    if skip_without_fq() {
-        return;
-    }
+    say_delay_path();
     {
         let h = hosts("rate", "10.78", 4);
         let target = Cgroup::new("rate");
@@ -276,10 +267,14 @@ fn a_rate_limit_holds_a_bulk_transfer() {
         let got = probe_json(&server.wait_output(Duration::from_secs(300)));
         assert_eq!(got["bytes"], bytes, "{got}");
         let mbit = bytes as f64 * 8.0 / (got["elapsed_ms"].as_f64().unwrap() / 1000.0) / 1e6;
-        // Payload rate: headers take about 3 % of a 10 Mbit/s wire, so allow for them.
+        // The rate counts what the wire carries: a full segment is 1448 bytes of payload in
+        // 1514 bytes of frame (Ethernet, IPv4 and TCP with timestamps), so 10 Mbit/s on the
+        // wire is 9.56 Mbit/s of payload; the issue asks for 3 % of it.
+        let expected = 10.0 * 1448.0 / 1514.0;
+        eprintln!("goodput {mbit:.3} Mbit/s, expected {expected:.3}");
         assert!(
-            (9.0..=10.3).contains(&mbit),
-            "goodput {mbit:.2} Mbit/s under a 10 Mbit/s rate"
+            (mbit / expected - 1.0).abs() <= 0.03,
+            "goodput {mbit:.2} Mbit/s under a 10 Mbit/s rate, expected {expected:.2} ± 3 %"
         );
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
@@ -287,32 +282,27 @@ fn a_rate_limit_holds_a_bulk_transfer() {
     assert_no_leftovers();
 }
 
-/// A `TcpExt` counter of the namespace (from its /proc/net/netstat).
-fn tcp_ext(ns: &Netns, name: &str) -> u64 {
+/// A counter of the namespace's network statistics: `file` is /proc/net/netstat (`TcpExt:`
+/// counters) or /proc/net/snmp (`Tcp:` counters), `table` the line's label.
+fn net_counter(ns: &Netns, file: &str, table: &str, name: &str) -> u64 {
     let mut cat = Command::new("cat");
-    cat.arg("/proc/net/netstat");
+    cat.arg(file);
     let text = String::from_utf8_lossy(&ns.output(cat).stdout).into_owned();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let mut lines = text.lines().filter(|l| l.split(' ').next() == Some(table));
     let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
     let at = names
         .split_whitespace()
         .position(|n| n == name)
-        .unwrap_or_else(|| panic!("no {name} in /proc/net/netstat"));
+        .unwrap_or_else(|| panic!("no {name} in {file}"));
     values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
-/// A `Tcp` counter of the namespace (from its /proc/net/snmp).
+fn tcp_ext(ns: &Netns, name: &str) -> u64 {
+    net_counter(ns, "/proc/net/netstat", "TcpExt:", name)
+}
+
 fn tcp_snmp(ns: &Netns, name: &str) -> u64 {
-    let mut cat = Command::new("cat");
-    cat.arg("/proc/net/snmp");
-    let text = String::from_utf8_lossy(&ns.output(cat).stdout).into_owned();
-    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let at = names
-        .split_whitespace()
-        .position(|n| n == name)
-        .unwrap_or_else(|| panic!("no {name} in /proc/net/snmp"));
-    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+    net_counter(ns, "/proc/net/snmp", "Tcp:", name)
 }
 
 /// One TCP flow of `segments` 1000-byte writes, one every 200 µs; returns (segments the
@@ -365,7 +355,7 @@ fn delayed_by(rule: &str) -> u64 {
 #[test]
 fn a_tcp_flow_under_jitter_is_reordered_only_when_asked() {
     require_root();
-    skip_without_fq();
+    say_delay_path();
     {
         let h = hosts("tcporder", "10.78", 6);
         let target = Cgroup::new("tcporder");
@@ -510,7 +500,7 @@ fn ingress_policy(name: &str, cgroup: &Cgroup, rule: &str) -> String {
 #[test]
 fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
     require_root();
-    skip_without_fq();
+    say_delay_path();
     {
         let h = hosts("indelay", "10.78", 7);
         let target = Cgroup::new("indelay");
@@ -575,6 +565,50 @@ fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace() {
                 && err.contains(&*file.path().to_string_lossy()),
             "the error says why and names the file: {err}"
         );
+    }
+    assert_no_leftovers();
+}
+
+/// `tc qdisc show dev IFNAME` in `ns`.
+fn qdiscs(ns: &Netns, ifname: &str) -> String {
+    let mut tc = Command::new("tc");
+    tc.args(["qdisc", "show", "dev", ifname]);
+    String::from_utf8_lossy(&ns.output(tc).stdout).into_owned()
+}
+
+#[test]
+fn after_kill_9_and_fault_stop_every_qdisc_is_as_before() {
+    require_root();
+    say_delay_path();
+    {
+        let h = hosts("killdelay", "10.78", 8);
+        let target = Cgroup::new("killdelay");
+        let _anchor = anchor(&target, &h.a);
+        let before = (qdiscs(&h.a, h.veth.name_a()), qdiscs(&h.b, h.veth.name_b()));
+        let file = write_policy(
+            &policy(
+                "t-killdelay",
+                &target,
+                "      match: {protocol: udp}\n      delay: {latency: 20ms}\n",
+            )
+            .replace("direction: egress", "direction: both"),
+        );
+        let mut apply = FaultApply::start(file.path(), "t-killdelay");
+        apply.wait_ready();
+        let during = ms(&ping(&h, Some(&target), 9361, 20)["p50_us"]);
+        assert!(
+            during > 39.0,
+            "both ways delayed while it runs: {during:.2} ms"
+        );
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        let out = fault_tests::fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {out:?}");
+        let after = (qdiscs(&h.a, h.veth.name_a()), qdiscs(&h.b, h.veth.name_b()));
+        assert_eq!(before, after, "qdiscs as they were before apply");
+        let healthy = ms(&ping(&h, Some(&target), 9362, 20)["p50_us"]);
+        assert!(healthy < 10.0, "no delay left: {healthy:.2} ms");
     }
     assert_no_leftovers();
 }
