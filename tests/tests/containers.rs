@@ -19,14 +19,13 @@ fn bridge_address() -> String {
         .to_string()
 }
 
-#[test]
-fn a_container_named_in_the_policy_is_affected_and_its_neighbour_is_not() {
-    require_root();
+/// False, having said why, in the qemu guest, which runs no podman.
+fn podman_here() -> bool {
     // `cargo xtask vm` sets this; its guest shares the host's files but runs no podman.
     if std::env::var_os("FAULT_IN_VM").is_some_and(|v| v == "1") {
         // Past libtest's capture (which only takes print!/eprint!), so the reason is shown.
         let _ = writeln!(std::io::stderr(), "skipped: no podman in the qemu guest");
-        return;
+        return false;
     }
     // This machine kind has podman (cargo xtask setup installs it): a missing podman is a
     // failure, not a reason to skip.
@@ -34,6 +33,15 @@ fn a_container_named_in_the_policy_is_affected_and_its_neighbour_is_not() {
         podman_available(),
         "podman or its test images are missing: run `cargo xtask setup`"
     );
+    true
+}
+
+#[test]
+fn a_container_named_in_the_policy_is_affected_and_its_neighbour_is_not() {
+    require_root();
+    if !podman_here() {
+        return;
+    }
     {
         let mount = format!("{}:/probe:ro", probe_bin().display());
         let target = Container::run_with("tgt", &["-v", &mount], IMAGE_PYTHON, &["sleep", "600"]);
@@ -92,6 +100,67 @@ fn a_container_named_in_the_policy_is_affected_and_its_neighbour_is_not() {
         assert!(
             log.contains(&format!("container {}", target.name())),
             "{log}"
+        );
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn ingress_delay_holds_packets_on_their_way_into_a_container() {
+    require_root();
+    if !podman_here() {
+        return;
+    }
+    {
+        let mount = format!("{}:/probe:ro", probe_bin().display());
+        let target = Container::run_with(
+            "slow",
+            &["-v", &mount],
+            IMAGE_PYTHON,
+            &["/probe", "echo", "--bind", "0.0.0.0:9210"],
+        );
+        let to = format!("{}:9210", target.ip());
+        let ping = || {
+            let mut cmd = probe(&[
+                "ping",
+                "--to",
+                &to,
+                "--count",
+                "50",
+                "--interval-us",
+                "2000",
+            ]);
+            cmd.stderr(std::process::Stdio::inherit());
+            let got = probe_json(&fault_tests::run_in(
+                None,
+                None,
+                cmd,
+                Duration::from_secs(60),
+            ));
+            got["p50_us"].as_f64().unwrap() / 1000.0
+        };
+        let base = ping();
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: t-container-in}}\nspec:\n  \
+             duration: 2m\n  targets: [{{container: {}}}]\n  network:\n    - direction: ingress\n      \
+             match: {{protocol: udp}}\n      delay: {{latency: 30ms}}\n",
+            target.name()
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-container-in");
+        apply.wait_ready();
+        let delayed = ping();
+        eprintln!("container round trip {base:.2} ms, {delayed:.2} ms under a 30 ms ingress delay");
+        assert!(
+            (28.0..=32.0).contains(&(delayed - base)),
+            "round trip rose by {:.2} ms for a 30 ms ingress delay",
+            delayed - base
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        assert!(log.contains("ingress delay: at "), "{log}");
+        assert!(
+            (ping() - base).abs() < 2.0,
+            "the delay ends with the policy"
         );
     }
     assert_no_leftovers();
