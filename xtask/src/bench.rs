@@ -8,12 +8,15 @@
 //! 3. Clock faults (`fault-clock-bench`): the cost of a clock read in a patched process next
 //!    to an untouched one, how long patching stops a process, and the time to the first
 //!    faulted read after `fault apply` and after an exec inside the target.
-//! 4. Delay (`bench/guest-delay.sh`, in the Debian 6.1 guest, which has sch_fq and netem):
-//!    fault's EDT delay side by side with tc-netem on the same veth.
+//! 4. Delay through userspace, on this host (no sch_fq): added-delay errors, what the resend
+//!    thread spends per packet, and the goodput of a delayed TCP flow.
+//! 5. Delay (`bench/guest-delay.sh`, in the Debian 6.1 guest, which has sch_fq and netem):
+//!    fault's EDT delay side by side with tc-netem on the same veth, and the cost for
+//!    untargeted traffic of fault's rules and of netem's u32 filters.
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread::sleep,
     time::Duration,
 };
@@ -26,10 +29,20 @@ use crate::{
     setup,
 };
 
-const NS_A: &str = "fault-bench-a";
-const NS_B: &str = "fault-bench-b";
 const ROUNDS: usize = 5;
 const BYTES: u64 = 2 << 30;
+/// Host B's address in both sandboxes, and the ports the probes listen on there.
+const PEER: &str = "10.67.0.2";
+const TCP_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 9000;
+
+/// Egress UDP delays for the userspace path (ms), with the pings sent at each.
+const US_DELAYS: [(u64, u64); 3] = [(1, 300), (10, 300), (100, 100)];
+/// Egress TCP delays (ms) for the goodput of one flow through the userspace path.
+const US_TCP_DELAYS: [u64; 2] = [10, 100];
+const US_TCP_BYTES: u64 = 50_000_000;
+const US_TCP_ROUNDS: usize = 3;
+const US_POLICY: &str = "bench-userspace";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
@@ -62,7 +75,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let sb = Sandbox::create(
         &fault,
         Layout {
-            ns: [NS_A, NS_B],
+            ns: ["fault-bench-a", "fault-bench-b"],
             dev: ["fbench0", "fbench1"],
             addr: ["10.67.0.1/24", "10.67.0.2/24"],
             cgroup: "fault-bench",
@@ -80,18 +93,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     )?;
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let a = throughput(&probe)?;
+        let a = transfer(&sb, sb.on_host(0, &probe), &probe, BYTES)? / 1e9;
         let mut apply = Command::new(&fault)
             .args(["apply", "--interval", "1h"])
             .arg(&policy)
             .stdout(Stdio::null())
             .spawn()?;
-        let b = wait_ready(&mut apply, "bench").and_then(|()| throughput(&probe));
+        let b = wait_ready(&mut apply, "bench")
+            .and_then(|()| transfer(&sb, sb.on_host(0, &probe), &probe, BYTES));
         let _ = Command::new("kill")
             .args(["-TERM", &apply.id().to_string()])
             .status();
         let _ = apply.wait();
-        let b = b?;
+        let b = b? / 1e9;
         println!("  round {round}: without {a:.2} Gbit/s, with {b:.2} Gbit/s");
         without.push(a);
         with.push(b);
@@ -108,6 +122,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let clocks = cmd::stdout_of(Command::new(&clock_bench).arg("--fault").arg(&fault))
         .context("fault-clock-bench failed (run it by hand to see why)")?;
     print!("{clocks}");
+
+    println!("== delay through userspace on this host (FAULT_DELAY_PATH=userspace)");
+    let userspace = userspace_delay(&fault, &probe)?;
+    print!("{userspace}");
 
     let kernel = cmd::stdout_of(Command::new("uname").arg("-r")).unwrap_or_default();
     let date = cmd::stdout_of(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
@@ -173,9 +191,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "{text}\n## Delay: fault (EDT + fq) and netem on the same veth\n\n\
          In the Debian 6.1 guest under qemu (TCG), which has sch_fq and sch_netem: UDP echo \
          round trips from a target process with an egress delay, first by fault, then by \
-         `tc qdisc add dev va root netem delay`, on the same veth in the same run; a bulk \
-         TCP transfer under 100 ms; and an untargeted process's round trip with 10,000 delay \
-         rules installed (which also puts fq in place of the veth's noqueue).\n\n{delay}"
+         `tc qdisc add dev va root netem delay`, on the same veth in the same run; one TCP \
+         flow under 100 ms, by each; and the round trip of an untargeted process, with \
+         fault's rules installed (a single delay rule already puts fq in place of the veth's \
+         noqueue) and with netem steered to chosen destinations by u32 filters.\n\n{delay}\n\
+         {userspace}"
     );
     std::fs::write(root.join("BENCHMARKS.md"), text)?;
     println!("written to BENCHMARKS.md");
@@ -187,42 +207,284 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// One TCP transfer from an untargeted process in A to B; Gbit/s as the receiver saw it.
-fn throughput(probe: &Path) -> Result<f64> {
-    let receiver = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{NS_B}"))
-        .arg(probe)
-        .args(["tcp-recv", "--bind", "10.67.0.2:5201"])
+/// The number in `json` (one flat object, as fault-probe prints) under `key`.
+fn json_num(json: &str, key: &str) -> Option<f64> {
+    json.split(&format!("\"{key}\":"))
+        .nth(1)?
+        .split([',', '}'])
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One TCP transfer of `bytes` from `sender` (a command that ends in the probe, to which the
+/// probe's arguments are added) to host B; bit/s as the receiver saw it, from its first read.
+fn transfer(sb: &Sandbox, mut sender: Command, probe: &Path, bytes: u64) -> Result<f64> {
+    let to = format!("{PEER}:{TCP_PORT}");
+    let receiver = sb
+        .on_host(1, probe)
+        .args(["tcp-recv", "--bind", &to])
         .stdout(Stdio::piped())
         .spawn()?;
     sleep(Duration::from_millis(300));
-    let sent = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{NS_A}"))
-        .arg(probe)
-        .args([
-            "tcp-send",
-            "--to",
-            "10.67.0.2:5201",
-            "--bytes",
-            &BYTES.to_string(),
-        ])
+    let sent = sender
+        .args(["tcp-send", "--to", &to, "--bytes", &bytes.to_string()])
         .output()?;
     let got = receiver.wait_with_output()?;
     let text = String::from_utf8_lossy(&got.stdout);
-    let num = |key: &str| -> Option<f64> {
-        text.split(&format!("\"{key}\":"))
-            .nth(1)?
-            .split([',', '}'])
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    match (num("bytes"), num("elapsed_ms")) {
-        (Some(b), Some(ms)) if b as u64 == BYTES && ms > 0.0 => Ok(b * 8.0 / (ms / 1000.0) / 1e9),
+    match (json_num(&text, "bytes"), json_num(&text, "elapsed_ms")) {
+        (Some(b), Some(ms)) if b as u64 == bytes && ms > 0.0 => Ok(b * 8.0 / (ms / 1000.0)),
         _ => bail!(
             "transfer failed: sender {}, receiver {text}",
             String::from_utf8_lossy(&sent.stdout)
         ),
     }
+}
+
+/// A child process (the echo server) that is killed however the bench ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What fault's final "delayed in userspace" line reports (`report::resend_line`).
+#[derive(Default)]
+struct Resend {
+    sent: f64,
+    dropped: f64,
+    errors: f64,
+    cpu_us: f64,
+    late_us: f64,
+}
+
+impl Resend {
+    fn parse(out: &str) -> Option<Self> {
+        let line = out.lines().find(|l| l.contains("delayed in userspace:"))?;
+        // The figure is the word just before its label.
+        let before = |label: &str| -> Option<f64> {
+            let at = line.find(label)?;
+            line[..at].split([' ', ',', ';']).next_back()?.parse().ok()
+        };
+        Some(Resend {
+            sent: before(" sent,")?,
+            dropped: before(" dropped")?,
+            errors: before(" send errors")?,
+            cpu_us: before(" us CPU per packet")?,
+            late_us: before(" us late on average")?,
+        })
+    }
+}
+
+/// Runs `work` while `fault apply POLICY` holds delayed packets in userspace; returns its
+/// result and the resend figures fault prints when it stops.
+fn with_userspace_fault<T>(
+    fault: &Path,
+    policy: &Path,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<(T, Resend)> {
+    let mut apply = Command::new(fault)
+        .args(["apply", "--interval", "1h"])
+        .arg(policy)
+        .env("FAULT_DELAY_PATH", "userspace")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start fault apply")?;
+    let result = wait_ready(&mut apply, US_POLICY).and_then(|()| work());
+    let _ = Command::new("kill")
+        .args(["-TERM", &apply.id().to_string()])
+        .status();
+    let out = apply.wait_with_output()?;
+    let result = result?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let resend = Resend::parse(&stdout)
+        .with_context(|| format!("no \"delayed in userspace\" line from fault: {stdout}"))?;
+    Ok((result, resend))
+}
+
+/// `ping` of fault-probe from the target to host B's echo server: (p50, p99) in µs.
+fn ping(sb: &Sandbox, probe: &str, count: u64) -> Result<(f64, f64)> {
+    let out = sb
+        .in_target(
+            probe,
+            &[
+                "ping",
+                "--to",
+                &format!("{PEER}:{ECHO_PORT}"),
+                "--count",
+                &count.to_string(),
+                "--interval-us",
+                "2000",
+            ],
+        )
+        .output()
+        .context("run fault-probe ping")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match (
+        json_num(&text, "replies"),
+        json_num(&text, "p50_us"),
+        json_num(&text, "p99_us"),
+    ) {
+        (Some(r), Some(p50), Some(p99)) if r as u64 == count => Ok((p50, p99)),
+        _ => bail!("ping did not get all {count} replies: {text}"),
+    }
+}
+
+/// Section 4: the userspace delay path on this host, as Markdown.
+fn userspace_delay(fault: &Path, probe: &Path) -> Result<String> {
+    let sb = Sandbox::create(
+        fault,
+        Layout {
+            ns: ["fault-bench-ua", "fault-bench-ub"],
+            dev: ["fbus0", "fbus1"],
+            addr: ["10.67.0.1/24", "10.67.0.2/24"],
+            cgroup: "fault-bench-us",
+        },
+    )?;
+    let probe_str = probe.to_str().context("the probe's path is not UTF-8")?;
+    let _echo = KillOnDrop(
+        sb.on_host(1, probe)
+            .args(["echo", "--bind", &format!("{PEER}:{ECHO_PORT}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start the echo server")?,
+    );
+    sleep(Duration::from_millis(300));
+    let policy = std::env::temp_dir().join("fault-bench-userspace.yaml");
+    let write_policy = |protocol: &str, ms: u64| {
+        std::fs::write(
+            &policy,
+            format!(
+                "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: {US_POLICY}}}\n\
+                 spec:\n  duration: 10m\n  targets: [{{cgroup: {}}}]\n  network:\n    - \
+                 {{direction: egress, match: {{protocol: {protocol}}}, delay: {{latency: \
+                 {ms}ms}}}}\n",
+                sb.cgroup.display()
+            ),
+        )
+    };
+    let result = (|| -> Result<String> {
+        let (base, _) = ping(&sb, probe_str, 200)?;
+        let mut udp = String::new();
+        // (CPU µs per packet, mean lateness µs) of every run, and the delayed flows' goodput.
+        let mut costs = Vec::new();
+        let mut goodputs = Vec::new();
+        for (ms, count) in US_DELAYS {
+            write_policy("udp", ms)?;
+            let ((p50, p99), r) =
+                with_userspace_fault(fault, &policy, || ping(&sb, probe_str, count))?;
+            let us = ms as f64 * 1000.0;
+            let err = |p: f64| {
+                let e = p - base - us;
+                format!("{:+.1} % ({e:+.0} µs)", e / us * 100.0)
+            };
+            println!(
+                "  {ms} ms: p50 {p50:.0} µs, p99 {p99:.0} µs; {} sent, {:.1} µs CPU, {:.1} µs late",
+                r.sent, r.cpu_us, r.late_us
+            );
+            costs.push((r.cpu_us, r.late_us));
+            udp += &format!(
+                "| {ms} ms | {count} | {} | {} | {:.0} / {:.0} / {:.0} | {:.1} µs | {:.1} µs |\n",
+                err(p50),
+                err(p99),
+                r.sent,
+                r.dropped,
+                r.errors,
+                r.cpu_us,
+                r.late_us
+            );
+        }
+        let mbit = |sender: Command| transfer(&sb, sender, probe, US_TCP_BYTES).map(|b| b / 1e6);
+        let mut plain = Vec::new();
+        for _ in 0..US_TCP_ROUNDS {
+            plain.push(mbit(sb.in_target(probe_str, &[]))?);
+        }
+        let plain = median(&mut plain);
+        println!("  TCP without fault: {plain:.0} Mbit/s");
+        let mut tcp = format!("| no fault | {plain:.0} | | | | |\n");
+        for ms in US_TCP_DELAYS {
+            write_policy("tcp", ms)?;
+            let (mut rounds, r) = with_userspace_fault(fault, &policy, || {
+                (0..US_TCP_ROUNDS)
+                    .map(|_| mbit(sb.in_target(probe_str, &[])))
+                    .collect::<Result<Vec<f64>>>()
+            })?;
+            let m = median(&mut rounds);
+            costs.push((r.cpu_us, r.late_us));
+            goodputs.push((ms, m));
+            // CPU for the whole run, over the bytes the flows carried.
+            let per_mb = r.cpu_us * r.sent / (US_TCP_ROUNDS as f64 * US_TCP_BYTES as f64 / 1e6);
+            println!(
+                "  TCP under {ms} ms: {m:.0} Mbit/s; {} sent, {:.1} µs CPU, {:.1} µs late",
+                r.sent, r.cpu_us, r.late_us
+            );
+            tcp += &format!(
+                "| {ms} ms | {m:.0} | {:.0} / {:.0} / {:.0} | {:.1} µs | {per_mb:.0} µs | {:.1} µs |\n",
+                r.sent, r.dropped, r.errors, r.cpu_us, r.late_us
+            );
+        }
+        // The longest delay's flow is held by the sender's send buffer (raising tcp_wmem's
+        // maximum raises its goodput); say so with this host's figures.
+        let wmem = cmd::stdout_of(sb.on_host(0, "cat").arg("/proc/sys/net/ipv4/tcp_wmem"))
+            .and_then(|t| t.split_whitespace().nth(2).map(str::to_owned))
+            .context("read net.ipv4.tcp_wmem")?;
+        let &(slow_ms, slow_mbit) = goodputs.last().context("no delayed TCP flow")?;
+        let range = |f: fn(&(f64, f64)) -> f64| {
+            let v: Vec<f64> = costs.iter().map(f).collect();
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            format!("{lo:.0} to {hi:.0} µs")
+        };
+        Ok(format!(
+            "In short, the fallback spent {} of CPU per delayed packet and sent packets {} \
+             late on average; one TCP flow carried {}, against {plain:.0} Mbit/s without \
+             fault.\n\n\
+             Base round trip, no fault: p50 {base:.1} µs.\n\n\
+             | delay | pings | p50 error | p99 error | sent / dropped / send errors | CPU per \
+             packet | mean lateness |\n|---:|---:|---:|---:|---:|---:|---:|\n{udp}\n\
+             One TCP flow of {} MB, median of {US_TCP_ROUNDS} (a packet here is what TCP hands \
+             to the device, mostly a GSO super-packet of several segments):\n\n\
+             | delay | goodput (Mbit/s) | packets sent / dropped / send errors | CPU per packet \
+             | CPU per MB carried | mean lateness |\n|---:|---:|---:|---:|---:|---:|\n{tcp}\n\
+             Under {slow_ms} ms the flow keeps about {:.1} MB in flight, as much as the sender's \
+             send buffer allows (net.ipv4.tcp_wmem: at most {wmem} bytes here, overhead \
+             included): there the limit is TCP's buffer, not the resend thread.\n",
+            range(|c| c.0),
+            range(|c| c.1),
+            goodputs
+                .iter()
+                .map(|(ms, m)| format!("{m:.0} Mbit/s under {ms} ms"))
+                .collect::<Vec<_>>()
+                .join(" and "),
+            US_TCP_BYTES / 1_000_000,
+            slow_mbit * slow_ms as f64 / 1000.0 / 8.0,
+        ))
+    })();
+    let _ = std::fs::remove_file(&policy);
+    let figures = result?;
+    let has_fq = Path::new("/sys/module/sch_fq").exists()
+        || cmd::succeeds(Command::new("modprobe").args(["-n", "sch_fq"]));
+    let why = if has_fq {
+        "forced with FAULT_DELAY_PATH=userspace; this kernel has sch_fq"
+    } else {
+        "this kernel has no sch_fq"
+    };
+    Ok(format!(
+        "## Delay through userspace ({why})\n\n\
+         Where the kernel has no sch_fq, fault holds delayed packets itself: the egress program \
+         copies each one into a ring buffer and drops it, and a thread of `fault apply` sends \
+         it again at its departure time through a packet socket (fault-user/src/resend.rs). \
+         Measured on this host, over a veth between two network namespaces, from a process in \
+         the target cgroup, with FAULT_DELAY_PATH=userspace. Errors of the added round trip \
+         are computed as in the guest above, from fault-probe `ping` against an echo server \
+         (200 pings without fault give the base). CPU per packet is the resend thread's CPU \
+         time (user and system) divided by the packets it sent, so it includes the thread's \
+         heartbeat every 100 ms, which weighs more where packets are few (the 100 ms row: \
+         about 10 a second); lateness is how long after its departure time a packet was \
+         sent. Both come from the line fault prints when it stops.\n\n{figures}"
+    ))
 }
