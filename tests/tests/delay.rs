@@ -38,8 +38,37 @@ fn policy(name: &str, cgroup: &Cgroup, rule: &str) -> String {
     )
 }
 
-/// UDP echo round trips from (cgroup, a) to b.
+/// UDP echo round trips from (cgroup, a) to b, one at a time, 1 ms apart.
 fn ping(h: &Hosts, cgroup: Option<&Cgroup>, port: u16, count: u32) -> Value {
+    ping_every(h, cgroup, port, count, 1000)
+}
+
+/// The median round trip without fault, for a delayed one to be compared with: measured with
+/// the machine going idle between pings, as it does while a delayed reply is awaited. Under
+/// the guest's emulation, waking from idle adds about 0.7 ms to a round trip (1.07 ms against
+/// 0.36 ms back to back), and netem's delay reads as 50 ms plus that as well.
+fn base_rtt(h: &Hosts, cgroup: &Cgroup, port: u16) -> f64 {
+    ms(&ping_every(h, Some(cgroup), port, 100, 20_000)["p50_us"])
+}
+
+/// How far a 50 ms delay may read from 50 ms. Issue 3 asks for 2 ms, which holds on a real
+/// kernel (the host measures 50.1 to 50.3 ms). Under the guest's emulation the idle wake-up in
+/// the base round trip varies from run to run by about a millisecond (measured rises of 48.6
+/// to 50.3 ms with netem reading the same as fault in one run), so the guest gets 3 ms.
+fn tolerance_ms() -> f64 {
+    match std::env::var_os("FAULT_IN_VM").is_some_and(|v| v == "1") {
+        true => 3.0,
+        false => 2.0,
+    }
+}
+
+fn ping_every(
+    h: &Hosts,
+    cgroup: Option<&Cgroup>,
+    port: u16,
+    count: u32,
+    interval_us: u32,
+) -> Value {
     let mut echo = spawn_in(
         None,
         Some(&h.b),
@@ -56,7 +85,7 @@ fn ping(h: &Hosts, cgroup: Option<&Cgroup>, port: u16, count: u32) -> Value {
             "--count",
             &count.to_string(),
             "--interval-us",
-            "1000",
+            &interval_us.to_string(),
         ]),
         Duration::from_secs(300),
     ))
@@ -74,7 +103,7 @@ fn a_fixed_delay_adds_to_the_targets_round_trip_only() {
         let h = hosts("delay", "10.78", 1);
         let target = Cgroup::new("delay");
         let _anchor = anchor(&target, &h.a);
-        let base = ms(&ping(&h, Some(&target), 9301, 100)["p50_us"]);
+        let base = base_rtt(&h, &target, 9301);
         let file = write_policy(&policy(
             "t-delay",
             &target,
@@ -87,10 +116,8 @@ fn a_fixed_delay_adds_to_the_targets_round_trip_only() {
             "median RTT rose by {:.2} ms for a 50 ms delay",
             delayed - base
         );
-        // Issue 3 asks for 50 ± 2 ms. Under qemu's emulation this path measures 52.3 ms (netem
-        // 50.9 ms in the same guest), so the bound here is wider until that is understood.
         assert!(
-            (49.0..=54.0).contains(&(delayed - base)),
+            (delayed - base - 50.0).abs() <= tolerance_ms(),
             "median RTT rose by {:.2} ms for a 50 ms delay (base {base:.2} ms)",
             delayed - base
         );
@@ -119,7 +146,7 @@ fn jitter_has_the_configured_spread() {
         let h = hosts("jitter", "10.78", 2);
         let target = Cgroup::new("jitter");
         let _anchor = anchor(&target, &h.a);
-        let base = ms(&ping(&h, Some(&target), 9311, 100)["p50_us"]);
+        let base = base_rtt(&h, &target, 9311);
         let file = write_policy(&policy(
             "t-jitter",
             &target,
@@ -130,9 +157,8 @@ fn jitter_has_the_configured_spread() {
         apply.wait_ready();
         let got = ping(&h, Some(&target), 9312, 1000);
         let (mean, sd) = (ms(&got["mean_us"]) - base, ms(&got["stdev_us"]));
-        // Wider than issue 3's ±2 ms for now: see the fixed-delay test.
         assert!(
-            (49.0..=54.0).contains(&mean),
+            (mean - 50.0).abs() <= tolerance_ms(),
             "mean added delay {mean:.2} ms, expected 50"
         );
         assert!(
@@ -505,7 +531,7 @@ fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
         let h = hosts("indelay", "10.78", 7);
         let target = Cgroup::new("indelay");
         let _anchor = anchor(&target, &h.a);
-        let base = ms(&ping(&h, Some(&target), 9351, 100)["p50_us"]);
+        let base = base_rtt(&h, &target, 9351);
         let file = write_policy(&ingress_policy(
             "t-indelay",
             &target,
@@ -527,7 +553,7 @@ fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
             delayed - base
         );
         assert!(
-            (49.0..=54.0).contains(&(delayed - base)),
+            (delayed - base - 50.0).abs() <= tolerance_ms(),
             "median RTT rose by {:.2} ms for a 50 ms ingress delay (base {base:.2} ms)",
             delayed - base
         );
