@@ -437,6 +437,27 @@ fn find_peers(file: &Path, resolved: &target::Resolved) -> Result<Vec<peer::Peer
             )));
         }
     }
+    // Everything entering the namespace is delayed: say so if others live there too.
+    let targeted: std::collections::BTreeSet<u32> =
+        target::pids(&resolved.targets).into_iter().collect();
+    for ns in &resolved.netns {
+        let others: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|pid| !targeted.contains(pid))
+            .filter(|pid| target::Netns::of_pid(*pid).is_ok_and(|n| n.inode == ns.inode))
+            .collect();
+        if let Some(pid) = others.first() {
+            eprintln!(
+                "warning: ingress delay holds everything entering network namespace {}, which \
+                 {} process(es) outside the targets share (pid {pid} among them)",
+                ns.inode,
+                others.len()
+            );
+        }
+    }
     peer::find(&resolved.netns)
         .map_err(|e| invalid(e.context(format!("{}: ingress delay", file.display()))))
 }

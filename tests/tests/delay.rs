@@ -531,6 +531,10 @@ fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
         let h = hosts("indelay", "10.78", 7);
         let target = Cgroup::new("indelay");
         let _anchor = anchor(&target, &h.a);
+        // An untargeted process shares the namespace: fault warns that it is delayed too.
+        let mut sleep = Command::new("sleep");
+        sleep.arg("600");
+        let _neighbour = spawn_in(None, Some(&h.a), sleep);
         let base = base_rtt(&h, &target, 9351);
         let file = write_policy(&ingress_policy(
             "t-indelay",
@@ -544,6 +548,13 @@ fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
                 .log()
                 .contains(&format!("ingress delay: at {}", h.veth.name_b())),
             "the far end of the target's veth is named: {}",
+            apply.log()
+        );
+        assert!(
+            apply
+                .log()
+                .contains("warning: ingress delay holds everything entering network namespace"),
+            "the untargeted neighbour is warned about: {}",
             apply.log()
         );
         // The request leaves undelayed; the echo is held on its way back in.
