@@ -165,6 +165,14 @@ pub struct NetRule {
 }
 const _: () = assert!(core::mem::size_of::<NetRule>() == 104);
 
+impl NetRule {
+    /// Whether the rule gives packets a departure time (delay, jitter or rate).
+    #[inline(always)]
+    pub fn schedules(&self) -> bool {
+        self.delay_ns != 0 || self.jitter_ns != 0 || self.rate_bytes != 0
+    }
+}
+
 /// `NetRule::jitter_dist` codes. Uniform needs no table; the others index DIST_TABLE.
 pub const DIST_UNIFORM: u32 = 0;
 pub const DIST_NORMAL: u32 = 1;

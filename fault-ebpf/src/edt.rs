@@ -33,7 +33,7 @@ static FLOW_LAST: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536,
 /// Whether the rule delays or paces at all.
 #[inline(always)]
 pub fn wanted(rule: &NetRule) -> bool {
-    rule.delay_ns != 0 || rule.jitter_ns != 0 || rule.rate_bytes != 0
+    rule.schedules()
 }
 
 /// Whether the rule holds packets back for a while (as opposed to pacing them only). Such

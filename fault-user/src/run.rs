@@ -128,15 +128,13 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     let actions: Vec<_> = policy.rules.iter().map(|r| r.action).collect();
     // Delays and rates are departure times: fq holds packets until then where the kernel has
     // it, fault itself (crate::resend) where it does not.
-    let timing = actions
-        .iter()
-        .any(|a| a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0);
+    let timing = actions.iter().any(|a| a.schedules());
     let delay_path = timing.then(attach::DelayPath::choose);
     // Ingress delay holds packets at the far end of the targets' veths (crate::peer).
-    let ingress_timing = policy.rules.iter().any(|r| {
-        let a = &r.action;
-        r.ingress && (a.delay_ns != 0 || a.jitter_ns != 0 || a.rate_bytes != 0)
-    });
+    let ingress_timing = policy
+        .rules
+        .iter()
+        .any(|r| r.ingress && r.action.schedules());
     let peers = match ingress_timing {
         true => find_peers(file, &resolved)?,
         false => Vec::new(),
@@ -246,14 +244,7 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
     }
     // With fq, it becomes the root qdisc of the targets' interfaces while the policy runs.
     if delay_path == Some(attach::DelayPath::Fq) {
-        let mut on: Vec<(target::Netns, Option<String>)> =
-            resolved.netns.iter().map(|n| (n.clone(), None)).collect();
-        on.extend(
-            peers
-                .iter()
-                .map(|p| (p.netns.clone(), Some(p.ifname.clone()))),
-        );
-        match attach::install_fq_on(&on) {
+        match attach::install_fq_on(&fq_places(&resolved.netns, &peers)) {
             Ok(fq) => st.fq = fq,
             Err((partial, e)) => {
                 let mut problems = attach::restore_fq(&partial);
@@ -416,6 +407,21 @@ pub async fn apply(file: &Path, dry_run: bool, interval: Duration) -> Result<(),
             problems.join("\n  ")
         )))
     }
+}
+
+/// Where fq goes: every interface of the targets' namespaces, and the far end of each veth
+/// that carries ingress delay.
+fn fq_places(
+    netns: &[target::Netns],
+    peers: &[peer::Peer],
+) -> Vec<(target::Netns, Option<String>)> {
+    let mut on: Vec<_> = netns.iter().map(|n| (n.clone(), None)).collect();
+    on.extend(
+        peers
+            .iter()
+            .map(|p| (p.netns.clone(), Some(p.ifname.clone()))),
+    );
+    on
 }
 
 /// The far ends of the targets' veths, for ingress delay. A target in fault's own network
@@ -613,14 +619,7 @@ fn follow_targets(
         if !seen.fq {
             return Ok(());
         }
-        let mut on: Vec<(target::Netns, Option<String>)> =
-            new_ns.iter().map(|n| (n.clone(), None)).collect();
-        on.extend(
-            peers
-                .iter()
-                .map(|p| (p.netns.clone(), Some(p.ifname.clone()))),
-        );
-        match attach::install_fq_on(&on) {
+        match attach::install_fq_on(&fq_places(&new_ns, &peers)) {
             Ok(fq) => {
                 st.fq.extend(fq);
                 Ok(())
