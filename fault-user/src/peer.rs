@@ -13,11 +13,9 @@
 //! its own.
 
 use std::{
-    collections::BTreeMap,
     fs::File,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    os::unix::fs::MetadataExt,
     path::PathBuf,
     process::Command,
 };
@@ -62,48 +60,10 @@ fn links_here() -> anyhow::Result<Vec<Link>> {
     serde_json::from_slice(&out.stdout).context("parse ip -j link show")
 }
 
-/// Every network namespace fault can open: those of processes and those bound in
-/// /run/netns, by inode.
-fn all_netns() -> Vec<(Netns, PathBuf)> {
-    let mut found: BTreeMap<u64, (Netns, PathBuf)> = BTreeMap::new();
-    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-    for e in procs {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let path = e.path().join("ns/net");
-        if let Ok(m) = std::fs::metadata(&path) {
-            found.entry(m.ino()).or_insert((
-                Netns {
-                    inode: m.ino(),
-                    pid,
-                },
-                path,
-            ));
-        }
-    }
-    let mounts = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten();
-    for e in mounts {
-        if let Ok(m) = std::fs::metadata(e.path()) {
-            found.entry(m.ino()).or_insert((
-                Netns {
-                    inode: m.ino(),
-                    pid: 0,
-                },
-                e.path(),
-            ));
-        }
-    }
-    found.into_values().collect()
-}
-
 /// The far ends of the veths of each namespace in `targets`. A namespace with no veth whose
 /// far end is in another namespace is an error: ingress delay has nowhere to happen.
 pub fn find(targets: &[Netns]) -> anyhow::Result<Vec<Peer>> {
-    let candidates = all_netns();
+    let candidates = Netns::all();
     let mut peers = Vec::new();
     for target in targets {
         let paths: Vec<(Netns, PathBuf)> = candidates

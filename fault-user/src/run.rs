@@ -447,12 +447,9 @@ fn find_peers(file: &Path, resolved: &target::Resolved) -> Result<Vec<peer::Peer
     let targeted: std::collections::BTreeSet<u32> =
         target::pids(&resolved.targets).into_iter().collect();
     for ns in &resolved.netns {
-        let others: Vec<u32> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-            .filter(|pid| !targeted.contains(pid))
+        let others: Vec<u32> = target::netns_paths()
+            .map(|(pid, _)| pid)
+            .filter(|pid| *pid != 0 && !targeted.contains(pid))
             .filter(|pid| target::Netns::of_pid(*pid).is_ok_and(|n| n.inode == ns.inode))
             .collect();
         if let Some(pid) = others.first() {

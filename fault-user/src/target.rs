@@ -45,25 +45,30 @@ impl Netns {
         if is_it(&own) {
             return Some(own);
         }
-        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-        let by_pid = procs
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-            })
-            .map(|e| e.path().join("ns/net"));
-        let mounts = std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten();
-        by_pid.chain(mounts.map(|e| e.path())).find(|p| is_it(p))
+        netns_paths().map(|(_, p)| p).find(|p| is_it(p))
     }
 
     /// Whether the namespace can still be reached.
     pub fn is_current(&self) -> bool {
         self.locate().is_some()
+    }
+
+    /// Every namespace that can be opened now, once each: those of processes and those bound
+    /// in /run/netns.
+    pub fn all() -> Vec<(Netns, PathBuf)> {
+        let mut found: std::collections::BTreeMap<u64, (Netns, PathBuf)> = Default::default();
+        for (pid, path) in netns_paths() {
+            if let Ok(m) = std::fs::metadata(&path) {
+                found.entry(m.ino()).or_insert((
+                    Netns {
+                        inode: m.ino(),
+                        pid,
+                    },
+                    path,
+                ));
+            }
+        }
+        found.into_values().collect()
     }
 
     pub fn of_pid(pid: u32) -> std::io::Result<Self> {
@@ -89,6 +94,21 @@ pub struct Resolved {
     /// Set when no process was found in any target, so fault attached in its own
     /// namespace: processes that join the cgroup there later are covered.
     pub empty: bool,
+}
+
+/// Paths that open a network namespace: `/proc/PID/ns/net` of every process (with its pid),
+/// then the bind mounts in /run/netns (pid 0).
+pub fn netns_paths() -> impl Iterator<Item = (u32, PathBuf)> {
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    let by_pid = procs.filter_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        Some((pid, e.path().join("ns/net")))
+    });
+    let mounts = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
+    by_pid.chain(mounts.map(|e| (0, e.path())))
 }
 
 pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {

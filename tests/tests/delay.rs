@@ -91,6 +91,21 @@ fn ping_every(
     ))
 }
 
+/// `tc qdisc show dev IFNAME [root]` in `ns`: all of the interface's qdiscs, or its root.
+fn qdiscs(ns: &Netns, ifname: &str) -> String {
+    tc_show(ns, &["qdisc", "show", "dev", ifname])
+}
+
+fn root_qdisc(ns: &Netns, ifname: &str) -> String {
+    tc_show(ns, &["qdisc", "show", "dev", ifname, "root"])
+}
+
+fn tc_show(ns: &Netns, args: &[&str]) -> String {
+    let mut tc = Command::new("tc");
+    tc.args(args);
+    String::from_utf8_lossy(&ns.output(tc).stdout).into_owned()
+}
+
 fn ms(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")) / 1000.0
 }
@@ -130,9 +145,7 @@ fn a_fixed_delay_adds_to_the_targets_round_trip_only() {
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
         // The veth's root qdisc is its default again.
-        let mut tc = Command::new("tc");
-        tc.args(["qdisc", "show", "dev", h.veth.name_a(), "root"]);
-        let shown = String::from_utf8_lossy(&h.a.output(tc).stdout).into_owned();
+        let shown = root_qdisc(&h.a, h.veth.name_a());
         assert!(shown.contains("noqueue"), "root qdisc restored: {shown}");
     }
     assert_no_leftovers();
@@ -505,9 +518,7 @@ fn fault_names_its_delay_path_and_a_missing_fq_is_refused_by_name() {
                 "the error names what is missing: {err}"
             );
         }
-        let mut tc = Command::new("tc");
-        tc.args(["qdisc", "show", "dev", h.veth.name_a(), "root"]);
-        let shown = String::from_utf8_lossy(&h.a.output(tc).stdout).into_owned();
+        let shown = root_qdisc(&h.a, h.veth.name_a());
         assert!(
             shown.contains("noqueue"),
             "root qdisc is the default again: {shown}"
@@ -570,9 +581,7 @@ fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
         );
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
-        let mut tc = Command::new("tc");
-        tc.args(["qdisc", "show", "dev", h.veth.name_b(), "root"]);
-        let shown = String::from_utf8_lossy(&h.b.output(tc).stdout).into_owned();
+        let shown = root_qdisc(&h.b, h.veth.name_b());
         assert!(
             shown.contains("noqueue"),
             "far end's root qdisc restored: {shown}"
@@ -604,13 +613,6 @@ fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace() {
         );
     }
     assert_no_leftovers();
-}
-
-/// `tc qdisc show dev IFNAME` in `ns`.
-fn qdiscs(ns: &Netns, ifname: &str) -> String {
-    let mut tc = Command::new("tc");
-    tc.args(["qdisc", "show", "dev", ifname]);
-    String::from_utf8_lossy(&ns.output(tc).stdout).into_owned()
 }
 
 #[test]

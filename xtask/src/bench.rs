@@ -16,7 +16,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread::sleep,
     time::Duration,
 };
@@ -27,6 +27,7 @@ use crate::{
     build, cmd,
     sandbox::{wait_ready, Layout, Sandbox},
     setup,
+    vm::KillOnDrop,
 };
 
 const ROUNDS: usize = 5;
@@ -243,15 +244,6 @@ fn transfer(sb: &Sandbox, mut sender: Command, probe: &Path, bytes: u64) -> Resu
 }
 
 /// A child process (the echo server) that is killed however the bench ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// What fault's final "delayed in userspace" line reports (`report::resend_line`).
 #[derive(Default)]
 struct Resend {

@@ -427,7 +427,8 @@ fn boot(tools: &HostTools, kernel: &Kernel, job: &Job, options: &Options) -> Res
 }
 
 /// qemu, killed if we stop waiting for it (timeout, or an error such as a closed stdout).
-struct KillOnDrop(Child);
+/// A child process killed (and reaped) when this goes out of scope, unless it has exited.
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
