@@ -1,18 +1,22 @@
-//! fault: per-cgroup network fault injection with eBPF.
+//! fault: per-cgroup network and clock fault injection with eBPF.
 //!
-//! `policy` parses and compiles policies, `target` resolves who they apply to, `loader`
-//! loads the eBPF object and fills its maps, `attach` puts the programs on interfaces,
-//! `state` records what is active, `run` holds the commands and `report` formats counters.
+//! A run goes `policy` (parse, validate, compile) → `plan` (targets resolved, how each
+//! fault goes on this host, refusals) → `engine` (start each kind, follow the targets, stop
+//! in reverse). The kinds are `net` (TC and cgroup_skb programs, qdiscs, the userspace delay
+//! path) and `clock` (vDSO redirection, the exec hold). `target` resolves who a policy
+//! applies to, `sys` wraps what fault asks of the host, `state` records what is active for
+//! `fault status` and `fault stop`, `report` formats counters, `commands` holds the CLI's
+//! commands and `error` their failures and exit codes.
 
-pub mod attach;
 pub mod clock;
+pub mod commands;
 pub mod dist;
-pub mod loader;
-pub mod peer;
+pub mod engine;
+pub mod error;
+pub mod net;
+pub mod plan;
 pub mod policy;
 pub mod report;
-pub mod resend;
-pub mod run;
 pub mod state;
-pub mod sysfs;
+pub mod sys;
 pub mod target;

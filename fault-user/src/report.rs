@@ -3,7 +3,7 @@
 use fault_common::RuleCounters;
 use serde::Serialize;
 
-use crate::state::State;
+use crate::state::RuleInfo;
 
 /// Counters of one rule, by name, as `fault status --json` prints them.
 #[derive(Debug, Clone, Serialize)]
@@ -19,9 +19,8 @@ pub struct RuleReport {
     pub errors: u64,
 }
 
-pub fn rule_reports(state: &State, counters: &[RuleCounters]) -> Vec<RuleReport> {
-    state
-        .rules
+pub fn rule_reports(rules: &[RuleInfo], counters: &[RuleCounters]) -> Vec<RuleReport> {
+    rules
         .iter()
         .zip(counters)
         .map(|(r, c)| RuleReport {
@@ -89,8 +88,8 @@ pub fn clock_lines(rules: &[crate::clock::RuleStatus], processes: usize) -> Vec<
         .collect()
 }
 
-/// The userspace delay path's figures (see `crate::resend`).
-pub fn resend_line(s: &crate::resend::Stats) -> String {
+/// The userspace delay path's figures (see `crate::net::resend`).
+pub fn resend_line(s: &crate::net::resend::Stats) -> String {
     let per = |total: u64| match s.sent {
         0 => 0.0,
         n => total as f64 / n as f64 / 1000.0,

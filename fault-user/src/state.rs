@@ -12,8 +12,10 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attach::{QdiscRecord, Record},
-    clock, sysfs,
+    clock,
+    net::{attach::Record, clsact::QdiscRecord, fq::FqRecord},
+    policy::Policy,
+    sys::{mounts as sysfs, proc},
     target::ResolvedTarget,
 };
 
@@ -27,6 +29,10 @@ pub struct State {
     pub ready: bool,
     pub file: PathBuf,
     pub pid: u32,
+    /// The loader's start time (see `crate::sys::proc`): with the pid, it tells the loader
+    /// from a process that was given its pid later.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
     /// Wall-clock start and deadline (seconds since the epoch), for people.
     pub started_unix: u64,
     pub deadline_unix: u64,
@@ -41,7 +47,7 @@ pub struct State {
     pub ingress_cgroups: Vec<PathBuf>,
     /// Interfaces whose default root qdisc fault replaced with fq for delays.
     #[serde(default)]
-    pub fq: Vec<crate::attach::FqRecord>,
+    pub fq: Vec<FqRecord>,
     /// Clock rules, and the processes whose vDSO is redirected: `fault stop` restores them
     /// when the loader cannot (see `crate::clock`).
     #[serde(default)]
@@ -54,6 +60,19 @@ pub struct State {
 pub struct RuleInfo {
     pub name: String,
     pub summary: String,
+}
+
+impl RuleInfo {
+    pub fn of(policy: &Policy) -> Vec<RuleInfo> {
+        policy
+            .rules
+            .iter()
+            .map(|r| RuleInfo {
+                name: r.name.clone(),
+                summary: r.describe(),
+            })
+            .collect()
+    }
 }
 
 pub fn state_path(name: &str) -> PathBuf {
@@ -105,12 +124,18 @@ impl State {
         Ok(out)
     }
 
-    /// Whether the loader that wrote this is still running (and is still a `fault`).
+    /// Whether the loader that wrote this is still running: the same process (by start
+    /// time), or for a record without one, a process whose program is named `fault`.
     pub fn loader_alive(&self) -> bool {
+        if let Some(start) = self.pid_start {
+            return proc::is_same(self.pid, start);
+        }
         std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
-            c.split(|&b| b == 0)
-                .next()
-                .is_some_and(|argv0| argv0.ends_with(b"fault"))
+            c.split(|&b| b == 0).next().is_some_and(|argv0| {
+                Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(argv0))
+                    .file_name()
+                    .is_some_and(|n| n == "fault")
+            })
         })
     }
 

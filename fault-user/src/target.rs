@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::TargetSpec, sysfs};
+use crate::{policy::TargetSpec, sys::mounts as sysfs};
 
 /// A target that could not be resolved; `index` is its position in `spec.targets`.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub struct TargetError {
     pub index: usize,
     pub field: &'static str,
     pub message: String,
+    /// The host lacks what resolving needs (a cgroup2 mount, any container engine), so the
+    /// policy is not to blame.
+    pub host: bool,
 }
 
 /// A network namespace, named by a process inside it.
@@ -116,6 +119,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
         index: 0,
         field: "cgroup",
         message: format!("cannot find the cgroup2 mount: {e}"),
+        host: true,
     })?;
     let mut out = Vec::new();
     let mut ids = Vec::new();
@@ -128,6 +132,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
                     index,
                     field: "cgroup",
                     message,
+                    host: false,
                 })?,
             ),
             TargetSpec::Pid(pid) => (
@@ -136,18 +141,21 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
                     index,
                     field: "pid",
                     message,
+                    host: false,
                 })?,
             ),
             TargetSpec::Container(name) => {
-                let pid = container_pid(name).map_err(|message| TargetError {
+                let pid = container_pid(name).map_err(|(message, host)| TargetError {
                     index,
                     field: "container",
                     message,
+                    host,
                 })?;
                 let cg = pid_cgroup(&mount, pid).map_err(|message| TargetError {
                     index,
                     field: "container",
                     message,
+                    host: false,
                 })?;
                 (format!("container {name}"), cg)
             }
@@ -156,6 +164,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             index,
             field: "cgroup",
             message,
+            host: false,
         })?;
         scan_one(&cgroup, &mut ids, &mut netns);
         out.push(ResolvedTarget {
@@ -172,6 +181,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             index: 0,
             field: "cgroup",
             message: format!("cannot read our own network namespace: {e}"),
+            host: true,
         })?;
         netns.insert(own.inode, own);
     }
@@ -264,7 +274,17 @@ fn pid_cgroup(mount: &Path, pid: u32) -> Result<PathBuf, String> {
 
 /// The host pid of a running container's main process, from podman, or from Docker where its
 /// socket exists.
-fn container_pid(name: &str) -> Result<u32, String> {
+/// On failure: the reason, and whether it is the host's (no engine to ask at all).
+fn container_pid(name: &str) -> Result<u32, (String, bool)> {
+    container_pid_from_engines(name).map_err(|(message, tried)| {
+        let host = tried
+            .iter()
+            .all(|t| *t == "podman is not installed" || *t == "no docker socket");
+        (message, host && !tried.is_empty())
+    })
+}
+
+fn container_pid_from_engines(name: &str) -> Result<u32, (String, Vec<&'static str>)> {
     let mut tried = Vec::new();
     match Command::new("podman")
         .args([
@@ -273,6 +293,8 @@ fn container_pid(name: &str) -> Result<u32, String> {
             "container",
             "--format",
             "{{.State.Pid}}",
+            // A name is never an option, even one that starts with a dash.
+            "--",
             name,
         ])
         .output()
@@ -281,10 +303,11 @@ fn container_pid(name: &str) -> Result<u32, String> {
             let pid: u32 = String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()
-                .map_err(|_| format!("podman gave no pid for container {name}"))?;
+                .map_err(|_| (format!("podman gave no pid for container {name}"), vec![]))?;
             if pid == 0 {
-                return Err(format!(
-                    "expected a running container, {name} is not running"
+                return Err((
+                    format!("expected a running container, {name} is not running"),
+                    vec![],
                 ));
             }
             return Ok(pid);
@@ -297,15 +320,16 @@ fn container_pid(name: &str) -> Result<u32, String> {
         match docker_pid(docker, name) {
             Ok(Some(pid)) => return Ok(pid),
             Ok(None) => tried.push("docker has none by that name"),
-            Err(e) => return Err(format!("asking docker about {name}: {e}")),
+            Err(e) => return Err((format!("asking docker about {name}: {e}"), vec![])),
         }
     } else {
         tried.push("no docker socket");
     }
-    Err(format!(
+    let message = format!(
         "expected the name or id of a running container, found no container {name} ({})",
         tried.join("; ")
-    ))
+    );
+    Err((message, tried))
 }
 
 /// Asks the Docker Engine API for a container's pid (HTTP/1.0 over the unix socket, so the

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::bail;
 use aya::programs::{CgroupSkb, SchedClassifier};
-use fault::{loader, policy};
+use fault::{net::loader, policy};
 use fault_common::progs;
 
 const REPEAT: u32 = 1_000_000;
@@ -69,7 +69,7 @@ fn own_cgroup_id() -> anyhow::Result<u64> {
     let Some(rel) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
         bail!("this process is in no cgroup2 cgroup");
     };
-    let dir = fault::sysfs::cgroup2_mount()?.join(rel.trim_start_matches('/'));
+    let dir = fault::sys::mounts::cgroup2_mount()?.join(rel.trim_start_matches('/'));
     Ok(std::fs::metadata(dir)?.ino())
 }
 

@@ -283,7 +283,7 @@ struct BenchCgroup(PathBuf);
 
 impl BenchCgroup {
     fn create() -> anyhow::Result<Self> {
-        let path = fault::sysfs::cgroup2_mount()?.join("fault-clock-bench");
+        let path = fault::sys::mounts::cgroup2_mount()?.join("fault-clock-bench");
         let _ = std::fs::remove_dir(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(BenchCgroup(path))

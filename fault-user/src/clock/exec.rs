@@ -69,7 +69,10 @@ impl ExecWatch {
         let mut loader = EbpfLoader::new();
         // Only the exec program is loaded from this copy of the object: the network maps
         // it also declares are created at their smallest.
+        // The resend ring is sized in pages, not entries.
+        loader.map_max_entries(maps::RESEND_RING, 4096);
         for name in [
+            maps::RESEND_SLOT,
             maps::TARGETS,
             maps::RULE_LPM,
             maps::RULES,
@@ -232,9 +235,17 @@ pub fn release_pinned(pin_dir: &Path) -> Vec<u32> {
     let Ok(mut held) = HashMap::<MapData, u32, u64>::try_from(Map::HashMap(data)) else {
         return Vec::new();
     };
-    let pids: Vec<u32> = held.keys().flatten().collect();
-    for &pid in &pids {
-        cont(pid);
+    let entries: Vec<(u32, u64)> = held.iter().flatten().collect();
+    let mut pids = Vec::new();
+    for (pid, stopped_ns) in entries {
+        // Continued only if it is still the process the program stopped: stopped, and
+        // started before the stop (a pid reused since belongs to someone else).
+        if crate::sys::proc::state(pid) == Some('T')
+            && crate::sys::proc::started_before(pid, stopped_ns)
+        {
+            cont(pid);
+            pids.push(pid);
+        }
         let _ = held.remove(&pid);
     }
     pids

@@ -26,6 +26,7 @@
 //! faulted.
 
 pub mod exec;
+mod fault;
 pub mod inject;
 pub mod layout;
 pub mod patch;
@@ -43,6 +44,8 @@ use crate::policy::{ClockId, ClockRule};
 use crate::target::{self, ResolvedTarget};
 use layout::Plan;
 use patch::Patched;
+
+pub use fault::ClockFault;
 
 /// A patched process as the state file records it, so that `fault stop` can revert it after
 /// the loader died: the pid, its start time (to know it is still the same process) and where

@@ -107,10 +107,7 @@ fn stub() -> Result<&'static Stub, PatchError> {
 /// The start time of a process (field 22 of `/proc/PID/stat`, in clock ticks since boot):
 /// with the pid, it names one process even after the pid is reused.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // After the command: state is field 3, starttime field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::sys::proc::start_time(pid)
 }
 
 /// fault's own shared mapping of a target's memfd: writing here is writing the target's

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{attach::in_netns, target::Netns};
+use crate::{sys::netns::in_netns, target::Netns};
 
 /// The far end of a target namespace's veth.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use aya::{
 };
 use fault_common::{maps, ResendHeader, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
-use crate::{attach, loader::monotonic_ns, target::Netns};
+use crate::{sys::netns::in_netns, sys::time::monotonic_ns, target::Netns};
 
 /// How often the thread tells the program it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -65,8 +65,9 @@ pub struct Resender {
 }
 
 impl Resender {
-    /// Takes RESEND_RING and RESEND_ALIVE out of `ebpf` and starts the thread.
-    pub fn start(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+    /// Takes RESEND_RING and RESEND_ALIVE out of `ebpf` and starts the thread; with
+    /// `debug`, every packet it fails to send is printed.
+    pub fn start(ebpf: &mut Ebpf, debug: bool) -> anyhow::Result<Self> {
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the object"))
@@ -83,7 +84,7 @@ impl Resender {
             let stop = stop.try_clone()?;
             std::thread::Builder::new()
                 .name("fault-resend".into())
-                .spawn(move || run(ring, alive, stop, sockets))?
+                .spawn(move || run(ring, alive, stop, sockets, debug))?
         };
         Ok(Resender {
             sockets,
@@ -94,7 +95,7 @@ impl Resender {
 
     /// Opens a packet socket in `netns`, for the packets delayed there.
     pub fn add_netns(&self, netns: &Netns) -> anyhow::Result<()> {
-        let (cookie, fd) = attach::in_netns(netns, packet_socket)?;
+        let (cookie, fd) = in_netns(netns, packet_socket)?;
         self.sockets.lock().unwrap().insert(cookie, fd);
         Ok(())
     }
@@ -192,7 +193,7 @@ fn packet_socket() -> anyhow::Result<(u64, OwnedFd)> {
 /// A packet waiting for its departure time.
 struct Held {
     header: ResendHeader,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
 }
 
 fn run(
@@ -200,6 +201,7 @@ fn run(
     mut alive: Array<MapData, u64>,
     stop: OwnedFd,
     sockets: Arc<Mutex<HashMap<u64, OwnedFd>>>,
+    debug: bool,
 ) -> anyhow::Result<Stats> {
     let timer = timerfd()?;
     let mut stats = Stats::default();
@@ -226,7 +228,7 @@ fn run(
                 seq,
                 Held {
                     header,
-                    bytes: item[HEADER..end].to_vec(),
+                    bytes: bytes::Bytes::copy_from_slice(&item[HEADER..end]),
                 },
             );
             seq += 1;
@@ -252,7 +254,7 @@ fn run(
                         Err(e) => {
                             stats.errors += 1;
                             stats.last_error = e.raw_os_error();
-                            if std::env::var_os("FAULT_DEBUG_RESEND").is_some() {
+                            if debug {
                                 eprintln!("resend: {e}: {:?} len {}", p.header, p.bytes.len());
                             }
                         }

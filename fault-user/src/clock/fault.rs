@@ -1,0 +1,152 @@
+//! The clock kind of fault, as the engine runs it: every process in the targets is
+//! patched, those that exec are held until they are, and all are restored at the end.
+
+use std::path::PathBuf;
+
+use super::{exec::ExecWatch, Engine};
+use crate::{
+    engine::{Event, Fault, Run},
+    net::loader,
+    state::State,
+    sys::time::monotonic_ns,
+};
+
+pub struct ClockFault {
+    engine: Engine,
+    watch: Option<ExecWatch>,
+    /// Processes patched right after their exec, for the live view.
+    at_exec: usize,
+}
+
+impl ClockFault {
+    pub fn new(run: &Run) -> Self {
+        ClockFault {
+            engine: Engine::new(&run.plan.policy.clock, run.plan.policy.duration),
+            watch: None,
+            at_exec: 0,
+        }
+    }
+
+    /// Per-process lines are details (`-v`); refusals are always told.
+    fn tell(run: &Run, lines: &[String]) {
+        for line in lines {
+            if run.plan.options.verbose || line.contains("warning") {
+                println!("fault: {line}");
+            }
+        }
+    }
+
+    /// Starts holding processes that exec in the targets until they are patched; where the
+    /// kernel refuses a step, says which and that the rescan covers them instead.
+    fn start_watch(&mut self, run: &Run) {
+        let cgroups: Vec<PathBuf> = run
+            .plan
+            .resolved
+            .targets
+            .iter()
+            .map(|t| t.cgroup.clone())
+            .collect();
+        match ExecWatch::start(loader::OBJECT, &cgroups, run.deadline_ns, &run.pin_dir) {
+            Ok(w) => {
+                if cgroups.len() > fault_common::EXEC_MAX_CGROUPS as usize {
+                    println!(
+                        "fault: clock: warning: processes that exec are held in the first {} \
+                         targets only; in the others they are patched by the 250 ms rescan",
+                        fault_common::EXEC_MAX_CGROUPS
+                    );
+                }
+                self.watch = Some(w);
+            }
+            Err(e) => println!(
+                "fault: clock: warning: cannot hold processes at exec ({:#}); falling back to \
+                 the 250 ms rescan: a process that execs in a target reads true time until then",
+                anyhow::Error::from(e)
+            ),
+        }
+    }
+
+    /// Patches the processes the exec hold stopped, and lets each go (also when the patch
+    /// failed).
+    fn on_exec(&mut self, run: &Run, held: Vec<fault_common::ExecEvent>) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        for e in &held {
+            let lines = self.engine.patch_exec(e.pid);
+            watch.release(e.pid);
+            if !lines.is_empty() {
+                self.at_exec += 1;
+            }
+            let held_ms = monotonic_ns().saturating_sub(e.stopped_ns) as f64 / 1e6;
+            let lines: Vec<String> = lines
+                .into_iter()
+                .map(|l| format!("{l}; held {held_ms:.2} ms"))
+                .collect();
+            Self::tell(run, &lines);
+        }
+    }
+}
+
+impl Fault for ClockFault {
+    fn start(&mut self, run: &Run) -> anyhow::Result<()> {
+        // Attached before the first scan, so a process that execs meanwhile is held or found.
+        self.start_watch(run);
+        self.follow(run)
+    }
+
+    fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
+        let lines = self.engine.follow(&run.plan.resolved.targets);
+        Self::tell(run, &lines);
+        Ok(())
+    }
+
+    fn event<'a>(&'a mut self, run: &'a Run) -> Event<'a> {
+        Box::pin(async move {
+            let held = match self.watch.as_mut() {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            };
+            self.on_exec(run, held);
+        })
+    }
+
+    fn record(&self, state: &mut State) {
+        let records = self.engine.records();
+        if records != state.clock_processes || state.clock_rules.is_empty() {
+            state.clock_processes = records;
+            state.clock_rules = self.engine.rule_status();
+        }
+    }
+
+    fn banner(&self, run: &Run) -> Vec<String> {
+        let (patched, refused) = self.engine.counts();
+        vec![format!(
+            "fault: {} clock faults active for {} in {patched} process(es) ({refused} refused); Ctrl-C reverts",
+            run.plan.policy.name,
+            humantime::format_duration(run.plan.policy.duration),
+        )]
+    }
+
+    fn live(&self, _run: &Run) -> Vec<String> {
+        let (patched, refused) = self.engine.counts();
+        vec![format!(
+            "  clock: {patched} process(es) patched ({} at exec), {refused} refused",
+            self.at_exec
+        )]
+    }
+
+    fn stop(&mut self, _run: &Run) -> (Vec<String>, Vec<String>) {
+        let mut lines = Vec::new();
+        // The exec hold goes first: nothing is stopped after this, and whoever it still
+        // holds goes on.
+        if let Some(w) = self.watch.take() {
+            let pids = w.finish();
+            if !pids.is_empty() {
+                lines.push(format!(
+                    "fault: clock: let go {pids:?}, stopped at exec and not patched yet"
+                ));
+            }
+        }
+        (lines, self.engine.revert_all())
+    }
+}

@@ -1,0 +1,88 @@
+//! `fault apply`: plan, then run the plan's fault kinds through the engine.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+
+use super::cleanup::cleanup_dead;
+use crate::{
+    clock::ClockFault,
+    engine::{self, Fault, Run},
+    error::{failed, Error},
+    net::NetFault,
+    plan::{Options, Plan},
+    state::{self, RuleInfo, State},
+    sys::{proc, time},
+};
+
+pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), Error> {
+    let plan = Plan::build(file, options)?;
+    if dry_run {
+        plan.print();
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(failed("fault apply")(anyhow!(
+            "it needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_PTRACE) to load and attach programs"
+        )));
+    }
+    take_over(&plan.policy.name)?;
+    for w in plan.net.iter().flat_map(|n| &n.warnings) {
+        eprintln!("warning: {w}");
+    }
+    let run = Run {
+        pin_dir: state::pin_dir(&plan.policy.name).map_err(failed("find bpffs"))?,
+        deadline_ns: time::monotonic_ns() + plan.policy.duration.as_nanos() as u64,
+        plan,
+    };
+    let state = new_state(&run, file);
+    let mut kinds: Vec<Box<dyn Fault>> = Vec::new();
+    if run.plan.net.is_some() {
+        kinds.push(Box::new(NetFault::new(&run)));
+    }
+    if !run.plan.policy.clock.is_empty() {
+        kinds.push(Box::new(ClockFault::new(&run)));
+    }
+    engine::run(run, kinds, state).await
+}
+
+/// Refuses a policy whose loader still runs; cleans up after one that died.
+fn take_over(name: &str) -> Result<(), Error> {
+    if let Ok(old) = State::read(&state::state_path(name)) {
+        if old.loader_alive() {
+            return Err(failed("fault apply")(anyhow!(
+                "policy {name} is already active (fault pid {}); `fault stop {name}` ends it",
+                old.pid
+            )));
+        }
+        for p in cleanup_dead(&old) {
+            eprintln!("warning: cleaning up an earlier run of {name}: {p}");
+        }
+    }
+    state::remove_pins(name).map_err(failed("remove stale pins"))
+}
+
+fn new_state(run: &Run, file: &Path) -> State {
+    let plan = &run.plan;
+    let started = time::unix_now();
+    let pid = std::process::id();
+    State {
+        name: plan.policy.name.clone(),
+        ready: false,
+        file: file.to_path_buf(),
+        pid,
+        pid_start: proc::start_time(pid),
+        started_unix: started,
+        deadline_unix: started + plan.policy.duration.as_secs(),
+        rules: RuleInfo::of(&plan.policy),
+        targets: plan.resolved.targets.clone(),
+        cgroup_ids: plan.resolved.cgroup_ids.clone(),
+        tc_mode: plan.net.as_ref().map_or("none", |n| n.tc.name()).into(),
+        attachments: Vec::new(),
+        qdiscs: Vec::new(),
+        ingress_cgroups: Vec::new(),
+        fq: Vec::new(),
+        clock_rules: Vec::new(),
+        clock_processes: Vec::new(),
+    }
+}

@@ -1,0 +1,26 @@
+//! `fault check`: validation only.
+
+use std::path::PathBuf;
+
+use crate::{error::Error, plan};
+
+pub fn check(files: &[PathBuf]) -> Result<(), Error> {
+    let mut lines = Vec::new();
+    for f in files {
+        match plan::compile(f) {
+            Ok((p, lpm)) => println!(
+                "{}: ok ({} rules, {} trie entries, {} clock rules, {} targets)",
+                f.display(),
+                p.rules.len(),
+                lpm.len(),
+                p.clock.len(),
+                p.targets.len()
+            ),
+            Err(e) => lines.push(e.to_string()),
+        }
+    }
+    match lines.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Check { lines }),
+    }
+}

@@ -1,0 +1,30 @@
+//! Removing what a loader that is no longer running left.
+
+use crate::{
+    clock,
+    net::{clsact, fq, loader},
+    state::{self, State},
+};
+
+/// Ends injection through the pinned CONFIG first, so even a filter that cannot be removed
+/// is inert; then lets go of held processes, restores clocks, filters, qdiscs, and removes
+/// the record.
+pub fn cleanup_dead(s: &State) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Ok(dir) = state::pin_dir(&s.name) {
+        let _ = loader::expire_pinned(&dir);
+        // Processes the dead loader held at exec go on (unpatched, or patched and reverted
+        // below).
+        clock::exec::release_pinned(&dir);
+    }
+    problems.extend(clock::revert_recorded(&s.clock_processes));
+    problems.extend(clsact::remove_recorded(&s.attachments, &s.qdiscs));
+    problems.extend(fq::restore_recorded(&s.fq));
+    if let Err(e) = state::remove_pins(&s.name) {
+        problems.push(format!("{e:#}"));
+    }
+    if let Err(e) = s.remove_file() {
+        problems.push(format!("{e:#}"));
+    }
+    problems
+}

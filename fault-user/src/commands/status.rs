@@ -1,0 +1,132 @@
+//! `fault status`: what is active on this host, from the state files and pinned counters.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{
+    clock,
+    error::{failed, Error},
+    net::{attach::Mode, loader},
+    report,
+    state::{self, State},
+    sys::time::unix_now,
+    target,
+};
+
+#[derive(Serialize)]
+struct StatusEntry<'a> {
+    name: &'a str,
+    file: &'a Path,
+    loader_pid: u32,
+    loader_alive: bool,
+    seconds_left: i64,
+    tc_mode: &'a str,
+    targets: &'a [target::ResolvedTarget],
+    attachments: usize,
+    /// What of it still acts on the targets, in words.
+    in_force: Vec<String>,
+    rules: Vec<report::RuleReport>,
+    clock_rules: &'a [clock::RuleStatus],
+    clock_processes: usize,
+}
+
+/// What still acts: everything while the loader runs; after its death, what outlives it
+/// (tcx and cgroup links end with its file descriptors).
+fn in_force(s: &State, alive: bool, seconds_left: i64) -> Vec<String> {
+    if seconds_left == 0 {
+        return vec!["nothing: the deadline has passed".into()];
+    }
+    if alive {
+        return vec!["everything in this record".into()];
+    }
+    let filters = s
+        .attachments
+        .iter()
+        .filter(|a| matches!(a.mode, Mode::Clsact { .. }))
+        .count();
+    let mut out = vec![format!(
+        "ended with the loader: {} tcx link(s), ingress on {} cgroup(s)",
+        s.attachments.len() - filters,
+        s.ingress_cgroups.len()
+    )];
+    if filters > 0 {
+        out.push(format!("until the deadline: {filters} clsact filter(s)"));
+    }
+    if !s.clock_processes.is_empty() {
+        out.push(format!(
+            "until the deadline: clock faults in {} process(es)",
+            s.clock_processes.len()
+        ));
+    }
+    out
+}
+
+pub fn status(json: bool) -> Result<(), Error> {
+    let states = State::all().map_err(failed("read the state files"))?;
+    let now = unix_now() as i64;
+    let mut entries = Vec::new();
+    for s in &states {
+        let dir = state::pin_dir(&s.name).map_err(failed("find the pins"))?;
+        let counters = loader::pinned_counters(&dir, s.rules.len()).unwrap_or_default();
+        let alive = s.loader_alive();
+        let seconds_left = (s.deadline_unix as i64 - now).max(0);
+        entries.push(StatusEntry {
+            name: &s.name,
+            file: &s.file,
+            loader_pid: s.pid,
+            loader_alive: alive,
+            seconds_left,
+            tc_mode: &s.tc_mode,
+            targets: &s.targets,
+            attachments: s.attachments.len(),
+            in_force: in_force(s, alive, seconds_left),
+            rules: report::rule_reports(&s.rules, &counters),
+            clock_rules: &s.clock_rules,
+            clock_processes: s.clock_processes.len(),
+        });
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&entries).map_err(failed("print the status"))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("fault: nothing active");
+    }
+    entries.iter().for_each(print_entry);
+    Ok(())
+}
+
+fn print_entry(e: &StatusEntry) {
+    println!(
+        "{} ({}): {}, {} s left, {} hooks via {}",
+        e.name,
+        e.file.display(),
+        if e.loader_alive {
+            format!("running as pid {}", e.loader_pid)
+        } else {
+            format!(
+                "loader pid {} is gone; `fault stop {}` cleans up",
+                e.loader_pid, e.name
+            )
+        },
+        e.seconds_left,
+        e.attachments,
+        e.tc_mode
+    );
+    if !e.loader_alive {
+        for l in &e.in_force {
+            println!("  {l}");
+        }
+    }
+    for t in e.targets {
+        println!("  target {} (cgroup id {})", t.label, t.cgroup_id);
+    }
+    for l in report::counter_lines(&e.rules) {
+        println!("{l}");
+    }
+    for l in report::clock_lines(e.clock_rules, e.clock_processes) {
+        println!("{l}");
+    }
+}

@@ -1,0 +1,79 @@
+//! `fault stop`: asks a live loader to revert, and removes what a dead one left.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use nix::{sys::signal::Signal, unistd::Pid};
+
+use super::cleanup::cleanup_dead;
+use crate::{
+    error::{failed, incomplete, Error},
+    state::{self, State},
+};
+
+pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
+    let states = State::all().map_err(failed("read the state files"))?;
+    let chosen: Vec<&State> = states
+        .iter()
+        .filter(|s| all || Some(s.name.as_str()) == name)
+        .collect();
+    if let (Some(n), true) = (name, chosen.is_empty()) {
+        let pins = state::pin_dir(n).map_err(failed("find the pins"))?;
+        if !pins.exists() {
+            return Err(failed("fault stop")(anyhow!("no active policy named {n}")));
+        }
+    }
+    let mut problems = Vec::new();
+    for s in chosen {
+        if s.loader_alive() {
+            end_loader(s)?;
+        }
+        if state::state_path(&s.name).exists() {
+            problems.extend(cleanup_dead(s));
+        }
+        println!("fault: stopped {}", s.name);
+    }
+    problems.extend(remove_orphan_pins(name, all)?);
+    incomplete("stop", problems)
+}
+
+/// Asks the loader to revert (it knows the most about what it holds), and kills it if it
+/// has not within 10 s.
+fn end_loader(s: &State) -> Result<(), Error> {
+    let pid = Pid::from_raw(s.pid as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM)
+        .map_err(failed(format!("signal the loader of {} (pid {})", s.name, s.pid)))?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.loader_alive() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if s.loader_alive() {
+        eprintln!("fault: pid {} did not exit within 10 s; killing it", s.pid);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        while s.loader_alive() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Pins without a state file (a loader killed between pinning and writing it).
+fn remove_orphan_pins(name: Option<&str>, all: bool) -> Result<Vec<String>, Error> {
+    let root = state::pin_root().map_err(failed("find the pins"))?;
+    let orphans: Vec<String> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for o in orphans {
+        if (all || Some(o.as_str()) == name) && !state::state_path(&o).exists() {
+            if let Err(e) = state::remove_pins(&o) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+    }
+    Ok(problems)
+}

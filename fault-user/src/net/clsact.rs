@@ -1,0 +1,123 @@
+//! The clsact qdisc that cls_bpf filters need on kernels without tcx: added where missing,
+//! removed again by its guard, and found again from the state file after a loader died.
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use aya::programs::{
+    links::Link as _,
+    tc::{self, SchedClassifierLink, TcHandle},
+};
+use serde::{Deserialize, Serialize};
+
+use super::attach::{Mode, Record};
+use crate::{sys::netns::in_netns, target::Netns};
+
+/// A clsact qdisc that fault added and so must remove.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QdiscRecord {
+    pub netns: Netns,
+    pub ifname: String,
+}
+
+/// A clsact qdisc fault added; dropping it removes it (unless others' filters are on it).
+pub struct Clsact {
+    pub record: QdiscRecord,
+    present: bool,
+}
+
+impl Clsact {
+    /// Adds clsact to `ifname` in this thread's namespace (`ns`); `None` if it was there.
+    pub fn ensure(ns: &Netns, ifname: &str) -> anyhow::Result<Option<Clsact>> {
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) => Ok(Some(Clsact {
+                record: QdiscRecord {
+                    netns: ns.clone(),
+                    ifname: ifname.to_string(),
+                },
+                present: true,
+            })),
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("add a clsact qdisc to {ifname}")),
+        }
+    }
+
+    pub(super) fn take_down(&mut self) -> Result<(), String> {
+        if !std::mem::take(&mut self.present) {
+            return Ok(());
+        }
+        remove(&self.record).map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl Drop for Clsact {
+    fn drop(&mut self) {
+        if let Err(p) = self.take_down() {
+            eprintln!("fault: warning: {p}");
+        }
+    }
+}
+
+/// Removes clsact filters recorded by a loader that is no longer running (tcx links went
+/// with its file descriptors), then the qdiscs it added.
+pub fn remove_recorded(records: &[Record], qdiscs: &[QdiscRecord]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in records {
+        let Mode::Clsact { priority, handle } = r.mode else {
+            continue;
+        };
+        if !r.netns.is_current() {
+            continue;
+        }
+        let res = in_netns(&r.netns, || {
+            let link = SchedClassifierLink::attached(
+                &r.ifname,
+                r.direction.attach_type(),
+                priority,
+                TcHandle::from(handle),
+                None,
+            )?;
+            link.detach()?;
+            Ok(())
+        });
+        if let Err(e) = res {
+            problems.push(format!("detach {}: {e:#}", r.describe()));
+        }
+    }
+    problems.extend(qdiscs.iter().filter_map(|q| remove(q).err().map(|e| format!("{e:#}"))));
+    problems
+}
+
+/// Removes a clsact qdisc we added, unless someone else has put filters on it since.
+fn remove(q: &QdiscRecord) -> anyhow::Result<()> {
+    if !q.netns.is_current() {
+        return Ok(());
+    }
+    in_netns(&q.netns, || {
+        // A forked child runs in the namespace of the thread that forked it.
+        let busy = ["ingress", "egress"].iter().any(|hook| {
+            Command::new("tc")
+                .args(["filter", "show", "dev", &q.ifname, *hook])
+                .output()
+                .is_ok_and(|o| !o.stdout.is_empty())
+        });
+        if busy {
+            bail!(
+                "clsact on {} still has filters of others; left in place",
+                q.ifname
+            );
+        }
+        let out = Command::new("tc")
+            .args(["qdisc", "del", "dev", &q.ifname, "clsact"])
+            .output()
+            .context("run tc")?;
+        if !out.status.success() {
+            bail!(
+                "tc qdisc del dev {} clsact: {}",
+                q.ifname,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    })
+}

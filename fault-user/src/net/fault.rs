@@ -1,0 +1,224 @@
+//! The network kind of fault, as the engine runs it.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use aya::Ebpf;
+
+use super::{
+    attach::Attached,
+    fq::{self, Fq},
+    loader, peer,
+    resend::Resender,
+    DelayPath, Direction, NetPlan,
+};
+use crate::{
+    engine::{Fault, Run},
+    report,
+    state::{RuleInfo, State},
+    target::{self, Netns},
+};
+
+/// The network faults of one run. Fields drop in order: the programs come off their
+/// interfaces before fq goes, and the object (with its maps) goes last.
+#[derive(Default)]
+pub struct NetFault {
+    attached: Attached,
+    fq: Vec<Fq>,
+    resender: Option<Resender>,
+    ebpf: Option<Ebpf>,
+    /// Cgroup ids and namespaces covered so far.
+    ids: BTreeSet<u64>,
+    netns: BTreeSet<u64>,
+    rules: Vec<RuleInfo>,
+}
+
+impl NetFault {
+    pub fn new(run: &Run) -> Self {
+        NetFault {
+            rules: RuleInfo::of(&run.plan.policy),
+            ..Default::default()
+        }
+    }
+
+    fn plan(run: &Run) -> &NetPlan {
+        run.plan.net.as_ref().expect("a network kind has a network plan")
+    }
+
+    fn ebpf(&mut self) -> anyhow::Result<&mut Ebpf> {
+        self.ebpf.as_mut().context("the network object is not loaded")
+    }
+
+    fn load(&mut self, run: &Run) -> anyhow::Result<()> {
+        let plan = Self::plan(run);
+        let actions: Vec<_> = run.plan.policy.rules.iter().map(|r| r.action).collect();
+        let resend = plan.delay_path == Some(DelayPath::Userspace);
+        let ebpf = loader::load(&loader::Tables {
+            cgroup_ids: &run.plan.resolved.cgroup_ids,
+            lpm: &run.plan.lpm,
+            rules: &actions,
+            deadline_ns: run.deadline_ns,
+            resend,
+            peer: plan.ingress_timing,
+        })?;
+        loader::pin(&ebpf, &run.pin_dir)?;
+        self.ebpf = Some(ebpf);
+        if resend {
+            // Ready, with its sockets, before the program hands it anything.
+            let r = Resender::start(self.ebpf()?, run.plan.options.debug_resend)
+                .context("start the userspace delay path")?;
+            self.resender = Some(r);
+        }
+        Ok(())
+    }
+
+    /// Attaches in `netns` (and at `peers`): egress on their interfaces, ingress delay at
+    /// the far ends, the resender's sockets, fq.
+    fn cover(
+        &mut self,
+        run: &Run,
+        netns: &[Netns],
+        peers: &[peer::Peer],
+    ) -> anyhow::Result<()> {
+        let plan = Self::plan(run);
+        self.netns.extend(netns.iter().map(|n| n.inode));
+        let ebpf = self.ebpf.as_mut().context("the network object is not loaded")?;
+        if plan.directions.contains(&Direction::Egress) {
+            let program = loader::egress_program(ebpf);
+            for ns in netns {
+                self.attached
+                    .attach_egress(ebpf, program, ns, None, plan.tc, false)?;
+            }
+        }
+        let program = loader::peer_program(ebpf);
+        for p in peers {
+            let only = std::slice::from_ref(&p.ifname);
+            self.attached
+                .attach_egress(ebpf, program, &p.netns, Some(only), plan.tc, true)?;
+        }
+        if let Some(r) = &self.resender {
+            for n in netns.iter().chain(peers.iter().map(|p| &p.netns)) {
+                r.add_netns(n)?;
+            }
+        }
+        if plan.delay_path == Some(DelayPath::Fq) {
+            fq::install(&NetPlan::fq_places(netns, peers), &mut self.fq).context(
+                "delay and rate need sch_fq as the root qdisc (--delay-path userspace uses \
+                 fault's own, slower, path instead)",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn counters(&self, run: &Run) -> Option<Vec<report::RuleReport>> {
+        let ebpf = self.ebpf.as_ref()?;
+        let c = loader::live_counters(ebpf, run.plan.policy.rules.len()).ok()?;
+        Some(report::rule_reports(&self.rules, &c))
+    }
+}
+
+impl Fault for NetFault {
+    fn start(&mut self, run: &Run) -> anyhow::Result<()> {
+        self.load(run)?;
+        let resolved = &run.plan.resolved;
+        self.ids.extend(&resolved.cgroup_ids);
+        if Self::plan(run).directions.contains(&Direction::Ingress) {
+            let cgroups: Vec<_> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
+            let ebpf = self.ebpf.as_mut().context("the network object is not loaded")?;
+            self.attached.attach_cgroups(ebpf, &cgroups)?;
+        }
+        self.cover(run, &resolved.netns, &Self::plan(run).peers)
+    }
+
+    /// New cgroup ids go into TARGETS; new network namespaces get the programs (ingress
+    /// needs nothing there: cgroup programs apply to descendants by themselves).
+    fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
+        let (ids, netns) = target::scan(&run.plan.resolved.targets);
+        let new_ids: Vec<u64> = ids.into_iter().filter(|i| !self.ids.contains(i)).collect();
+        if !new_ids.is_empty() {
+            loader::add_targets(self.ebpf()?, &new_ids)?;
+            self.ids.extend(&new_ids);
+        }
+        let new_ns: Vec<Netns> = netns
+            .into_iter()
+            .filter(|n| !self.netns.contains(&n.inode))
+            .collect();
+        let plan = Self::plan(run);
+        let wanted = plan.directions.contains(&Direction::Egress) || plan.ingress_timing;
+        if !wanted || new_ns.is_empty() {
+            return Ok(());
+        }
+        // A namespace of the host's is never new, so the far ends need no check here.
+        let peers = match plan.ingress_timing {
+            true => peer::find(&new_ns)?,
+            false => Vec::new(),
+        };
+        let covered = self.cover(run, &new_ns, &peers);
+        for n in &new_ns {
+            println!(
+                "fault: a target process appeared in network namespace {}; attached there",
+                n.inode
+            );
+        }
+        covered
+    }
+
+    fn record(&self, state: &mut State) {
+        state.attachments = self.attached.records();
+        state.qdiscs = self.attached.qdisc_records();
+        state.ingress_cgroups = self.attached.cgroups();
+        state.fq = self.fq.iter().map(|f| f.record.clone()).collect();
+    }
+
+    fn banner(&self, run: &Run) -> Vec<String> {
+        let plan = Self::plan(run);
+        let policy = &run.plan.policy;
+        let mut lines = vec![format!(
+            "fault: {} active for {}: egress via {} on {} interfaces in {} network namespace(s), ingress on {} cgroup(s); Ctrl-C reverts",
+            policy.name,
+            humantime::format_duration(policy.duration),
+            plan.tc.name(),
+            self.attached.records().len(),
+            run.plan.resolved.netns.len(),
+            self.attached.cgroups().len(),
+        )];
+        let ifaces = self.attached.interfaces();
+        if !ifaces.is_empty() {
+            lines.push(format!("  interfaces: {}", ifaces.join(" ")));
+        }
+        lines.extend(plan.describe().into_iter().map(|l| format!("  {l}")));
+        lines.extend(run.plan.resolved.targets.iter().map(|t| {
+            format!(
+                "  target {} -> cgroup {} (id {})",
+                t.label,
+                t.cgroup.display(),
+                t.cgroup_id
+            )
+        }));
+        lines
+    }
+
+    fn live(&self, run: &Run) -> Vec<String> {
+        self.counters(run)
+            .map(|c| report::counter_lines(&c))
+            .unwrap_or_default()
+    }
+
+    fn stop(&mut self, run: &Run) -> (Vec<String>, Vec<String>) {
+        let mut lines = Vec::new();
+        if let Some(c) = self.counters(run) {
+            lines.push("final counters:".to_string());
+            lines.extend(report::counter_lines(&c));
+        }
+        let mut problems = std::mem::take(&mut self.attached).detach();
+        problems.extend(self.fq.iter_mut().filter_map(|f| f.take_down().err()));
+        self.fq.clear();
+        match self.resender.take().map(Resender::finish) {
+            Some(Ok(r)) => lines.push(report::resend_line(&r)),
+            Some(Err(e)) => problems.push(format!("userspace delay path: {e:#}")),
+            None => {}
+        }
+        self.ebpf = None;
+        (lines, problems)
+    }
+}

@@ -1,0 +1,214 @@
+//! fq as the root qdisc for delays (EDT), and the choice between it and the userspace path.
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use crate::{sys::netns::in_netns, target::Netns};
+
+/// A root qdisc fault replaced with fq for delays (EDT), to be given back on revert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FqRecord {
+    pub netns: Netns,
+    pub ifname: String,
+    /// What was there: always the kernel's default for the device (fault replaces nothing
+    /// else), which deleting our root qdisc brings back.
+    pub previous: String,
+}
+
+/// How delayed packets are held: by fq, or by fault in userspace where the kernel has no fq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DelayPath {
+    Fq,
+    Userspace,
+}
+
+impl DelayPath {
+    /// What `forced` says, else fq where the kernel has it (forcing one compares the two
+    /// on one kernel).
+    pub fn choose(forced: Option<DelayPath>) -> Self {
+        match forced {
+            Some(path) => path,
+            None if fq_available() => DelayPath::Fq,
+            None => DelayPath::Userspace,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            DelayPath::Fq => {
+                "departure times held by fq (the interfaces' root qdisc while the policy runs)"
+            }
+            DelayPath::Userspace => {
+                "held and sent again by fault in userspace (this kernel has no sch_fq): \
+                 each delayed packet is copied to fault and sent again, which took 40 to \
+                 200 us of CPU per packet on a 2-core VM (BENCHMARKS.md); the figures for \
+                 this run are printed at the end"
+            }
+        }
+    }
+}
+
+/// Whether this kernel has the fq qdisc: loaded, built in, or loadable.
+pub fn fq_available() -> bool {
+    if std::path::Path::new("/sys/module/sch_fq").exists() {
+        return true;
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin"));
+    if builtin.is_ok_and(|b| b.lines().any(|l| l.ends_with("/sch_fq.ko"))) {
+        return true;
+    }
+    Command::new("modprobe")
+        .args(["-q", "sch_fq"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::path::Path::new("/sys/module/sch_fq").exists()
+}
+
+/// An interface whose root qdisc fault made fq; dropping it gives the default back.
+pub struct Fq {
+    pub record: FqRecord,
+    present: bool,
+}
+
+impl Fq {
+    pub fn take_down(&mut self) -> Result<(), String> {
+        if !std::mem::take(&mut self.present) {
+            return Ok(());
+        }
+        restore(&self.record).map_err(|e| format!("restore the root qdisc: {e:#}"))
+    }
+}
+
+impl Drop for Fq {
+    fn drop(&mut self) {
+        if let Err(p) = self.take_down() {
+            eprintln!("fault: warning: {p}");
+        }
+    }
+}
+
+/// Makes fq the root qdisc of each (namespace, interface), or of every interface of the
+/// namespace for `None`, so that departure times written by the egress program are
+/// honoured. An interface already under fq is left as it is; one whose root qdisc someone
+/// configured is refused rather than overwritten. What was installed before an error is
+/// pushed to `out` (and so restored when it drops).
+pub fn install(places: &[(Netns, Option<String>)], out: &mut Vec<Fq>) -> anyhow::Result<()> {
+    for (ns, only) in places {
+        let ifaces = match only {
+            Some(name) => vec![name.clone()],
+            None => in_netns(ns, crate::sys::netns::interfaces)?,
+        };
+        for ifname in ifaces {
+            if let Some(previous) = in_netns(ns, || fq_here(&ifname))? {
+                out.push(Fq {
+                    record: FqRecord {
+                        netns: ns.clone(),
+                        ifname,
+                        previous,
+                    },
+                    present: true,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The root qdisc of `ifname` in this thread's namespace: (kind, handle).
+fn root_qdisc(ifname: &str) -> anyhow::Result<(String, String)> {
+    let out = Command::new("tc")
+        .args(["-j", "qdisc", "show", "dev", ifname, "root"])
+        .output()
+        .context("run tc")?;
+    if !out.status.success() {
+        bail!(
+            "tc qdisc show dev {ifname}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse tc -j")?;
+    let root = v
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["root"] == true).or(a.first()))
+        .with_context(|| format!("no root qdisc on {ifname}"))?;
+    Ok((
+        root["kind"].as_str().unwrap_or_default().to_string(),
+        root["handle"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
+    let (kind, handle) = root_qdisc(ifname)?;
+    if kind == "fq" {
+        return Ok(None);
+    }
+    if handle != "0:" {
+        bail!(
+            "{ifname} has a configured root qdisc ({kind} {handle}); delay needs fq there, \
+             and fault does not replace a qdisc it cannot restore exactly"
+        );
+    }
+    // fq's defaults (100 packets a flow, 10,000 in all) would cap a delayed flow at
+    // 100 packets per delay; room for 10,000 a flow lets a flow run at full speed through
+    // a 100 ms delay, as a real path's bandwidth-delay product would.
+    let out = Command::new("tc")
+        .args([
+            "qdisc",
+            "replace",
+            "dev",
+            ifname,
+            "root",
+            "fq",
+            "limit",
+            "100000",
+            "flow_limit",
+            "10000",
+        ])
+        .output()
+        .context("run tc")?;
+    if !out.status.success() {
+        bail!(
+            "install fq on {ifname} (delay needs the sch_fq qdisc): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Some(kind))
+}
+
+/// Gives interfaces a dead loader left under fq their default root qdisc back.
+pub fn restore_recorded(records: &[FqRecord]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| restore(r).err())
+        .map(|e| format!("restore the root qdisc: {e:#}"))
+        .collect()
+}
+
+fn restore(r: &FqRecord) -> anyhow::Result<()> {
+    if !r.netns.is_current() {
+        return Ok(());
+    }
+    in_netns(&r.netns, || {
+        let out = Command::new("tc")
+            .args(["qdisc", "del", "dev", &r.ifname, "root"])
+            .output()
+            .context("run tc")?;
+        if !out.status.success() {
+            bail!(
+                "tc qdisc del dev {} root: {}",
+                r.ifname,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let (kind, _) = root_qdisc(&r.ifname)?;
+        if kind != r.previous {
+            bail!("{} came back with {kind}, expected {}", r.ifname, r.previous);
+        }
+        Ok(())
+    })
+}
