@@ -14,5 +14,6 @@ pub mod report;
 pub mod resend;
 pub mod run;
 pub mod state;
+pub mod sys;
 pub mod sysfs;
 pub mod target;
