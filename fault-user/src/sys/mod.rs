@@ -3,4 +3,5 @@
 pub mod mounts;
 pub mod netns;
 pub mod proc;
+pub mod rtnl;
 pub mod time;
