@@ -51,6 +51,11 @@ fn try_exec() -> Result<(), ()> {
     if deadline != 0 && now >= deadline {
         return Ok(());
     }
+    // The loader's heartbeat (its lease on CONFIG): stale once the loader is gone, and then
+    // nobody would patch and continue the process.
+    if crate::net::expired() {
+        return Ok(());
+    }
     if !under_a_target(count) {
         return Ok(());
     }

@@ -44,6 +44,8 @@ pub struct Run {
     pub pin_dir: PathBuf,
     /// CLOCK_MONOTONIC nanoseconds at which every fault ends, whatever happens to fault.
     pub deadline_ns: u64,
+    /// The heartbeat every kind registers what it put in place with (see `crate::lease`).
+    pub lease: crate::lease::Lease,
 }
 
 /// The state file and pins of a run; dropping it removes both, so a run that fails to start
@@ -129,10 +131,12 @@ pub async fn run(run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(
         written: Vec::new(),
     };
     records.state.write().map_err(failed("write the state file"))?;
+    crate::watchdog::spawn(&records.state.name).map_err(failed("start the watchdog"))?;
     let mut kinds = kinds;
     let mut started = 0;
     let result = start_all(&run, &mut kinds, &mut started, &mut records);
     if let Err(e) = result {
+        run.lease.stop();
         let (_, problems) = stop_all(&run, &mut kinds[..started]);
         for p in problems {
             eprintln!("fault: warning: {p}");
@@ -145,6 +149,8 @@ pub async fn run(run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(
         }
     }
     let end = hold(&run, &mut kinds, &mut records, &mut signals).await;
+    // No renewal during the revert: a revert that stalls still ends within a lease.
+    run.lease.stop();
     let (lines, mut problems) = stop_all(&run, &mut kinds);
     drop(kinds);
     problems.extend(records.remove());

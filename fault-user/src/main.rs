@@ -67,6 +67,9 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Started by `fault apply`: acts when the loader dies without reverting.
+    #[command(hide = true)]
+    Watchdog { name: String, pid: u32, start: u64 },
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -111,6 +114,8 @@ fn main() -> ExitCode {
         Cmd::Check { files } => commands::check(&files),
         Cmd::Status { json } => commands::status(json),
         Cmd::Stop { name, all } => commands::stop(name.as_deref(), all),
+        Cmd::Watchdog { name, pid, start } => fault::watchdog::watch(&name, pid, start)
+            .map_err(failed("watch the loader")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

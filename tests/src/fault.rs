@@ -101,6 +101,12 @@ impl FaultApply {
         Self::start_args([OsStr::new("apply"), policy], policy_name)
     }
 
+    /// Starts `fault apply -v POLICY`: every process patched gets a line in the log.
+    pub fn start_verbose(policy: impl AsRef<Path>, policy_name: &str) -> Self {
+        let policy = policy.as_ref().as_os_str();
+        Self::start_args([OsStr::new("apply"), OsStr::new("-v"), policy], policy_name)
+    }
+
     /// Starts `fault ARGS...` (for `apply` with extra options).
     pub fn start_args<I, S>(args: I, policy_name: &str) -> Self
     where

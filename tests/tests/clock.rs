@@ -744,7 +744,7 @@ fn jitter_spreads_and_monotonic_never_goes_back() {
 }
 
 #[test]
-fn after_sigkill_the_deadline_ends_the_skew_and_stop_restores_the_bytes() {
+fn after_sigkill_the_skew_ends_within_a_second_and_stop_restores_the_bytes() {
     require_root();
     programs();
     {
@@ -753,43 +753,39 @@ fn after_sigkill_the_deadline_ends_the_skew_and_stop_restores_the_bytes() {
         let file = write_policy(&policy(
             "clock-kill",
             &cgroup,
-            "3s",
+            "60s",
             "    - name: behind\n      offset: -2s\n",
         ));
-        let before = wall_ns();
         let mut apply = FaultApply::start(file.path(), "clock-kill");
         apply.wait_ready();
-        let ready = wall_ns();
+        wait(Duration::from_millis(300));
+        let killed = wall_ns();
         // SAFETY: kill has no memory-safety preconditions; the pid is our child.
         unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
         apply.wait_exit(Duration::from_secs(5));
-        wait(Duration::from_millis(3500));
+        wait(Duration::from_millis(2000));
 
         let got: Vec<Reading> = reader
             .readings()
             .into_iter()
-            .filter(|r| r.label == "c" && r.truth > ready)
+            .filter(|r| r.label == "c" && r.truth > killed - 200 * MS)
             .collect();
         let last_skewed = got
             .iter()
             .rfind(|r| (r.skew() + 2 * SEC).abs() < 5 * MS)
-            .expect("skewed readings after SIGKILL");
+            .expect("skewed readings up to the SIGKILL");
         let first_true = got
             .iter()
             .find(|r| r.skew().abs() < 5 * MS)
-            .expect("true readings after the deadline");
+            .expect("true readings after the loader died");
         println!(
-            "deadline: last skewed reading {:.3} s and first true one {:.3} s after `fault apply` started (duration 3 s)",
-            (last_skewed.truth - before) as f64 / 1e9,
-            (first_true.truth - before) as f64 / 1e9
+            "heartbeat: last skewed reading {:.3} s and first true one {:.3} s after SIGKILL (policy 60 s)",
+            (last_skewed.truth - killed) as f64 / 1e9,
+            (first_true.truth - killed) as f64 / 1e9
         );
         assert!(
-            last_skewed.truth < ready + 3 * SEC,
-            "skewed until the deadline, not after"
-        );
-        assert!(
-            first_true.truth >= before + 3 * SEC && first_true.truth <= ready + 3 * SEC + 50 * MS,
-            "true time again at the deadline (within a 20 ms reading interval)"
+            first_true.truth <= killed + SEC + 50 * MS,
+            "true time within a second of the loader's death (and a 20 ms reading interval)"
         );
         assert!(
             got.iter()
@@ -994,7 +990,7 @@ fn a_busy_target_with_a_signal_handler_survives_100_apply_revert_cycles() {
             "    - name: behind\n      offset: -2s\n",
         ));
         for cycle in 0..100 {
-            let mut apply = FaultApply::start(file.path(), "clock-stress");
+            let mut apply = FaultApply::start_verbose(file.path(), "clock-stress");
             apply.wait_ready();
             wait(Duration::from_millis(10));
             let (exit, log) = apply.stop();
@@ -1080,7 +1076,7 @@ fn a_podman_container_reads_the_skew() {
             c.name()
         );
         let file = write_policy(&text);
-        let mut apply = FaultApply::start(file.path(), "clock-container");
+        let mut apply = FaultApply::start_verbose(file.path(), "clock-container");
         apply.wait_ready();
         let log = apply.log();
         assert!(log.contains("patched process"), "{log}");
@@ -1141,7 +1137,7 @@ fn processes_that_exec_in_the_target_are_faulted_from_their_first_read() {
             "60s",
             "    - name: ahead\n      offset: 1h\n",
         ));
-        let mut apply = FaultApply::start(file.path(), "clock-exec");
+        let mut apply = FaultApply::start_verbose(file.path(), "clock-exec");
         apply.wait_ready();
 
         // `date +%s`, started after apply: true time + 1 h, to the second.
@@ -1300,7 +1296,7 @@ fn a_sigkilled_loader_never_leaves_a_process_held_at_exec() {
             "60s",
             "    - name: behind\n      offset: -2s\n",
         ));
-        let mut apply = FaultApply::start(file.path(), "clock-held");
+        let mut apply = FaultApply::start_verbose(file.path(), "clock-held");
         apply.wait_ready();
         // Execs without pause: events flow when the loader dies.
         let mut cmd = Command::new("sh");
@@ -1321,6 +1317,17 @@ fn a_sigkilled_loader_never_leaves_a_process_held_at_exec() {
             .filter(|&(_, s)| s == 'T')
             .collect();
         println!("held when the loader died: {held:?}");
+        // The watchdog continues them, and the exec hold's lease ends: within a second,
+        // before anyone runs `fault stop`.
+        wait(Duration::from_millis(1100));
+        let stopped: Vec<(i32, char)> = states(&cgroup)
+            .into_iter()
+            .filter(|&(_, s)| s == 'T')
+            .collect();
+        assert!(
+            stopped.is_empty(),
+            "processes still stopped a second after the loader died: {stopped:?}"
+        );
 
         fault_ok(["stop", "--all"]);
         // Whatever was held goes on, and nothing is stopped again: the loop keeps exec'ing.

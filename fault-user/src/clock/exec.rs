@@ -7,8 +7,10 @@
 //! patch worked. So the new program's first clock read is already faulted.
 //!
 //! Safety: the program ends with the loader (its link is a file descriptor of the loader),
-//! and EXEC_HELD outlives it in bpffs, so `fault stop` (or the next apply of the policy)
-//! continues any process a dead loader was holding ([`release_pinned`]).
+//! and stops holding within a second of its death in any case (the lease on its CONFIG,
+//! see `crate::lease`). EXEC_HELD outlives it in bpffs, so the run's watchdog (see
+//! `crate::watchdog`), `fault stop` or the next apply of the policy continues any process a
+//! dead loader was holding ([`release_pinned`]).
 //!
 //! Side effect, documented: the exec'd process's parent may see a stop and a continue
 //! (SIGCHLD with CLD_STOPPED, CLD_CONTINUED; `waitpid` with WUNTRACED/WCONTINUED).
@@ -18,11 +20,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use aya::{
-    maps::{CgroupArray, HashMap, Map, MapData, RingBuf},
+    maps::{Array, CgroupArray, HashMap, Map, MapData, RingBuf},
     programs::{raw_trace_point::RawTracePointLink, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use fault_common::{globals, maps, progs, ExecEvent, EXEC_MAX_CGROUPS};
+use fault_common::{globals, maps, progs, Config, ExecEvent, EXEC_MAX_CGROUPS};
+
+use crate::lease::ConfigLease;
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::io::unix::AsyncFd;
 
@@ -32,6 +36,8 @@ const TRACEPOINT: &str = "sched_process_exec";
 /// A running exec hold: the program, its link and its maps.
 pub struct ExecWatch {
     link: Option<RawTracePointLink>,
+    /// The heartbeat's hold on this object's CONFIG, until the run takes it.
+    lease: Option<ConfigLease>,
     ring: AsyncFd<RingBuf<MapData>>,
     held: HashMap<MapData, u32, u64>,
     /// Keeps the program loaded (the link holds it too).
@@ -149,7 +155,9 @@ impl ExecWatch {
         let held: HashMap<MapData, u32, u64> = take(&mut ebpf, maps::EXEC_HELD)?
             .try_into()
             .map_err(step(maps::EXEC_HELD))?;
+        let lease = exec_lease(&mut ebpf, deadline_ns)?;
         Ok(ExecWatch {
+            lease: Some(lease),
             link: Some(link),
             ring,
             held,
@@ -175,6 +183,12 @@ impl ExecWatch {
         out
     }
 
+    /// The lease that keeps the hold going (see `crate::lease`): a hold whose loader died
+    /// stops holding within a lease.
+    pub fn take_lease(&mut self) -> Option<ConfigLease> {
+        self.lease.take()
+    }
+
     /// Lets a held process go.
     pub fn release(&mut self, pid: u32) {
         cont(pid);
@@ -191,6 +205,24 @@ impl ExecWatch {
         }
         pids
     }
+}
+
+/// This object's CONFIG, set to the policy's deadline: the program checks it too.
+fn exec_lease(ebpf: &mut Ebpf, deadline_ns: u64) -> Result<ConfigLease, StartError> {
+    let map = ebpf
+        .take_map(maps::CONFIG)
+        .context("map missing from the object")
+        .map_err(step(maps::CONFIG))?;
+    let mut config: Array<MapData, Config> = map.try_into().map_err(step(maps::CONFIG))?;
+    let c = Config {
+        deadline_ns,
+        ..Config::default()
+    };
+    config.set(0, c, 0).map_err(step(format!("write {}", maps::CONFIG)))?;
+    Ok(ConfigLease {
+        config,
+        deadline_ns,
+    })
 }
 
 /// Waits until the SIGSTOP sent at exec has stopped `pid` (state `T`), at most `timeout`.

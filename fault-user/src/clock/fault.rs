@@ -1,21 +1,47 @@
 //! The clock kind of fault, as the engine runs it: every process in the targets is
 //! patched, those that exec are held until they are, and all are restored at the end.
 
-use std::path::PathBuf;
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
-use super::{exec::ExecWatch, Engine};
+use super::{exec::ExecWatch, layout::Plan, patch::Shared, Engine};
 use crate::{
     engine::{Event, Fault, Run},
+    lease::{Renew, LEASE_NS},
     net::loader,
     state::State,
     sys::time::monotonic_ns,
 };
+
+/// fault's own mappings of the patched processes' clock pages, by (pid, start time), for the
+/// heartbeat to move their deadlines forward.
+type Pages = Arc<Mutex<BTreeMap<(u32, u64), Shared>>>;
 
 pub struct ClockFault {
     engine: Engine,
     watch: Option<ExecWatch>,
     /// Processes patched right after their exec, for the live view.
     at_exec: usize,
+    pages: Pages,
+}
+
+/// The heartbeat's hold on every patched process: their faults end within a lease of the
+/// loader's death, even if nobody reverts them.
+struct ClockLease {
+    plan: Plan,
+    pages: Pages,
+}
+
+impl Renew for ClockLease {
+    fn renew(&mut self, until_ns: u64) {
+        let pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        for page in pages.values() {
+            page.renew(&self.plan, until_ns as i64);
+        }
+    }
 }
 
 impl ClockFault {
@@ -24,6 +50,26 @@ impl ClockFault {
             engine: Engine::new(&run.plan.policy.clock, run.plan.policy.duration),
             watch: None,
             at_exec: 0,
+            pages: Pages::default(),
+        }
+    }
+
+    /// Brings the heartbeat's pages in line with the patched processes; a new one is
+    /// renewed at once, so it never runs on the policy's deadline alone.
+    fn sync_pages(&mut self) {
+        let records = self.engine.records();
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        pages.retain(|key, _| records.iter().any(|r| (r.pid, r.start_time) == *key));
+        let until = (monotonic_ns() + LEASE_NS) as i64;
+        for r in &records {
+            let key = (r.pid, r.start_time);
+            if pages.contains_key(&key) {
+                continue;
+            }
+            if let Ok(page) = Shared::open(r.pid, r.base) {
+                page.renew(self.engine.plan(), until);
+                pages.insert(key, page);
+            }
         }
     }
 
@@ -91,12 +137,20 @@ impl Fault for ClockFault {
     fn start(&mut self, run: &Run) -> anyhow::Result<()> {
         // Attached before the first scan, so a process that execs meanwhile is held or found.
         self.start_watch(run);
+        if let Some(lease) = self.watch.as_mut().and_then(ExecWatch::take_lease) {
+            run.lease.add(Box::new(lease));
+        }
+        run.lease.add(Box::new(ClockLease {
+            plan: self.engine.plan().clone(),
+            pages: Arc::clone(&self.pages),
+        }));
         self.follow(run)
     }
 
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
         let lines = self.engine.follow(&run.plan.resolved.targets);
         Self::tell(run, &lines);
+        self.sync_pages();
         Ok(())
     }
 
@@ -107,6 +161,7 @@ impl Fault for ClockFault {
                 None => std::future::pending().await,
             };
             self.on_exec(run, held);
+            self.sync_pages();
         })
     }
 
@@ -137,6 +192,7 @@ impl Fault for ClockFault {
 
     fn stop(&mut self, _run: &Run) -> (Vec<String>, Vec<String>) {
         let mut lines = Vec::new();
+        self.pages.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // The exec hold goes first: nothing is stopped after this, and whoever it still
         // holds goes on.
         if let Some(w) = self.watch.take() {

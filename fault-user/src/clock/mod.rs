@@ -88,6 +88,11 @@ impl Engine {
         }
     }
 
+    /// The parameters every patched process reads.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     pub fn is_active(&self) -> bool {
         !self.rules.is_empty()
     }

@@ -26,7 +26,8 @@ use std::sync::OnceLock;
 
 use super::inject::{self, comm, InjectError, Stopped};
 use super::layout::{
-    bytes_of, read_at, Entry, Header, Plan, CLOCKS_OFF, CODE_OFF, ENTRY_NAMES, MAGIC, MAP_SIZE,
+    bytes_of, now_ns, off, read_at, ClockParams, Entry, Header, Plan, CLOCKS_OFF, CODE_OFF,
+    ENTRY_NAMES, FLAG_ACTIVE, MAGIC, MAP_SIZE,
     MEMFD_NAME, PAGE, STATE_OFF, TRAMP_OFF, TRAMP_SLOT, VERSION,
 };
 use super::reloc::{self, RelocError};
@@ -189,8 +190,19 @@ impl Shared {
             clocks.extend_from_slice(bytes_of(c));
         }
         let mut header = self.header();
-        let same = header.mono_deadline_ns == plan.mono_deadline_ns
-            && self.bytes()[CLOCKS_OFF..CLOCKS_OFF + clocks.len()] == clocks[..];
+        // The deadlines are the heartbeat's (see `renew`): the same parameters with other
+        // deadlines need no rewrite.
+        let mut leased = plan.clone();
+        for (i, c) in leased.clocks.iter_mut().enumerate() {
+            let at = CLOCKS_OFF + i * size_of::<ClockParams>();
+            let now: Option<ClockParams> = read_at(self.bytes(), at);
+            c.deadline_ns = now.map_or(c.deadline_ns, |p| p.deadline_ns);
+        }
+        let mut wanted = Vec::with_capacity(clocks.len());
+        for c in &leased.clocks {
+            wanted.extend_from_slice(bytes_of(c));
+        }
+        let same = self.bytes()[CLOCKS_OFF..CLOCKS_OFF + wanted.len()] == wanted[..];
         if same && self.expired().load(std::sync::atomic::Ordering::SeqCst) == 0 {
             return;
         }
@@ -199,6 +211,31 @@ impl Shared {
         self.write(0, bytes_of(&header));
         self.write(CLOCKS_OFF, &clocks);
         self.expired().store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lets the faults act until `until_mono` (CLOCK_MONOTONIC ns) and never past the plan's
+    /// deadlines: each active clock's deadline becomes its true reading that much later.
+    /// One aligned 8-byte store per clock, which the stub reads in one load.
+    pub fn renew(&self, plan: &Plan, until_mono: i64) {
+        let ahead = until_mono - now_ns(libc::CLOCK_MONOTONIC as u32);
+        for (i, c) in plan.clocks.iter().enumerate() {
+            if c.flags & FLAG_ACTIVE == 0 {
+                continue;
+            }
+            let deadline = c.deadline_ns.min(now_ns(i as u32).saturating_add(ahead));
+            self.store_i64(CLOCKS_OFF + i * size_of::<ClockParams>() + off::DEADLINE, deadline);
+        }
+        self.store_i64(off::MONO_DEADLINE, plan.mono_deadline_ns.min(until_mono));
+    }
+
+    fn store_i64(&self, at: usize, value: i64) {
+        assert!(at.is_multiple_of(8) && at + 8 <= MAP_SIZE, "an aligned store inside the mapping");
+        // SAFETY: aligned, inside the mapping; only fault writes the parameter page, and
+        // the stub reads each deadline with one 8-byte load.
+        unsafe {
+            (*self.ptr.add(at).cast::<std::sync::atomic::AtomicI64>())
+                .store(value, std::sync::atomic::Ordering::SeqCst)
+        }
     }
 }
 

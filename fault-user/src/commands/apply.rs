@@ -9,6 +9,7 @@ use crate::{
     clock::ClockFault,
     engine::{self, Fault, Run},
     error::{failed, Error},
+    lease::Lease,
     net::NetFault,
     plan::{Options, Plan},
     state::{self, RuleInfo, State},
@@ -33,6 +34,7 @@ pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), E
     let run = Run {
         pin_dir: state::pin_dir(&plan.policy.name).map_err(failed("find bpffs"))?,
         deadline_ns: time::monotonic_ns() + plan.policy.duration.as_nanos() as u64,
+        lease: Lease::start().map_err(failed("start the heartbeat thread"))?,
         plan,
     };
     let state = new_state(&run, file);

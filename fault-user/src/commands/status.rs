@@ -31,8 +31,9 @@ struct StatusEntry<'a> {
     clock_processes: usize,
 }
 
-/// What still acts: everything while the loader runs; after its death, what outlives it
-/// (tcx and cgroup links end with its file descriptors).
+/// What still acts: everything while the loader runs. After its death nothing acts past
+/// the heartbeat's lease (a second, see `crate::lease`); what it left in place, inert, waits
+/// for `fault stop`.
 fn in_force(s: &State, alive: bool, seconds_left: i64) -> Vec<String> {
     if seconds_left == 0 {
         return vec!["nothing: the deadline has passed".into()];
@@ -46,18 +47,26 @@ fn in_force(s: &State, alive: bool, seconds_left: i64) -> Vec<String> {
         .filter(|a| matches!(a.mode, Mode::Clsact { .. }))
         .count();
     let mut out = vec![format!(
-        "ended with the loader: {} tcx link(s), ingress on {} cgroup(s)",
+        "nothing acts: the faults ended within a second of the loader's death ({} tcx \
+         link(s) and ingress on {} cgroup(s) went with it)",
         s.attachments.len() - filters,
         s.ingress_cgroups.len()
     )];
+    let mut left = Vec::new();
     if filters > 0 {
-        out.push(format!("until the deadline: {filters} clsact filter(s)"));
+        left.push(format!("{filters} clsact filter(s)"));
+    }
+    if !s.fq.is_empty() {
+        left.push(format!("fq on {} interface(s)", s.fq.len()));
     }
     if !s.clock_processes.is_empty() {
-        out.push(format!(
-            "until the deadline: clock faults in {} process(es)",
+        left.push(format!(
+            "expired clock pages in {} process(es)",
             s.clock_processes.len()
         ));
+    }
+    if !left.is_empty() {
+        out.push(format!("left in place, inert: {}", left.join(", ")));
     }
     out
 }

@@ -1,8 +1,6 @@
 //! The clsact qdisc that cls_bpf filters need on kernels without tcx: added where missing,
 //! removed again by its guard, and found again from the state file after a loader died.
 
-use std::process::Command;
-
 use anyhow::{bail, Context as _};
 use aya::programs::{
     links::Link as _,
@@ -11,7 +9,10 @@ use aya::programs::{
 use serde::{Deserialize, Serialize};
 
 use super::attach::{Mode, Record};
-use crate::{sys::netns::in_netns, target::Netns};
+use crate::{
+    sys::{netns::in_netns, rtnl},
+    target::Netns,
+};
 
 /// A clsact qdisc that fault added and so must remove.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,30 +95,14 @@ fn remove(q: &QdiscRecord) -> anyhow::Result<()> {
         return Ok(());
     }
     in_netns(&q.netns, || {
-        // A forked child runs in the namespace of the thread that forked it.
-        let busy = ["ingress", "egress"].iter().any(|hook| {
-            Command::new("tc")
-                .args(["filter", "show", "dev", &q.ifname, *hook])
-                .output()
-                .is_ok_and(|o| !o.stdout.is_empty())
-        });
-        if busy {
+        let busy = rtnl::clsact_filter_count(&q.ifname, false)?
+            + rtnl::clsact_filter_count(&q.ifname, true)?;
+        if busy > 0 {
             bail!(
                 "clsact on {} still has filters of others; left in place",
                 q.ifname
             );
         }
-        let out = Command::new("tc")
-            .args(["qdisc", "del", "dev", &q.ifname, "clsact"])
-            .output()
-            .context("run tc")?;
-        if !out.status.success() {
-            bail!(
-                "tc qdisc del dev {} clsact: {}",
-                q.ifname,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        Ok(rtnl::delete_clsact(&q.ifname)?)
     })
 }

@@ -62,6 +62,7 @@ impl NetFault {
             peer: plan.ingress_timing,
         })?;
         loader::pin(&ebpf, &run.pin_dir)?;
+        run.lease.add(Box::new(loader::config_lease(&run.pin_dir, run.deadline_ns)?));
         self.ebpf = Some(ebpf);
         if resend {
             // Ready, with its sockets, before the program hands it anything.
@@ -87,7 +88,7 @@ impl NetFault {
             let program = loader::egress_program(ebpf);
             for ns in netns {
                 self.attached
-                    .attach_egress(ebpf, program, ns, None, plan.tc, false)?;
+                    .attach_egress(ebpf, program, ns, None, plan.tc, plan.loopback)?;
             }
         }
         let program = loader::peer_program(ebpf);

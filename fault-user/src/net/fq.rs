@@ -5,7 +5,10 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{sys::netns::in_netns, target::Netns};
+use crate::{
+    sys::{netns::in_netns, rtnl},
+    target::Netns,
+};
 
 /// A root qdisc fault replaced with fq for delays (EDT), to be given back on revert.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,27 +122,10 @@ pub fn install(places: &[(Netns, Option<String>)], out: &mut Vec<Fq>) -> anyhow:
     Ok(())
 }
 
-/// The root qdisc of `ifname` in this thread's namespace: (kind, handle).
-fn root_qdisc(ifname: &str) -> anyhow::Result<(String, String)> {
-    let out = Command::new("tc")
-        .args(["-j", "qdisc", "show", "dev", ifname, "root"])
-        .output()
-        .context("run tc")?;
-    if !out.status.success() {
-        bail!(
-            "tc qdisc show dev {ifname}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse tc -j")?;
-    let root = v
-        .as_array()
-        .and_then(|a| a.iter().find(|q| q["root"] == true).or(a.first()))
-        .with_context(|| format!("no root qdisc on {ifname}"))?;
-    Ok((
-        root["kind"].as_str().unwrap_or_default().to_string(),
-        root["handle"].as_str().unwrap_or_default().to_string(),
-    ))
+/// The root qdisc of `ifname` in this thread's namespace: (kind, handle). A device that is
+/// down lists none, which is its default too: kind "".
+fn root_qdisc(ifname: &str) -> anyhow::Result<(String, u32)> {
+    Ok(rtnl::root_qdisc(ifname)?.map_or((String::new(), 0), |q| (q.kind, q.handle)))
 }
 
 fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
@@ -147,36 +133,18 @@ fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
     if kind == "fq" {
         return Ok(None);
     }
-    if handle != "0:" {
+    if handle != 0 {
         bail!(
-            "{ifname} has a configured root qdisc ({kind} {handle}); delay needs fq there, \
-             and fault does not replace a qdisc it cannot restore exactly"
+            "{ifname} has a configured root qdisc ({kind} {:x}:); delay needs fq there, \
+             and fault does not replace a qdisc it cannot restore exactly",
+            handle >> 16
         );
     }
     // fq's defaults (100 packets a flow, 10,000 in all) would cap a delayed flow at
     // 100 packets per delay; room for 10,000 a flow lets a flow run at full speed through
     // a 100 ms delay, as a real path's bandwidth-delay product would.
-    let out = Command::new("tc")
-        .args([
-            "qdisc",
-            "replace",
-            "dev",
-            ifname,
-            "root",
-            "fq",
-            "limit",
-            "100000",
-            "flow_limit",
-            "10000",
-        ])
-        .output()
-        .context("run tc")?;
-    if !out.status.success() {
-        bail!(
-            "install fq on {ifname} (delay needs the sch_fq qdisc): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    rtnl::replace_root_fq(ifname, 100_000, 10_000)
+        .with_context(|| format!("install fq on {ifname} (delay needs the sch_fq qdisc)"))?;
     Ok(Some(kind))
 }
 
@@ -194,17 +162,7 @@ fn restore(r: &FqRecord) -> anyhow::Result<()> {
         return Ok(());
     }
     in_netns(&r.netns, || {
-        let out = Command::new("tc")
-            .args(["qdisc", "del", "dev", &r.ifname, "root"])
-            .output()
-            .context("run tc")?;
-        if !out.status.success() {
-            bail!(
-                "tc qdisc del dev {} root: {}",
-                r.ifname,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        rtnl::delete_root_qdisc(&r.ifname)?;
         let (kind, _) = root_qdisc(&r.ifname)?;
         if kind != r.previous {
             bail!("{} came back with {kind}, expected {}", r.ifname, r.previous);

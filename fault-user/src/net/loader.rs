@@ -230,6 +230,16 @@ pub fn pinned_counters(dir: &Path, rules: usize) -> anyhow::Result<Vec<RuleCount
     counters(&Map::PerCpuArray(data), rules)
 }
 
+/// The heartbeat's hold on a policy's pinned CONFIG (see `crate::lease`).
+pub fn config_lease(dir: &Path, deadline_ns: u64) -> anyhow::Result<crate::lease::ConfigLease> {
+    let data = MapData::from_pin(dir.join(maps::CONFIG))
+        .with_context(|| format!("open {}", dir.join(maps::CONFIG).display()))?;
+    Ok(crate::lease::ConfigLease {
+        config: Array::try_from(Map::Array(data))?,
+        deadline_ns,
+    })
+}
+
 /// Ends a policy's injection now through its pinned CONFIG, whatever holds its programs.
 pub fn expire_pinned(dir: &Path) -> anyhow::Result<()> {
     let data = MapData::from_pin(dir.join(maps::CONFIG))

@@ -1,0 +1,282 @@
+//! The engine's promises, whatever the fault kind: the dry run checks what apply checks,
+//! every signal that ends a run reverts it, runs follow their targets for every kind of
+//! rule, a remembered pid is checked against its start time, and the live view counts
+//! rather than floods.
+
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use fault_tests::{
+    anchor, assert_no_leftovers, fault, hosts, probe, probe_json, require_root, run_in,
+    spawn_in, write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
+};
+
+fn policy(name: &str, cgroup: &Cgroup, section: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+         duration: 2m\n  targets:\n    - cgroup: {}\n{section}",
+        cgroup.path().display()
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_dry_run_refuses_what_apply_refuses() {
+    require_root();
+    {
+        // A target in the host's namespace cannot have ingress delay.
+        let target = Cgroup::new("dryrefuse");
+        let mut sleep = Command::new("sleep");
+        sleep.arg("600");
+        let _anchor = spawn_in(Some(&target), None, sleep);
+        let file = write_policy(&policy(
+            "t-dryrefuse",
+            &target,
+            "  network:\n    - direction: ingress\n      delay: {latency: 50ms}\n",
+        ));
+        for args in [&["apply", "--dry-run"][..], &["apply"][..]] {
+            let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            all.push(file.path().as_os_str());
+            let out = fault(all);
+            let said = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+            assert!(
+                said.contains("network namespace of its own")
+                    && said.contains(&*file.path().to_string_lossy()),
+                "{args:?} names the file and the reason: {said}"
+            );
+        }
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn sighup_reverts_like_sigterm() {
+    require_root();
+    {
+        let h = hosts("hup", "10.79", 3);
+        let target = Cgroup::new("hup");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-hup",
+            &target,
+            "  network:\n    - direction: egress\n      match: {protocol: udp}\n      \
+             drop: {probability: 100%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-hup");
+        apply.wait_ready();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGHUP) };
+        let status = apply.wait_exit(Duration::from_secs(10));
+        let log = apply.log();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(log.contains("reverted (hung up)"), "{log}");
+        assert!(!apply.state_file().exists(), "state file removed: {log}");
+    }
+    assert_no_leftovers();
+}
+
+/// UDP echo round trips from (`cgroup`, `h.a`) to an echo server on `h.b`: the median, ms.
+fn rtt_ms(h: &Hosts, cgroup: &Cgroup, port: u16) -> f64 {
+    let mut echo = spawn_in(
+        None,
+        Some(&h.b),
+        probe(&["echo", "--bind", &format!("0.0.0.0:{port}")]),
+    );
+    echo.wait_listening(port);
+    let got = probe_json(&run_in(
+        Some(cgroup),
+        Some(&h.a),
+        probe(&[
+            "ping",
+            "--to",
+            &format!("{}:{port}", h.veth.ip_b()),
+            "--count",
+            "20",
+            "--interval-us",
+            "5000",
+        ]),
+        Duration::from_secs(60),
+    ));
+    got["p50_us"].as_f64().expect("p50_us") / 1000.0
+}
+
+#[test]
+fn ingress_delay_alone_follows_a_target_into_a_new_namespace() {
+    require_root();
+    {
+        let first = hosts("infollow1", "10.79", 5);
+        let target = Cgroup::new("infollow");
+        let _anchor = anchor(&target, &first.a);
+        let file = write_policy(&policy(
+            "t-infollow",
+            &target,
+            "  network:\n    - direction: ingress\n      match: {protocol: udp}\n      \
+             delay: {latency: 50ms}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-infollow");
+        apply.wait_ready();
+        // The target starts a process in a namespace of its own after apply.
+        let later = hosts("infollow2", "10.79", 6);
+        let _late = anchor(&target, &later.a);
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !apply.log().contains("appeared in network namespace") {
+            assert!(
+                std::time::Instant::now() < until,
+                "the new namespace was not followed: {}",
+                apply.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rtt = rtt_ms(&later, &target, 9361);
+        assert!(
+            rtt >= 49.0,
+            "replies entering the new namespace are delayed: p50 {rtt:.2} ms"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// Ring buffers among the BPF maps `pid` holds: their max_entries (bytes), from fdinfo.
+fn ring_sizes(pid: u32) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        // BPF_MAP_TYPE_RINGBUF is 27.
+        if field("map_type:").as_deref() == Some("27") {
+            sizes.extend(field("max_entries:").and_then(|v| v.parse::<u64>().ok()));
+        }
+    }
+    sizes
+}
+
+#[test]
+fn a_clock_only_policy_holds_no_packet_ring() {
+    require_root();
+    {
+        let target = Cgroup::new("clockring");
+        let mut sleep = Command::new("sleep");
+        sleep.arg("600");
+        let _anchor = spawn_in(Some(&target), None, sleep);
+        let file = write_policy(&policy(
+            "t-clockring",
+            &target,
+            "  clock:\n    - offset: 2s\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-clockring");
+        apply.wait_ready();
+        let rings = ring_sizes(apply.pid());
+        assert!(!rings.is_empty(), "the exec hold's event ring is there");
+        assert!(
+            rings.iter().all(|&bytes| bytes <= 1 << 20),
+            "no ring above 1 MiB: {rings:?}"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn a_process_that_got_a_dead_loaders_pid_is_not_the_loader() {
+    require_root();
+    // Named like the old check's mistake: argv[0] ending in "fault".
+    let mut sleep = Command::new("sleep");
+    sleep.arg0("default").arg("600");
+    let mut other = spawn_in(None, None, sleep);
+    let name = "t-reused-pid";
+    let path = std::path::Path::new(STATE_DIR).join(format!("{name}.json"));
+    let record = serde_json::json!({
+        "name": name, "file": "/nonexistent.yaml", "pid": other.pid(),
+        "pid_start": 1, "started_unix": 0, "deadline_unix": 0, "rules": [],
+        "targets": [], "cgroup_ids": [], "tc_mode": "tcx", "attachments": [], "qdiscs": [],
+    });
+    std::fs::create_dir_all(STATE_DIR).unwrap();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let status = fault(["status", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let stop = fault(["stop", name]);
+    let alive = other.try_wait().is_none();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(shown[0]["loader_alive"], false, "{shown}");
+    assert!(stop.status.success(), "{}", text(&stop));
+    assert!(alive, "fault stop signalled a process that is not its loader");
+    assert!(!path.exists());
+    assert_no_leftovers();
+}
+
+#[test]
+fn processes_patched_at_exec_are_counted_and_detailed_only_with_verbose() {
+    require_root();
+    {
+        let target = Cgroup::new("execcount");
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "sleep 1; for i in $(seq 20); do /bin/true; done; sleep 600"]);
+        let _loop = spawn_in(Some(&target), None, sh);
+        let file = write_policy(&policy(
+            "t-execcount",
+            &target,
+            "  clock:\n    - offset: 2s\n",
+        ));
+        let mut apply = FaultApply::start_args(
+            ["apply", "--interval", "300ms", &*file.path().to_string_lossy()],
+            "t-execcount",
+        );
+        apply.wait_ready();
+        std::thread::sleep(Duration::from_secs(3));
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            !log.contains("patched process"),
+            "no line per exec'd process without -v: {log}"
+        );
+        let counted = log
+            .lines()
+            .filter_map(|l| l.split_once(" at exec)").map(|(head, _)| head))
+            .filter_map(|head| head.rsplit('(').next()?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        assert!(counted >= 20, "the live view counts the execs: {log}");
+    }
+    assert_no_leftovers();
+}
+
+#[test]
+fn usage_errors_exit_2_and_apply_nothing() {
+    require_root();
+    let help = fault(["--help"]);
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("clock"),
+        "--help names clock faults too"
+    );
+    let target = Cgroup::new("usage");
+    let file = write_policy(&policy(
+        "t-usage",
+        &target,
+        "  network:\n    - direction: egress\n      drop: {probability: 1%}\n",
+    ));
+    let out = fault([
+        "apply".as_ref(),
+        "--interval".as_ref(),
+        "0s".as_ref(),
+        file.path().as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    drop(target);
+    assert_no_leftovers();
+}
