@@ -49,6 +49,9 @@ pub mod maps {
     /// `Array<u64>` with one entry: CLOCK_MONOTONIC ns of the resender's last sign of life.
     /// A packet is only handed over while that is recent, so a dead loader holds nothing.
     pub const RESEND_ALIVE: &str = "RESEND_ALIVE";
+    /// `PerCpuArray<u32>`, one slot: 1 while the egress program sends its own copy of a
+    /// packet (a duplicate, or a delayed packet's orphaned copy), so the copy is let through.
+    pub const OWN_COPY: &str = "OWN_COPY";
 }
 
 /// Load-time globals of the exec program (`EbpfLoader::set_global`).
@@ -300,10 +303,6 @@ pub const RESEND_MAX_LEN: u32 = 65536 + 256;
 pub const RESEND_SLOT_SIZE: usize = core::mem::size_of::<ResendHeader>() + RESEND_MAX_LEN as usize;
 /// How long the resender may stay silent before the program stops handing it packets.
 pub const RESEND_STALE_NS: u64 = 1_000_000_000;
-
-/// `skb->cb` words that mark a copy of a packet the program itself sent (a duplicate, or a
-/// delayed packet's orphaned copy), so it is let through when it comes round again.
-pub const OWN_COPY_CB: [u32; 2] = [0xfa17_c0b1, 0x5e1f_0d0e];
 
 #[cfg(feature = "user")]
 mod pod {

@@ -15,6 +15,9 @@ use aya::Ebpf;
 use fault::loader::{self, Tables};
 use fault::policy;
 use fault_common::{progs, RuleCounters};
+
+/// The `skb->cb` words fault once used to mark its own copies (before the OWN_COPY map).
+const OLD_OWN_COPY_CB: [u32; 2] = [0xfa17_c0b1, 0x5e1f_0d0e];
 use support::packet::{frame, Frame, L4};
 use support::{in_private_net, skip, test_run, unavailable, PrivateNet, SkbCtx};
 
@@ -208,10 +211,12 @@ fn check_matches(
     });
 }
 
-fn match_table() -> Vec<(&'static str, Vec<(&'static str, Frame, Frame, Verdict)>)> {
+/// One packet of a match table: (name, egress frame, ingress frame, verdict).
+type BothWays = (&'static str, Frame, Frame, Verdict);
+
+fn match_table() -> Vec<(&'static str, Vec<BothWays>)> {
     use Verdict::{Drop, Pass};
-    // (name, egress frame, ingress frame, verdict), the peer address and port being the same
-    // in both directions.
+    // The peer's address and port are the same in both directions.
     let both = |name, peer: &str, l4_out: L4, l4_in: L4, v| {
         (name, out_to(peer, l4_out), in_from(peer, l4_in), v)
     };
@@ -543,5 +548,29 @@ fn untargeted_cgroups_and_expired_policies_pass_untouched() {
             Verdict::Pass,
             "ingress after the deadline"
         );
+    });
+}
+
+/// Whatever `skb->cb` holds when a packet reaches the program, the packet is judged: the
+/// words fault once used to mark its own copies included.
+#[test]
+fn control_buffer_contents_do_not_exempt_a_packet() {
+    require_root!();
+    in_private_net(|net| {
+        let l = Loaded::targeted("    - direction: egress\n      drop: {probability: 100%}\n");
+        let f = out_to("10.2.0.2", L4::Icmp);
+        let cbs = [
+            [0; 5],
+            [OLD_OWN_COPY_CB[0], OLD_OWN_COPY_CB[1], 0, 0, 0],
+            [u32::MAX; 5],
+        ];
+        for cb in cbs {
+            let run = l.run(
+                progs::TC_EGRESS,
+                &f.bytes,
+                &SkbCtx::new().ifindex(net.veth).cb(cb),
+            );
+            assert_eq!(tc_verdict(&run, "cb"), Verdict::Drop, "cb {cb:x?}");
+        }
     });
 }
