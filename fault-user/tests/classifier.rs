@@ -574,3 +574,71 @@ fn control_buffer_contents_do_not_exempt_a_packet() {
         }
     });
 }
+
+/// Test-run puts a packet on loopback unless the context names another device.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+#[test]
+fn loopback_is_left_alone_unless_the_rule_asks_for_it() {
+    require_root!();
+    in_private_net(|net| {
+        let mut wrong = Vec::new();
+        for (extra, on_lo) in [("", Verdict::Pass), (", loopback: true", Verdict::Drop)] {
+            for direction in ["egress", "ingress"] {
+                let l = Loaded::targeted(&format!(
+                    "    - direction: {direction}\n      match: {{protocol: udp{extra}}}\n      \
+                     drop: {{probability: 100%}}\n"
+                ));
+                for (me, port) in [("127.0.0.1", 53), ("::1", 53), (ME4, 53)] {
+                    let f = frame(me, me, udp(40000, port), PAYLOAD);
+                    for (device, ifindex, expected) in [
+                        ("lo", LOOPBACK_IFINDEX, on_lo),
+                        ("veth", net.veth, Verdict::Drop),
+                    ] {
+                        let what = format!("{direction} {me} on {device}, match {{udp{extra}}}");
+                        let ctx = SkbCtx::new().ifindex(ifindex);
+                        let got = match direction {
+                            "egress" => tc_verdict(&l.run(progs::TC_EGRESS, &f.bytes, &ctx), &what),
+                            _ => cg_verdict(&l.run(progs::CGROUP_INGRESS, &f.bytes, &ctx), &what),
+                        };
+                        if got != expected {
+                            wrong.push(format!("{what}: expected {expected:?}, got {got:?}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    });
+}
+
+/// A rule without loopback that comes first does not hide a later one with it: packets on
+/// `lo` are looked up among loopback rules only.
+#[test]
+fn on_loopback_the_first_loopback_rule_wins() {
+    require_root!();
+    in_private_net(|net| {
+        let l = Loaded::targeted(
+            "    - direction: egress\n      match: {protocol: udp}\n      \
+             drop: {probability: 0%}\n    \
+             - direction: egress\n      match: {loopback: true}\n      \
+             drop: {probability: 100%}\n",
+        );
+        let f = frame("127.0.0.1", "127.0.0.1", udp(40000, 53), PAYLOAD);
+        let lo = SkbCtx::new().ifindex(LOOPBACK_IFINDEX);
+        let run = l.run(progs::TC_EGRESS, &f.bytes, &lo);
+        assert_eq!(
+            tc_verdict(&run, "lo"),
+            Verdict::Drop,
+            "on lo rule 1 applies"
+        );
+        let run = l.egress(net, &out_to("10.2.0.2", udp(40000, 53)));
+        assert_eq!(
+            tc_verdict(&run, "veth"),
+            Verdict::Pass,
+            "elsewhere rule 0 does"
+        );
+        let seen: Vec<u64> = l.counters().iter().map(|c| c.seen).collect();
+        assert_eq!(seen, [1, 1], "one packet for each rule");
+    });
+}

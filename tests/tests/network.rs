@@ -804,3 +804,47 @@ fn full_egress_drop_covers_a_target_that_first_appears_in_a_fresh_namespace() {
     }
     assert_no_leftovers();
 }
+
+/// A rule leaves the target's traffic on `lo` alone unless it says `loopback: true`.
+#[test]
+fn loopback_traffic_is_faulted_only_when_a_rule_asks() {
+    require_root();
+    for (name, matches, delivered) in [
+        ("t-lo-off", "{}", true),
+        ("t-lo-on", "{loopback: true}", false),
+    ] {
+        {
+            let h = hosts("lo", "10.77", 32);
+            let target = Cgroup::new("lo");
+            let _anchor = anchor(&target, &h.a);
+            let file = write_policy(&policy(
+                name,
+                &target,
+                "2m",
+                &format!(
+                    "    - direction: egress\n      match: {matches}\n      \
+                     drop: {{probability: 100%}}\n"
+                ),
+            ));
+            let mut apply = FaultApply::start(file.path(), name);
+            apply.wait_ready();
+            let replies = ping_replies(Some(&target), &h.a, "127.0.0.1", 5);
+            let expected: &[u32] = if delivered { &[1, 2, 3, 4, 5] } else { &[] };
+            assert_eq!(replies, expected, "match {matches}: ping 127.0.0.1");
+            let (sent, got) = udp(Some(&target), &h.a, &h.a, None, "127.0.0.1:8501", 1000);
+            assert_eq!(sent["errors"], 0, "{sent}");
+            let expected = if delivered { 1000 } else { 0 };
+            assert_eq!(
+                got["unique"], expected,
+                "match {matches}: udp to 127.0.0.1: {got}"
+            );
+            // The veth is faulted either way.
+            let to = format!("{}:8502", h.veth.ip_b());
+            let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
+            assert_eq!(got["unique"], 0, "match {matches}: udp to the peer: {got}");
+            let (status, log) = apply.stop();
+            assert!(status.success(), "{log}");
+        }
+        assert_no_leftovers();
+    }
+}
