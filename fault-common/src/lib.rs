@@ -49,6 +49,9 @@ pub mod maps {
     /// `Array<u64>` with one entry: CLOCK_MONOTONIC ns of the resender's last sign of life.
     /// A packet is only handed over while that is recent, so a dead loader holds nothing.
     pub const RESEND_ALIVE: &str = "RESEND_ALIVE";
+    /// `PerCpuArray<u32>`, one slot: 1 while the egress program sends its own copy of a
+    /// packet (a duplicate, or a delayed packet's orphaned copy), so the copy is let through.
+    pub const OWN_COPY: &str = "OWN_COPY";
 }
 
 /// Load-time globals of the exec program (`EbpfLoader::set_global`).
@@ -101,7 +104,8 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// Bits of the LPM key before the peer address: dir, proto, port (2), family, pad (3).
+/// Bits of the LPM key before the peer address: dir, proto, port (2), family, loopback,
+/// pad (2).
 pub const RULE_KEY_FIXED_BITS: u32 = 64;
 
 /// The data part of an LPM key (the trie adds the prefix length in front).
@@ -115,7 +119,10 @@ pub struct RuleKey {
     /// Peer port in network byte order; 0 when the rule names no port.
     pub port: [u8; 2],
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// 1 in the entries of rules that apply on the loopback device too, and in the lookups of
+    /// packets on it: a packet on `lo` finds only those rules.
+    pub loopback: u8,
+    pub _pad: [u8; 2],
     /// Peer address; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
@@ -255,6 +262,14 @@ pub fn wild_bit(dir: u8, proto: u8) -> u32 {
     1 << (class + if dir == DIR_INGRESS { 4 } else { 0 })
 }
 
+/// [`Config::wild`] bit: some rule applies on the loopback device. Without it a packet on `lo`
+/// is let through before any lookup.
+pub const WILD_LOOPBACK: u32 = 1 << 8;
+
+/// The loopback device's ifindex, the same in every network namespace (`LOOPBACK_IFINDEX` in
+/// include/net/flow.h).
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 /// Policy-wide settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -263,7 +278,7 @@ pub struct Config {
     pub deadline_ns: u64,
     /// Number of rules in use (for bounds).
     pub rule_count: u32,
-    /// [`wild_bit`]s of the trie's port-less entries.
+    /// [`wild_bit`]s of the trie's port-less entries, and [`WILD_LOOPBACK`].
     pub wild: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
@@ -300,10 +315,6 @@ pub const RESEND_MAX_LEN: u32 = 65536 + 256;
 pub const RESEND_SLOT_SIZE: usize = core::mem::size_of::<ResendHeader>() + RESEND_MAX_LEN as usize;
 /// How long the resender may stay silent before the program stops handing it packets.
 pub const RESEND_STALE_NS: u64 = 1_000_000_000;
-
-/// `skb->cb` words that mark a copy of a packet the program itself sent (a duplicate, or a
-/// delayed packet's orphaned copy), so it is let through when it comes round again.
-pub const OWN_COPY_CB: [u32; 2] = [0xfa17_c0b1, 0x5e1f_0d0e];
 
 #[cfg(feature = "user")]
 mod pod {

@@ -26,11 +26,20 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     if net::expired() {
         return Ok(PASS);
     }
-    let protocol = unsafe { (*ctx.skb.skb).protocol };
+    // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
+    let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ifindex) };
     // cgroup_skb sees the packet from its network header on.
     let pkt = net::parse(&ctx.skb, 0, protocol).ok_or(PASS)?;
-    let index =
-        net::find_rule(DIR_INGRESS, pkt.family, pkt.proto, pkt.sport, &pkt.saddr).ok_or(PASS)?;
+    // On the loopback device this is the device the packet came in on (skb->dev).
+    let index = net::find_rule(
+        DIR_INGRESS,
+        pkt.family,
+        pkt.proto,
+        pkt.sport,
+        &pkt.saddr,
+        ifindex,
+    )
+    .ok_or(PASS)?;
     let (rule, counters, state) = net::rule_slots(index).ok_or(PASS)?;
     counters.seen += 1;
     if net::should_drop(rule, state) {

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use fault_common::{
     port_bit, wild_bit, Config, NetRule, RuleCounters, RuleKey, RuleState, DROP_BERNOULLI,
-    DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, PORT_BITS_WORDS, PROTO_ANY, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_KEY_FIXED_BITS,
+    DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, LOOPBACK_IFINDEX, PORT_BITS_WORDS, PROTO_ANY,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_KEY_FIXED_BITS, WILD_LOOPBACK,
 };
 
 // Sizes here are defaults; the loader sets each map's real size before loading.
@@ -121,9 +121,21 @@ pub fn parse(skb: &SkBuff, l3: usize, skb_protocol: u32) -> Option<Packet> {
 /// port, the protocol with any port, and any protocol. The loader stores in every trie entry
 /// the lowest index among all rules covering that prefix, so a longest-prefix hit is enough.
 /// A lookup that no rule could answer is skipped: PORT_BITS and `Config::wild` say which.
+/// A packet on the loopback device (`ifindex`) finds only rules that ask for loopback.
 #[inline(always)]
-pub fn find_rule(dir: u8, family: u8, proto: u8, port: [u8; 2], addr: &[u8; 16]) -> Option<u32> {
+pub fn find_rule(
+    dir: u8,
+    family: u8,
+    proto: u8,
+    port: [u8; 2],
+    addr: &[u8; 16],
+    ifindex: u32,
+) -> Option<u32> {
     let wild = CONFIG.get(0)?.wild;
+    let loopback = ifindex == LOOPBACK_IFINDEX;
+    if loopback && wild & WILD_LOOPBACK == 0 {
+        return None;
+    }
     let by_port = match port_bit(dir, proto, u16::from_be_bytes(port)) {
         Some((word, bit)) if u16::from_ne_bytes(port) != 0 => {
             PORT_BITS.get(word).is_some_and(|w| w & bit != 0)
@@ -143,7 +155,8 @@ pub fn find_rule(dir: u8, family: u8, proto: u8, port: [u8; 2], addr: &[u8; 16])
             proto,
             port,
             family,
-            _pad: [0; 3],
+            loopback: loopback as u8,
+            _pad: [0; 2],
             addr: *addr,
         },
     );

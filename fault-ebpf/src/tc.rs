@@ -8,12 +8,12 @@
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM},
     helpers::{bpf_get_prandom_u32, bpf_redirect, bpf_skb_cgroup_id},
-    macros::classifier,
+    macros::{classifier, map},
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use fault_common::{
-    NetRule, RuleCounters, RuleState, CSUM_FIX, DIR_EGRESS, DIR_INGRESS, OWN_COPY_CB, PROTO_TCP,
-    PROTO_UDP,
+    NetRule, RuleCounters, RuleState, CSUM_FIX, DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -21,6 +21,11 @@ use crate::{
     net::{self, Packet, ETH_P_IP, ETH_P_IPV6, TARGETS},
     resend,
 };
+
+/// Per CPU, 1 while `send_copy` is inside `bpf_clone_redirect`: the copy goes through this
+/// program again before the helper returns, and this is how it is recognised.
+#[map]
+static OWN_COPY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Hand the packet on unchanged (see the module comment).
 const TC_NEXT: i32 = -1;
@@ -65,36 +70,37 @@ pub fn fault_tc_peer_rs(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     let skb = unsafe { &mut *ctx.skb.skb };
-    if own_copy(skb) || (RESEND && resend::from_packet_socket(skb)) || net::expired() {
+    if own_copy() || (RESEND && resend::from_packet_socket(skb)) || net::expired() {
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
     // Seen from the target: the peer is the source.
-    let index =
-        net::find_rule(DIR_INGRESS, pkt.family, pkt.proto, pkt.sport, &pkt.saddr).ok_or(TC_NEXT)?;
+    let index = net::find_rule(
+        DIR_INGRESS,
+        pkt.family,
+        pkt.proto,
+        pkt.sport,
+        &pkt.saddr,
+        skb.ifindex,
+    )
+    .ok_or(TC_NEXT)?;
     let (rule, counters, state) = net::rule_slots(index).ok_or(TC_NEXT)?;
     Ok(schedule::<RESEND>(ctx, index, rule, counters, state, &pkt))
 }
 
-/// Whether this is our own copy coming round again (see `send_copy`); if so it is let go,
-/// and the marker is wiped.
+/// Whether this is our own copy coming round again (see `send_copy`).
 #[inline(always)]
-fn own_copy(skb: &mut aya_ebpf::bindings::__sk_buff) -> bool {
-    if skb.cb[0] == OWN_COPY_CB[0] && skb.cb[1] == OWN_COPY_CB[1] {
-        skb.cb[0] = 0;
-        skb.cb[1] = 0;
-        return true;
-    }
-    false
+fn own_copy() -> bool {
+    OWN_COPY.get(0).is_some_and(|sending| *sending != 0)
 }
 
 #[inline(always)]
 fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
-    // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
-    let skb = unsafe { &mut *ctx.skb.skb };
-    if own_copy(skb) {
+    if own_copy() {
         return Ok(TC_NEXT);
     }
+    // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
+    let skb = unsafe { &mut *ctx.skb.skb };
     // Cheapest test first: is the sending socket in a target cgroup at all?
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     if unsafe { TARGETS.get(cgroup) }.is_none() || net::expired() {
@@ -105,8 +111,15 @@ fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
-    let index =
-        net::find_rule(DIR_EGRESS, pkt.family, pkt.proto, pkt.dport, &pkt.daddr).ok_or(TC_NEXT)?;
+    let index = net::find_rule(
+        DIR_EGRESS,
+        pkt.family,
+        pkt.proto,
+        pkt.dport,
+        &pkt.daddr,
+        skb.ifindex,
+    )
+    .ok_or(TC_NEXT)?;
     Ok(apply::<RESEND>(ctx, index, &pkt))
 }
 
@@ -207,19 +220,24 @@ fn schedule<const RESEND: bool>(
 }
 
 /// Sends a clone of the packet out of the same interface. The clone goes through this program
-/// again, marked in `skb->cb` (which a clone inherits) so that it is let through; the
-/// original's `cb` is given back, and its mark is never touched.
+/// again, and must be let through: `bpf_clone_redirect` to an egress transmits it at once, on
+/// this CPU, before it returns (`__bpf_tx_skb` calls `dev_queue_xmit`, whose egress hook runs
+/// the program; softirqs stay off throughout, so no other packet can come in between):
+/// https://elixir.bootlin.com/linux/v6.6/source/net/core/filter.c (`__bpf_tx_skb`)
+/// So a per-CPU flag raised around the call marks exactly the clone. Nothing in the packet is
+/// used as a marker: a packet that waited in a queue (the neighbour's, while ARP or ND
+/// resolves) arrives with whatever the layers above left in `skb->cb`, and any marker there
+/// could be matched by chance or inherited by a later clone of the original.
 #[inline(always)]
 fn send_copy(ctx: &TcContext) -> bool {
-    let skb = unsafe { &mut *ctx.skb.skb };
-    let saved = [skb.cb[0], skb.cb[1]];
-    skb.cb[0] = OWN_COPY_CB[0];
-    skb.cb[1] = OWN_COPY_CB[1];
-    let ifindex = skb.ifindex;
+    let Some(sending) = OWN_COPY.get_ptr_mut(0) else {
+        return false;
+    };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a per-CPU slot, and a BPF program is not preempted on its CPU.
+    unsafe { *sending = 1 };
     let ok = ctx.clone_redirect(ifindex, 0).is_ok();
-    let skb = unsafe { &mut *ctx.skb.skb };
-    skb.cb[0] = saved[0];
-    skb.cb[1] = saved[1];
+    unsafe { *sending = 0 };
     ok
 }
 

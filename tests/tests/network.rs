@@ -667,3 +667,180 @@ fn ipv6_peers_are_matched_by_cidr() {
     }
     assert_no_leftovers();
 }
+
+/// `ping -c <count>` from (`cgroup`, `ns`) to `to`: the icmp_seq of every reply.
+fn ping_replies(cgroup: Option<&Cgroup>, ns: &Netns, to: &str, count: u32) -> Vec<u32> {
+    let mut ping = std::process::Command::new("ping");
+    ping.args(["-n", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = run_in(cgroup, Some(ns), ping, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Whether a TCP connection from (`cgroup`, `from`) to a listener at `to` in `dest` opens
+/// within 2 s.
+fn tcp_connects(cgroup: Option<&Cgroup>, from: &Netns, dest: &Netns, to: &str) -> bool {
+    let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
+    let bind = if to.starts_with('[') {
+        format!("[::]:{port}")
+    } else {
+        format!("0.0.0.0:{port}")
+    };
+    let mut server = spawn_in(
+        None,
+        Some(dest),
+        probe(&["tcp-recv", "--bind", &bind, "--timeout-ms", "3000"]),
+    );
+    server.wait_listening(port);
+    let sent = probe_json(&run_in(
+        cgroup,
+        Some(from),
+        probe(&[
+            "tcp-send",
+            "--to",
+            to,
+            "--bytes",
+            "1",
+            "--timeout-ms",
+            "2000",
+        ]),
+        Duration::from_secs(30),
+    ));
+    drop(server);
+    sent["error"].is_null()
+}
+
+/// Every packet is judged, the first one to a neighbour not yet resolved included: it waits
+/// in the neighbour (ARP/ND) queue and reaches the egress hook later, from the receive path of
+/// the neighbour's answer.
+#[test]
+fn full_egress_drop_stops_the_first_packet_to_a_new_neighbour_too() {
+    require_root();
+    {
+        let a = Netns::new("first-a");
+        let b = Netns::new("first-b");
+        let veth = VethPair::new(&a, "10.77.30.1/24", &b, "10.77.30.2/24")
+            .with_ipv6("fd77:30::1/64", "fd77:30::2/64");
+        let target = Cgroup::new("first");
+        let _anchor = anchor(&target, &a);
+        let file = write_policy(&policy(
+            "t-first-packet",
+            &target,
+            "2m",
+            "    - direction: egress\n      drop: {probability: 100%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-first-packet");
+        apply.wait_ready();
+        let v4 = veth.ip_b().to_string();
+        let v6 = veth.ip6_b().expect("IPv6 configured").to_string();
+        for peer in [&v4, &v6] {
+            let replies = ping_replies(Some(&target), &a, peer, 10);
+            assert_eq!(
+                replies,
+                Vec::<u32>::new(),
+                "replies from {peer} (by icmp_seq)"
+            );
+        }
+        // Both neighbours are resolved by now: new ones for TCP.
+        a.ip(&["neigh", "flush", "all"]);
+        assert!(
+            !tcp_connects(Some(&target), &a, &b, &format!("{v4}:8401")),
+            "a TCP connection to {v4} opened through a 100% drop"
+        );
+        assert!(
+            !tcp_connects(Some(&target), &a, &b, &format!("[{v6}]:8402")),
+            "a TCP connection to {v6} opened through a 100% drop"
+        );
+        let rules = status_rules();
+        assert!(f(&rules[0]["dropped"]) >= 20.0, "{rules:?}");
+        // The same neighbours, untargeted: reachable, so the drops above were the fault's.
+        a.ip(&["neigh", "flush", "all"]);
+        assert_eq!(ping_replies(None, &a, &v4, 3), [1, 2, 3], "untargeted ping");
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// The defect as it was reported: the pinging process is the target's first process in a
+/// namespace that is new to fault, so fault attaches there only when its rescan (every
+/// 250 ms) finds the process, and what the process sends before that leaves unjudged
+/// (icmp_seq=1, every time). The programs judge every packet they see (the test above); this
+/// needs the userspace side to attach before a target's first packet in a new namespace.
+#[test]
+#[ignore = "fails until fault attaches to a target's new network namespace before its first packet"]
+fn full_egress_drop_covers_a_target_that_first_appears_in_a_fresh_namespace() {
+    require_root();
+    {
+        let h = hosts("fresh", "10.77", 31);
+        let target = Cgroup::new("fresh");
+        let file = write_policy(&policy(
+            "t-fresh-ns",
+            &target,
+            "2m",
+            "    - direction: egress\n      drop: {probability: 100%}\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-fresh-ns");
+        apply.wait_ready();
+        let peer = h.veth.ip_b().to_string();
+        let replies = ping_replies(Some(&target), &h.a, &peer, 10);
+        assert_eq!(
+            replies,
+            Vec::<u32>::new(),
+            "replies from {peer} (by icmp_seq)"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// A rule leaves the target's traffic on `lo` alone unless it says `loopback: true`.
+#[test]
+fn loopback_traffic_is_faulted_only_when_a_rule_asks() {
+    require_root();
+    for (name, matches, delivered) in [
+        ("t-lo-off", "{}", true),
+        ("t-lo-on", "{loopback: true}", false),
+    ] {
+        {
+            let h = hosts("lo", "10.77", 32);
+            let target = Cgroup::new("lo");
+            let _anchor = anchor(&target, &h.a);
+            let file = write_policy(&policy(
+                name,
+                &target,
+                "2m",
+                &format!(
+                    "    - direction: egress\n      match: {matches}\n      \
+                     drop: {{probability: 100%}}\n"
+                ),
+            ));
+            let mut apply = FaultApply::start(file.path(), name);
+            apply.wait_ready();
+            let replies = ping_replies(Some(&target), &h.a, "127.0.0.1", 5);
+            let expected: &[u32] = if delivered { &[1, 2, 3, 4, 5] } else { &[] };
+            assert_eq!(replies, expected, "match {matches}: ping 127.0.0.1");
+            let (sent, got) = udp(Some(&target), &h.a, &h.a, None, "127.0.0.1:8501", 1000);
+            assert_eq!(sent["errors"], 0, "{sent}");
+            let expected = if delivered { 1000 } else { 0 };
+            assert_eq!(
+                got["unique"], expected,
+                "match {matches}: udp to 127.0.0.1: {got}"
+            );
+            // The veth is faulted either way.
+            let to = format!("{}:8502", h.veth.ip_b());
+            let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
+            assert_eq!(got["unique"], 0, "match {matches}: udp to the peer: {got}");
+            let (status, log) = apply.stop();
+            assert!(status.success(), "{log}");
+        }
+        assert_no_leftovers();
+    }
+}

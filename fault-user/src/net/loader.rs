@@ -10,6 +10,7 @@ use aya::{
 };
 use fault_common::{
     maps, port_bit, progs, wild_bit, Config, NetRule, RuleCounters, RuleKey, PORT_BITS_WORDS,
+    WILD_LOOPBACK,
 };
 
 /// The compiled eBPF object (see build.rs).
@@ -163,11 +164,15 @@ pub fn add_targets(ebpf: &mut Ebpf, ids: &[u64]) -> anyhow::Result<()> {
 }
 
 /// What lets the programs skip trie lookups that cannot hit: a bitmap of the ports rules
-/// name, and the `wild` bits of (direction, protocol) pairs that have port-less entries.
+/// name, the `wild` bits of (direction, protocol) pairs that have port-less entries, and
+/// whether any entry is for the loopback device.
 fn lookup_summary(lpm: &[(u32, RuleKey, u32)]) -> (Vec<u64>, u32) {
     let mut words = vec![0u64; PORT_BITS_WORDS as usize];
     let mut wild = 0;
     for (_, key, _) in lpm {
+        if key.loopback != 0 {
+            wild |= WILD_LOOPBACK;
+        }
         let port = u16::from_be_bytes(key.port);
         match port_bit(key.dir, key.proto, port) {
             Some((word, bit)) if port != 0 => words[word as usize] |= bit,
@@ -289,5 +294,9 @@ mod tests {
             wild,
             wild_bit(DIR_EGRESS, PROTO_ICMP) | wild_bit(DIR_INGRESS, PROTO_ANY)
         );
+        let mut on_lo = key(DIR_EGRESS, PROTO_ANY, 0);
+        on_lo.1.loopback = 1;
+        let (_, wild) = lookup_summary(&[on_lo]);
+        assert_eq!(wild, wild_bit(DIR_EGRESS, PROTO_ANY) | WILD_LOOPBACK);
     }
 }

@@ -41,6 +41,7 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
                     proto: slot.proto,
                     port,
                     family: slot.family,
+                    loopback: slot.loopback,
                 };
                 (group, slot.prefix, index)
             }));
@@ -75,7 +76,8 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
                 proto: group.proto,
                 port: group.port.to_be_bytes(),
                 family: group.family,
-                _pad: [0; 3],
+                loopback: group.loopback,
+                _pad: [0; 2],
                 addr: prefix.bits.to_be_bytes(),
             };
             (RULE_KEY_FIXED_BITS + u32::from(prefix.len), key, index)
@@ -110,6 +112,7 @@ struct Slot {
     dir: u8,
     proto: u8,
     family: u8,
+    loopback: u8,
     prefix: Prefix,
 }
 
@@ -141,17 +144,23 @@ fn slots(rules: &[Rule]) -> HashMap<Slot, Vec<PortRun>> {
             &rule.cidrs[..]
         };
         let dirs = [(rule.egress, DIR_EGRESS), (rule.ingress, DIR_INGRESS)];
+        // Packets on the loopback device look up loopback 1, which only rules that ask for
+        // it occupy; they occupy loopback 0 as well, for every other device.
+        let devices: &[u8] = if rule.loopback { &[0, 1] } else { &[0] };
         for &(_, dir) in dirs.iter().filter(|(wanted, _)| *wanted) {
             for net in nets {
                 let (family, prefix) = Prefix::of(&net.trunc());
                 for &proto in protocols(rule, family) {
-                    let slot = Slot {
-                        dir,
-                        proto,
-                        family,
-                        prefix,
-                    };
-                    slots.entry(slot).or_default().extend_from_slice(&runs);
+                    for &loopback in devices {
+                        let slot = Slot {
+                            dir,
+                            proto,
+                            family,
+                            loopback,
+                            prefix,
+                        };
+                        slots.entry(slot).or_default().extend_from_slice(&runs);
+                    }
                 }
             }
         }
@@ -199,6 +208,7 @@ struct Group {
     proto: u8,
     port: u16,
     family: u8,
+    loopback: u8,
 }
 
 /// A peer prefix: the top `len` bits of `bits`. IPv4 sits in the top 32 bits, which is where
@@ -273,6 +283,7 @@ mod tests {
             protocol,
             cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             ports: ports.to_vec(),
+            loopback: false,
             action: NetRule::default(),
         }
     }
@@ -327,6 +338,7 @@ mod tests {
                     && entry.proto == key.proto
                     && entry.port == key.port
                     && entry.family == key.family
+                    && entry.loopback == key.loopback
                     && u128::from_be_bytes(entry.addr) & mask == key_bits & mask
             })
             .max_by_key(|(prefix, _, _)| *prefix)
@@ -341,7 +353,8 @@ mod tests {
             proto,
             port: port.to_be_bytes(),
             family,
-            _pad: [0; 3],
+            loopback: 0,
+            _pad: [0; 2],
             addr,
         };
         let mut lookups = vec![key(packet.proto, 0), key(PROTO_ANY, 0)];
@@ -399,7 +412,8 @@ mod tests {
             proto,
             port: port.to_be_bytes(),
             family,
-            _pad: [0; 3],
+            loopback: 0,
+            _pad: [0; 2],
             addr,
         };
         entries
@@ -434,7 +448,7 @@ mod tests {
         assert_eq!(key.port, [0x15, 0x38], "5432 in network byte order");
         assert_eq!(key.addr[..4], [10, 88, 0, 0]);
         assert_eq!(key.addr[4..], [0; 12]);
-        assert_eq!(key._pad, [0; 3]);
+        assert_eq!(key._pad, [0; 2]);
         assert_eq!(
             check_size(&rules).unwrap(),
             entries.len(),
@@ -571,6 +585,26 @@ mod tests {
             entry_for(&entries, DIR_EGRESS, PROTO_ANY, 0, "::/0"),
             Some(0)
         );
+    }
+
+    #[test]
+    fn only_rules_that_ask_for_loopback_have_loopback_entries() {
+        let mut on_lo = rule(EGRESS, Protocol::Any, &["10.0.0.0/8"], &[]);
+        on_lo.loopback = true;
+        let rules = [rule(EGRESS, Protocol::Udp, &[], &[]), on_lo];
+        let entries = lpm_entries(&rules).unwrap();
+        assert_eq!(
+            entries.len(),
+            2 + 2,
+            "udp for both families on other devices, 10/8 on other devices and on lo"
+        );
+        let on_loopback: Vec<u32> = entries
+            .iter()
+            .filter(|(_, k, _)| k.loopback == 1)
+            .map(|&(_, _, index)| index)
+            .collect();
+        assert_eq!(on_loopback, [1], "only rule 1 is found on lo");
+        assert_eq!(check_size(&rules).unwrap(), entries.len());
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub(super) enum Direction {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with protocol, cidrs and ports (all optional)"
+    expecting = "a mapping with protocol, cidrs, ports and loopback (all optional)"
 )]
 pub(super) struct Match {
     #[serde(default)]
@@ -180,6 +180,10 @@ pub(super) struct Match {
     pub cidrs: Vec<String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Also on the loopback device; off by default, so that a target's traffic to itself
+    /// (127.0.0.1, ::1, its own addresses) is left alone.
+    #[serde(default)]
+    pub loopback: bool,
 }
 
 /// A port or an inclusive range, as written: `5432` or `"6000-6100"`.

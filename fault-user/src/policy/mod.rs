@@ -237,6 +237,9 @@ pub struct Rule {
     /// Peer port ranges, inclusive, as written; empty means any port (and any protocol
     /// without ports).
     pub ports: Vec<(u16, u16)>,
+    /// Whether the rule applies on the loopback device too (`match.loopback`); otherwise
+    /// packets on `lo` never match it.
+    pub loopback: bool,
     /// What happens to matching packets, in the kernel's encoding.
     pub action: NetRule,
 }
@@ -272,10 +275,19 @@ impl Rule {
             out.push_str(" ports ");
             out.push_str(&ports);
         }
+        if self.loopback {
+            out.push_str(", loopback too");
+        }
         out.push_str(": ");
         out.push_str(&describe_action(&self.action));
         out
     }
+}
+
+/// Whether some rule applies on the loopback device, so the egress program must be attached
+/// to `lo` in the targets' namespaces too (and only then).
+pub fn wants_loopback(policy: &Policy) -> bool {
+    policy.rules.iter().any(|r| r.loopback)
 }
 
 fn describe_action(action: &NetRule) -> String {

@@ -825,3 +825,23 @@ fn bad_timing_is_refused_with_its_limit() {
         "spec.network[0].delay.distribution",
     );
 }
+
+#[test]
+fn loopback_is_off_unless_a_rule_asks_for_it() {
+    let plain = parse_ok(&with_rule("direction: egress\ndrop: {probability: 1%}"));
+    assert!(!plain.rules[0].loopback);
+    assert!(!wants_loopback(&plain));
+    let on_lo = parse_ok(&with_rule(
+        "direction: egress\nmatch: {protocol: udp, loopback: true}\ndrop: {probability: 2%}",
+    ));
+    assert!(on_lo.rules[0].loopback);
+    assert!(wants_loopback(&on_lo));
+    assert_eq!(
+        on_lo.rules[0].describe(),
+        "egress udp to any address, loopback too: drop 2%"
+    );
+    parse_err(
+        &with_rule("direction: egress\nmatch: {loopback: 1}\ndrop: {probability: 2%}"),
+        "spec.network[0].match.loopback",
+    );
+}

@@ -245,6 +245,7 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
         protocol: matches.protocol,
         cidrs,
         ports,
+        loopback: matches.loopback,
         action,
     })
 }
