@@ -130,7 +130,10 @@ pub async fn run(run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(
         state,
         written: Vec::new(),
     };
-    records.state.write().map_err(failed("write the state file"))?;
+    records
+        .state
+        .write()
+        .map_err(failed("write the state file"))?;
     crate::watchdog::spawn(&records.state.name).map_err(failed("start the watchdog"))?;
     let mut kinds = kinds;
     let mut started = 0;
@@ -241,11 +244,11 @@ fn print_live(run: &Run, kinds: &[Box<dyn Fault>], start: std::time::Instant) {
 /// event sources allow (nothing is lost: what was not taken stays queued).
 async fn any_event(run: &Run, kinds: &mut [Box<dyn Fault>]) {
     let mut events: Vec<Event<'_>> = kinds.iter_mut().map(|k| k.event(run)).collect();
-    std::future::poll_fn(|cx| {
-        match events.iter_mut().any(|e| e.as_mut().poll(cx).is_ready()) {
+    std::future::poll_fn(
+        |cx| match events.iter_mut().any(|e| e.as_mut().poll(cx).is_ready()) {
             true => Poll::Ready(()),
             false => Poll::Pending,
-        }
-    })
+        },
+    )
     .await
 }

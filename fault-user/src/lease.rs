@@ -59,7 +59,10 @@ impl Lease {
     /// Renews `r` now and from then on with the others.
     pub fn add(&self, mut r: Box<dyn Renew>) {
         r.renew(monotonic_ns() + LEASE_NS);
-        self.renewers.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+        self.renewers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
     }
 
     /// Stops renewing: from here the faults end by themselves within a lease, unless they
@@ -81,7 +84,11 @@ impl Drop for Lease {
 
 fn renew_all(renewers: &Renewers) {
     let until = monotonic_ns() + LEASE_NS;
-    for r in renewers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+    for r in renewers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+    {
         r.renew(until);
     }
 }
@@ -125,9 +132,15 @@ mod tests {
         let after_stop = seen.lock().unwrap().len();
         std::thread::sleep(RENEW_EVERY * 3);
         let got = seen.lock().unwrap().clone();
-        assert!(got.len() >= 3, "renewed at add and then periodically: {got:?}");
+        assert!(
+            got.len() >= 3,
+            "renewed at add and then periodically: {got:?}"
+        );
         assert_eq!(got.len(), after_stop, "no renewal after stop");
         assert!(got.windows(2).all(|w| w[0] <= w[1]), "{got:?}");
-        assert!(got[0] >= before + LEASE_NS, "a lease reaches a second ahead");
+        assert!(
+            got[0] >= before + LEASE_NS,
+            "a lease reaches a second ahead"
+        );
     }
 }

@@ -114,8 +114,9 @@ fn main() -> ExitCode {
         Cmd::Check { files } => commands::check(&files),
         Cmd::Status { json } => commands::status(json),
         Cmd::Stop { name, all } => commands::stop(name.as_deref(), all),
-        Cmd::Watchdog { name, pid, start } => fault::watchdog::watch(&name, pid, start)
-            .map_err(failed("watch the loader")),
+        Cmd::Watchdog { name, pid, start } => {
+            fault::watchdog::watch(&name, pid, start).map_err(failed("watch the loader"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

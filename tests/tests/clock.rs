@@ -928,7 +928,7 @@ fn network_and_clock_rules_apply_and_revert_together() {
             "60s",
             "    - name: behind\n      offset: -2s\n",
         ) + "  network:\n    - name: no-udp\n      direction: egress\n      \
-               match: {protocol: udp}\n      drop: {probability: 100%}\n";
+               match: {protocol: udp, loopback: true}\n      drop: {probability: 100%}\n";
         let file = write_policy(&text);
         let mut apply = FaultApply::start(file.path(), "clock-net");
         apply.wait_ready();

@@ -6,8 +6,8 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use fault_tests::{
-    anchor, assert_no_leftovers, fault, hosts, probe, probe_json, require_root, run_in,
-    spawn_in, write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
+    anchor, assert_no_leftovers, fault, hosts, probe, probe_json, require_root, run_in, spawn_in,
+    write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
 };
 
 fn policy(name: &str, cgroup: &Cgroup, section: &str) -> String {
@@ -148,7 +148,10 @@ fn ingress_delay_alone_follows_a_target_into_a_new_namespace() {
 /// Ring buffers among the BPF maps `pid` holds: their max_entries (bytes), from fdinfo.
 fn ring_sizes(pid: u32) -> Vec<u64> {
     let mut sizes = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
         let Ok(info) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
@@ -215,7 +218,10 @@ fn a_process_that_got_a_dead_loaders_pid_is_not_the_loader() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(shown[0]["loader_alive"], false, "{shown}");
     assert!(stop.status.success(), "{}", text(&stop));
-    assert!(alive, "fault stop signalled a process that is not its loader");
+    assert!(
+        alive,
+        "fault stop signalled a process that is not its loader"
+    );
     assert!(!path.exists());
     assert_no_leftovers();
 }
@@ -226,7 +232,10 @@ fn processes_patched_at_exec_are_counted_and_detailed_only_with_verbose() {
     {
         let target = Cgroup::new("execcount");
         let mut sh = Command::new("sh");
-        sh.args(["-c", "sleep 1; for i in $(seq 20); do /bin/true; done; sleep 600"]);
+        sh.args([
+            "-c",
+            "sleep 1; for i in $(seq 20); do /bin/true; done; sleep 600",
+        ]);
         let _loop = spawn_in(Some(&target), None, sh);
         let file = write_policy(&policy(
             "t-execcount",
@@ -234,7 +243,12 @@ fn processes_patched_at_exec_are_counted_and_detailed_only_with_verbose() {
             "  clock:\n    - offset: 2s\n",
         ));
         let mut apply = FaultApply::start_args(
-            ["apply", "--interval", "300ms", &*file.path().to_string_lossy()],
+            [
+                "apply",
+                "--interval",
+                "300ms",
+                &*file.path().to_string_lossy(),
+            ],
             "t-execcount",
         );
         apply.wait_ready();

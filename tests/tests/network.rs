@@ -486,7 +486,10 @@ fn clsact_faults_end_within_a_second_of_a_sigkill() {
         apply.wait_ready();
         let to = format!("{}:7801", h.veth.ip_b());
         let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
-        assert_eq!(got["unique"], 0, "while the loader runs the fault holds: {got}");
+        assert_eq!(
+            got["unique"], 0,
+            "while the loader runs the fault holds: {got}"
+        );
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
         apply.wait_exit(Duration::from_secs(5));
@@ -503,7 +506,10 @@ fn clsact_faults_end_within_a_second_of_a_sigkill() {
             got["unique"], 200,
             "a second after the loader died nothing is dropped: {got}"
         );
-        assert!(started.elapsed() < Duration::from_secs(50), "well before the deadline");
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "well before the deadline"
+        );
 
         let out = fault(["stop", "--all"]);
         assert!(out.status.success(), "fault stop --all: {out:?}");

@@ -218,7 +218,9 @@ fn exec_lease(ebpf: &mut Ebpf, deadline_ns: u64) -> Result<ConfigLease, StartErr
         deadline_ns,
         ..Config::default()
     };
-    config.set(0, c, 0).map_err(step(format!("write {}", maps::CONFIG)))?;
+    config
+        .set(0, c, 0)
+        .map_err(step(format!("write {}", maps::CONFIG)))?;
     Ok(ConfigLease {
         config,
         deadline_ns,

@@ -27,8 +27,8 @@ use std::sync::OnceLock;
 use super::inject::{self, comm, InjectError, Stopped};
 use super::layout::{
     bytes_of, now_ns, off, read_at, ClockParams, Entry, Header, Plan, CLOCKS_OFF, CODE_OFF,
-    ENTRY_NAMES, FLAG_ACTIVE, MAGIC, MAP_SIZE,
-    MEMFD_NAME, PAGE, STATE_OFF, TRAMP_OFF, TRAMP_SLOT, VERSION,
+    ENTRY_NAMES, FLAG_ACTIVE, MAGIC, MAP_SIZE, MEMFD_NAME, PAGE, STATE_OFF, TRAMP_OFF, TRAMP_SLOT,
+    VERSION,
 };
 use super::reloc::{self, RelocError};
 use super::seccomp;
@@ -223,13 +223,19 @@ impl Shared {
                 continue;
             }
             let deadline = c.deadline_ns.min(now_ns(i as u32).saturating_add(ahead));
-            self.store_i64(CLOCKS_OFF + i * size_of::<ClockParams>() + off::DEADLINE, deadline);
+            self.store_i64(
+                CLOCKS_OFF + i * size_of::<ClockParams>() + off::DEADLINE,
+                deadline,
+            );
         }
         self.store_i64(off::MONO_DEADLINE, plan.mono_deadline_ns.min(until_mono));
     }
 
     fn store_i64(&self, at: usize, value: i64) {
-        assert!(at.is_multiple_of(8) && at + 8 <= MAP_SIZE, "an aligned store inside the mapping");
+        assert!(
+            at.is_multiple_of(8) && at + 8 <= MAP_SIZE,
+            "an aligned store inside the mapping"
+        );
         // SAFETY: aligned, inside the mapping; only fault writes the parameter page, and
         // the stub reads each deadline with one 8-byte load.
         unsafe {

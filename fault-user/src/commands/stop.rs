@@ -41,8 +41,10 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
 /// has not within 10 s.
 fn end_loader(s: &State) -> Result<(), Error> {
     let pid = Pid::from_raw(s.pid as i32);
-    nix::sys::signal::kill(pid, Signal::SIGTERM)
-        .map_err(failed(format!("signal the loader of {} (pid {})", s.name, s.pid)))?;
+    nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(failed(format!(
+        "signal the loader of {} (pid {})",
+        s.name, s.pid
+    )))?;
     let until = Instant::now() + Duration::from_secs(10);
     while s.loader_alive() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));

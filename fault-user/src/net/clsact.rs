@@ -85,7 +85,11 @@ pub fn remove_recorded(records: &[Record], qdiscs: &[QdiscRecord]) -> Vec<String
             problems.push(format!("detach {}: {e:#}", r.describe()));
         }
     }
-    problems.extend(qdiscs.iter().filter_map(|q| remove(q).err().map(|e| format!("{e:#}"))));
+    problems.extend(
+        qdiscs
+            .iter()
+            .filter_map(|q| remove(q).err().map(|e| format!("{e:#}"))),
+    );
     problems
 }
 

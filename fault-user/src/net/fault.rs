@@ -42,11 +42,16 @@ impl NetFault {
     }
 
     fn plan(run: &Run) -> &NetPlan {
-        run.plan.net.as_ref().expect("a network kind has a network plan")
+        run.plan
+            .net
+            .as_ref()
+            .expect("a network kind has a network plan")
     }
 
     fn ebpf(&mut self) -> anyhow::Result<&mut Ebpf> {
-        self.ebpf.as_mut().context("the network object is not loaded")
+        self.ebpf
+            .as_mut()
+            .context("the network object is not loaded")
     }
 
     fn load(&mut self, run: &Run) -> anyhow::Result<()> {
@@ -62,7 +67,10 @@ impl NetFault {
             peer: plan.ingress_timing,
         })?;
         loader::pin(&ebpf, &run.pin_dir)?;
-        run.lease.add(Box::new(loader::config_lease(&run.pin_dir, run.deadline_ns)?));
+        run.lease.add(Box::new(loader::config_lease(
+            &run.pin_dir,
+            run.deadline_ns,
+        )?));
         self.ebpf = Some(ebpf);
         if resend {
             // Ready, with its sockets, before the program hands it anything.
@@ -75,15 +83,13 @@ impl NetFault {
 
     /// Attaches in `netns` (and at `peers`): egress on their interfaces, ingress delay at
     /// the far ends, the resender's sockets, fq.
-    fn cover(
-        &mut self,
-        run: &Run,
-        netns: &[Netns],
-        peers: &[peer::Peer],
-    ) -> anyhow::Result<()> {
+    fn cover(&mut self, run: &Run, netns: &[Netns], peers: &[peer::Peer]) -> anyhow::Result<()> {
         let plan = Self::plan(run);
         self.netns.extend(netns.iter().map(|n| n.inode));
-        let ebpf = self.ebpf.as_mut().context("the network object is not loaded")?;
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .context("the network object is not loaded")?;
         if plan.directions.contains(&Direction::Egress) {
             let program = loader::egress_program(ebpf);
             for ns in netns {
@@ -125,7 +131,10 @@ impl Fault for NetFault {
         self.ids.extend(&resolved.cgroup_ids);
         if Self::plan(run).directions.contains(&Direction::Ingress) {
             let cgroups: Vec<_> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
-            let ebpf = self.ebpf.as_mut().context("the network object is not loaded")?;
+            let ebpf = self
+                .ebpf
+                .as_mut()
+                .context("the network object is not loaded")?;
             self.attached.attach_cgroups(ebpf, &cgroups)?;
         }
         self.cover(run, &resolved.netns, &Self::plan(run).peers)

@@ -165,7 +165,11 @@ fn restore(r: &FqRecord) -> anyhow::Result<()> {
         rtnl::delete_root_qdisc(&r.ifname)?;
         let (kind, _) = root_qdisc(&r.ifname)?;
         if kind != r.previous {
-            bail!("{} came back with {kind}, expected {}", r.ifname, r.previous);
+            bail!(
+                "{} came back with {kind}, expected {}",
+                r.ifname,
+                r.previous
+            );
         }
         Ok(())
     })

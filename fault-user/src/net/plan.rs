@@ -54,7 +54,7 @@ impl NetPlan {
             ingress_timing,
             peers,
             warnings,
-            loopback: true,
+            loopback: crate::policy::wants_loopback(policy),
         })
     }
 

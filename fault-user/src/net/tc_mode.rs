@@ -79,6 +79,10 @@ mod tests {
         let mut parts = release.split(|c: char| !c.is_ascii_digit());
         let major: u32 = parts.next().unwrap().parse().unwrap();
         let minor: u32 = parts.next().unwrap().parse().unwrap();
-        assert_eq!(tcx_supported(), (major, minor) >= (6, 6), "kernel {release}");
+        assert_eq!(
+            tcx_supported(),
+            (major, minor) >= (6, 6),
+            "kernel {release}"
+        );
     }
 }
