@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::Ebpf;
-use fault::loader::{self, Tables};
+use fault::net::loader::{self, Tables};
 use fault::policy;
 use fault_common::{progs, RuleCounters};
 
@@ -113,7 +113,7 @@ fn own_cgroup_id() -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .expect("a cgroup2 line");
-    let mount = fault::sysfs::cgroup2_mount().expect("cgroup2 mounted");
+    let mount = fault::sys::mounts::cgroup2_mount().expect("cgroup2 mounted");
     let dir = mount.join(rel.trim_start_matches('/'));
     std::fs::metadata(&dir)
         .unwrap_or_else(|e| panic!("stat {}: {e}", dir.display()))
