@@ -71,6 +71,8 @@ pub mod progs {
     pub const TC_PEER: &str = "fault_tc_peer";
     pub const TC_PEER_RESEND: &str = "fault_tc_peer_rs";
     pub const CGROUP_INGRESS: &str = "fault_cg_ingress";
+    /// Certain egress drops at the target's sockets (see fault-ebpf/src/cgroup_skb.rs).
+    pub const CGROUP_EGRESS: &str = "fault_cg_egress";
     pub const EXEC: &str = "fault_exec";
 }
 
@@ -122,7 +124,9 @@ pub struct RuleKey {
     /// 1 in the entries of rules that apply on the loopback device too, and in the lookups of
     /// packets on it: a packet on `lo` finds only those rules.
     pub loopback: u8,
-    pub _pad: [u8; 2],
+    /// The target's own port in network byte order (source on egress, destination on
+    /// ingress); 0 when the rule names no local port.
+    pub local_port: [u8; 2],
     /// Peer address; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
@@ -233,7 +237,7 @@ pub struct RuleState {
 const _: () = assert!(core::mem::size_of::<RuleState>() == 16);
 
 /// Words in the PORT_BITS map: 2 directions x 2 protocols x 65,536 ports / 64.
-pub const PORT_BITS_WORDS: u32 = 4 * 1024;
+pub const PORT_BITS_WORDS: u32 = 8 * 1024;
 
 /// Where (direction, protocol, port) lives in PORT_BITS: (word index, bit mask). `None` for
 /// protocols other than TCP and UDP, which have no ports.
@@ -245,6 +249,12 @@ pub fn port_bit(dir: u8, proto: u8, port: u16) -> Option<(u32, u64)> {
         _ => return None,
     } + if dir == DIR_INGRESS { 2 } else { 0 };
     Some((slot * 1024 + (port as u32 >> 6), 1u64 << (port & 63)))
+}
+
+/// Where (direction, protocol, local port) lives in PORT_BITS: after the peer ports.
+#[inline(always)]
+pub fn local_port_bit(dir: u8, proto: u8, port: u16) -> Option<(u32, u64)> {
+    port_bit(dir, proto, port).map(|(word, bit)| (word + 4 * 1024, bit))
 }
 
 /// Bits of [`Config::wild`]: some rule matches (direction, protocol class) whatever the port,
@@ -265,6 +275,10 @@ pub fn wild_bit(dir: u8, proto: u8) -> u32 {
 /// [`Config::wild`] bit: some rule applies on the loopback device. Without it a packet on `lo`
 /// is let through before any lookup.
 pub const WILD_LOOPBACK: u32 = 1 << 8;
+
+/// [`Config::wild`] bit: some rule names local ports, so lookups with the packet's local
+/// port are worth making (PORT_BITS then says for which ports).
+pub const WILD_LOCAL_PORTS: u32 = 1 << 9;
 
 /// The loopback device's ifindex, the same in every network namespace (`LOOPBACK_IFINDEX` in
 /// include/net/flow.h).

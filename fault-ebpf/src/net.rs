@@ -8,9 +8,10 @@ use aya_ebpf::{
     programs::sk_buff::SkBuff,
 };
 use fault_common::{
-    port_bit, wild_bit, Config, NetRule, RuleCounters, RuleKey, RuleState, DROP_BERNOULLI,
-    DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, LOOPBACK_IFINDEX, PORT_BITS_WORDS, PROTO_ANY,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RULE_KEY_FIXED_BITS, WILD_LOOPBACK,
+    local_port_bit, port_bit, wild_bit, Config, NetRule, RuleCounters, RuleKey, RuleState,
+    DIR_EGRESS, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, LOOPBACK_IFINDEX,
+    PORT_BITS_WORDS, PROB_ONE, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    RULE_KEY_FIXED_BITS, WILD_LOCAL_PORTS, WILD_LOOPBACK,
 };
 
 // Sizes here are defaults; the loader sets each map's real size before loading.
@@ -117,68 +118,84 @@ pub fn parse(skb: &SkBuff, l3: usize, skb_protocol: u32) -> Option<Packet> {
     Some(pkt)
 }
 
-/// The first rule (lowest index) that matches, in at most three trie lookups: the exact
-/// port, the protocol with any port, and any protocol. The loader stores in every trie entry
-/// the lowest index among all rules covering that prefix, so a longest-prefix hit is enough.
-/// A lookup that no rule could answer is skipped: PORT_BITS and `Config::wild` say which.
-/// A packet on the loopback device (`ifindex`) finds only rules that ask for loopback.
+/// The first rule (lowest index) that matches `pkt` going in `dir` (seen from the target:
+/// on egress the peer is the destination, on ingress the source), in at most five trie
+/// lookups: (peer port, local port), (peer port, any), (any, local port), the protocol with
+/// any port, and any protocol. The loader stores in every trie entry the lowest index among
+/// all rules covering that prefix, so a longest-prefix hit is enough. A lookup that no rule
+/// could answer is skipped: PORT_BITS and `Config::wild` say which. A packet on the loopback
+/// device (`ifindex`) finds only rules that ask for loopback.
 #[inline(always)]
-pub fn find_rule(
-    dir: u8,
-    family: u8,
-    proto: u8,
-    port: [u8; 2],
-    addr: &[u8; 16],
-    ifindex: u32,
-) -> Option<u32> {
+pub fn find_rule(dir: u8, pkt: &Packet, ifindex: u32) -> Option<u32> {
     let wild = CONFIG.get(0)?.wild;
     let loopback = ifindex == LOOPBACK_IFINDEX;
     if loopback && wild & WILD_LOOPBACK == 0 {
         return None;
     }
-    let by_port = match port_bit(dir, proto, u16::from_be_bytes(port)) {
-        Some((word, bit)) if u16::from_ne_bytes(port) != 0 => {
-            PORT_BITS.get(word).is_some_and(|w| w & bit != 0)
-        }
-        _ => false,
+    let (port, local, addr) = match dir {
+        DIR_EGRESS => (pkt.dport, pkt.sport, &pkt.daddr),
+        _ => (pkt.sport, pkt.dport, &pkt.saddr),
     };
+    let proto = pkt.proto;
+    let by_port = named(port_bit(dir, proto, u16::from_be_bytes(port)), port);
+    let by_local = wild & WILD_LOCAL_PORTS != 0
+        && named(local_port_bit(dir, proto, u16::from_be_bytes(local)), local);
     let by_proto = wild & wild_bit(dir, proto) != 0;
     let by_any = wild & wild_bit(dir, PROTO_ANY) != 0;
-    if !(by_port || by_proto || by_any) {
+    if !(by_port || by_local || by_proto || by_any) {
         return None;
     }
-    let prefix = RULE_KEY_FIXED_BITS + if family == FAMILY_V4 { 32 } else { 128 };
+    let prefix = RULE_KEY_FIXED_BITS + if pkt.family == FAMILY_V4 { 32 } else { 128 };
     let mut key = Key::new(
         prefix,
         RuleKey {
             dir,
             proto,
             port,
-            family,
+            family: pkt.family,
             loopback: loopback as u8,
-            _pad: [0; 2],
+            local_port: local,
             addr: *addr,
         },
     );
     let mut best = u32::MAX;
-    if by_port {
-        if let Some(i) = RULE_LPM.get(&key) {
-            best = *i;
-        }
-    }
-    key.data.port = [0, 0];
-    if by_proto {
-        if let Some(i) = RULE_LPM.get(&key) {
+    let mut look = |key: &Key<RuleKey>| {
+        if let Some(i) = RULE_LPM.get(key) {
             best = best.min(*i);
         }
+    };
+    if by_port && by_local {
+        look(&key);
+    }
+    key.data.local_port = [0, 0];
+    if by_port {
+        look(&key);
+    }
+    key.data.port = [0, 0];
+    if by_local {
+        key.data.local_port = local;
+        look(&key);
+        key.data.local_port = [0, 0];
+    }
+    if by_proto {
+        look(&key);
     }
     key.data.proto = PROTO_ANY;
     if by_any {
-        if let Some(i) = RULE_LPM.get(&key) {
-            best = best.min(*i);
-        }
+        look(&key);
     }
     (best != u32::MAX).then_some(best)
+}
+
+/// Whether a port (network byte order, 0 for none) is one that PORT_BITS marks at `bit`.
+#[inline(always)]
+fn named(bit: Option<(u32, u64)>, port: [u8; 2]) -> bool {
+    match bit {
+        Some((word, bit)) if u16::from_ne_bytes(port) != 0 => {
+            PORT_BITS.get(word).is_some_and(|w| w & bit != 0)
+        }
+        _ => false,
+    }
 }
 
 #[inline(always)]
@@ -186,8 +203,19 @@ pub fn chance(threshold: u64) -> bool {
     (unsafe { bpf_get_prandom_u32() } as u64) < threshold
 }
 
+/// A rule that drops every packet it matches: a partition, or a 100 % loss.
+#[inline(always)]
+pub fn certain_drop(rule: &NetRule) -> bool {
+    rule.drop_model == DROP_BERNOULLI && rule.drop_p >= PROB_ONE
+}
+
 #[inline(always)]
 pub fn should_drop(rule: &NetRule, state: &mut RuleState) -> bool {
+    // Certain: also the first packet, which a correlation would otherwise let through by
+    // "repeating" the decision before any was made.
+    if certain_drop(rule) {
+        return true;
+    }
     match rule.drop_model {
         DROP_BERNOULLI => {
             // With probability `drop_corr` repeat the previous decision, else draw afresh:

@@ -75,15 +75,7 @@ fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
     // Seen from the target: the peer is the source.
-    let index = net::find_rule(
-        DIR_INGRESS,
-        pkt.family,
-        pkt.proto,
-        pkt.sport,
-        &pkt.saddr,
-        skb.ifindex,
-    )
-    .ok_or(TC_NEXT)?;
+    let index = net::find_rule(DIR_INGRESS, &pkt, skb.ifindex).ok_or(TC_NEXT)?;
     let (rule, counters, state) = net::rule_slots(index).ok_or(TC_NEXT)?;
     Ok(schedule::<RESEND>(ctx, index, rule, counters, state, &pkt))
 }
@@ -111,15 +103,7 @@ fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
-    let index = net::find_rule(
-        DIR_EGRESS,
-        pkt.family,
-        pkt.proto,
-        pkt.dport,
-        &pkt.daddr,
-        skb.ifindex,
-    )
-    .ok_or(TC_NEXT)?;
+    let index = net::find_rule(DIR_EGRESS, &pkt, skb.ifindex).ok_or(TC_NEXT)?;
     Ok(apply::<RESEND>(ctx, index, &pkt))
 }
 

@@ -28,6 +28,8 @@ const TC_ACT_REDIRECT: u32 = 7;
 /// What cgroup_skb programs return.
 const CG_PASS: u32 = 1;
 const CG_DROP: u32 = 0;
+/// cgroup_skb egress: drop, reported to the stack as congestion.
+const CG_DROP_CN: u32 = 2;
 
 const PAYLOAD: &[u8] = b"fault classifier test payload, 48 bytes long...";
 
@@ -222,6 +224,59 @@ fn match_table() -> Vec<(&'static str, Vec<BothWays>)> {
     };
     vec![
         (
+            "{protocol: tcp, local_ports: [2380]}",
+            vec![
+                both(
+                    "v4 to our 2380",
+                    "10.2.0.2",
+                    tcp(2380, 40000),
+                    tcp(40000, 2380),
+                    Drop,
+                ),
+                both(
+                    "v6 to our 2380",
+                    "fd00:2::2",
+                    tcp(2380, 40000),
+                    tcp(40000, 2380),
+                    Drop,
+                ),
+                both(
+                    "v4 to the peer's 2380",
+                    "10.2.0.2",
+                    tcp(40000, 2380),
+                    tcp(2380, 40000),
+                    Pass,
+                ),
+                both(
+                    "v4 udp to our 2380",
+                    "10.2.0.2",
+                    udp(2380, 40000),
+                    udp(40000, 2380),
+                    Pass,
+                ),
+            ],
+        ),
+        (
+            "{protocol: tcp, ports: [80], local_ports: [2380]}",
+            vec![
+                both("both ports", "10.2.0.2", tcp(2380, 80), tcp(80, 2380), Drop),
+                both(
+                    "peer port only",
+                    "10.2.0.2",
+                    tcp(40000, 80),
+                    tcp(80, 40000),
+                    Pass,
+                ),
+                both(
+                    "local port only",
+                    "10.2.0.2",
+                    tcp(2380, 81),
+                    tcp(81, 2380),
+                    Pass,
+                ),
+            ],
+        ),
+        (
             "{}",
             vec![
                 both("v4 udp", "10.2.0.2", udp(40000, 53), udp(53, 40000), Drop),
@@ -402,6 +457,39 @@ fn ingress_match_fields_decide_what_is_dropped() {
         .collect();
     check_matches("ingress", table, |l, net, f, name| {
         cg_verdict(&l.ingress(net, f), name)
+    });
+}
+
+/// Rules that drop everything they match are judged at the sockets on egress too (the
+/// cgroup program a target's new namespace cannot escape): a drop with congestion
+/// notification there; anything less certain is left to the TC program.
+#[test]
+fn certain_drops_are_also_judged_at_the_sockets_on_egress() {
+    require_root!();
+    in_private_net(|net| {
+        for (action, expected) in [
+            ("partition: true", CG_DROP_CN),
+            ("drop: {probability: 100%, correlation: 50%}", CG_DROP_CN),
+            ("drop: {probability: 99%}", CG_PASS),
+            ("delay: {latency: 10ms}", CG_PASS),
+        ] {
+            let l = Loaded::targeted(&format!(
+                "    - direction: egress\n      match: {{protocol: udp}}\n      {action}\n"
+            ));
+            for (peer, l4, want) in [
+                ("10.2.0.2", udp(40000, 53), expected),
+                ("fd00:2::2", udp(40000, 53), expected),
+                ("10.2.0.2", tcp(40000, 53), CG_PASS),
+            ] {
+                let f = out_to(peer, l4);
+                let run = l.run(
+                    progs::CGROUP_EGRESS,
+                    &f.bytes,
+                    &SkbCtx::new().ifindex(net.veth),
+                );
+                assert_eq!(run.retval, want, "{action}: {peer} {l4:?}");
+            }
+        }
     });
 }
 

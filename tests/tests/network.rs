@@ -775,12 +775,11 @@ fn full_egress_drop_stops_the_first_packet_to_a_new_neighbour_too() {
 }
 
 /// The defect as it was reported: the pinging process is the target's first process in a
-/// namespace that is new to fault, so fault attaches there only when its rescan (every
-/// 250 ms) finds the process, and what the process sends before that leaves unjudged
-/// (icmp_seq=1, every time). The programs judge every packet they see (the test above); this
-/// needs the userspace side to attach before a target's first packet in a new namespace.
+/// namespace that is new to fault, so the TC program is attached there only when the rescan
+/// (every 250 ms) finds the process, and what it sent before that left unjudged
+/// (icmp_seq=1, every time). Certain drops are also judged at the target's sockets (the
+/// egress cgroup program), which is in place before the process exists.
 #[test]
-#[ignore = "fails until fault attaches to a target's new network namespace before its first packet"]
 fn full_egress_drop_covers_a_target_that_first_appears_in_a_fresh_namespace() {
     require_root();
     {
@@ -844,6 +843,78 @@ fn loopback_traffic_is_faulted_only_when_a_rule_asks() {
             let to = format!("{}:8502", h.veth.ip_b());
             let (_, got) = udp(Some(&target), &h.a, &h.b, None, &to, 200);
             assert_eq!(got["unique"], 0, "match {matches}: udp to the peer: {got}");
+            let (status, log) = apply.stop();
+            assert!(status.success(), "{log}");
+        }
+        assert_no_leftovers();
+    }
+}
+
+/// Whether a peer on `from` (untargeted) can connect to a server of the target listening on
+/// `to`, inside `dest`.
+fn peer_connects_to_target(target: &Cgroup, dest: &Netns, from: &Netns, to: &str) -> bool {
+    let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
+    let mut server = spawn_in(
+        Some(target),
+        Some(dest),
+        probe(&[
+            "tcp-recv",
+            "--bind",
+            &format!("0.0.0.0:{port}"),
+            "--timeout-ms",
+            "3000",
+        ]),
+    );
+    server.wait_listening(port);
+    let sent = probe_json(&run_in(
+        None,
+        Some(from),
+        probe(&[
+            "tcp-send",
+            "--to",
+            to,
+            "--bytes",
+            "1",
+            "--timeout-ms",
+            "1500",
+        ]),
+        Duration::from_secs(30),
+    ));
+    drop(server);
+    sent["error"].is_null()
+}
+
+/// "Cut the traffic between these hosts on 2380" catches the connections the peers open to
+/// the target's own 2380 only with `local_ports`; `ports` names the peer's port.
+#[test]
+fn local_ports_cut_connections_to_the_targets_own_port() {
+    require_root();
+    for (name, matches, connects) in [
+        (
+            "t-local-ports",
+            "{protocol: tcp, local_ports: [2380]}",
+            false,
+        ),
+        ("t-peer-ports", "{protocol: tcp, ports: [2380]}", true),
+    ] {
+        {
+            let h = hosts("lport", "10.77", 33);
+            let target = Cgroup::new("lport");
+            let _anchor = anchor(&target, &h.a);
+            let file = write_policy(&policy(
+                name,
+                &target,
+                "2m",
+                &format!("    - direction: both\n      match: {matches}\n      partition: true\n"),
+            ));
+            let mut apply = FaultApply::start(file.path(), name);
+            apply.wait_ready();
+            let to = format!("{}:2380", h.veth.ip_a());
+            assert_eq!(
+                peer_connects_to_target(&target, &h.a, &h.b, &to),
+                connects,
+                "match {matches}: a peer connects to the target's 2380"
+            );
             let (status, log) = apply.stop();
             assert!(status.success(), "{log}");
         }

@@ -109,6 +109,7 @@ impl Drop for TcLink {
 /// The ingress program on one cgroup; dropping it detaches it.
 pub struct CgroupLink {
     pub path: PathBuf,
+    pub direction: Direction,
     link: Option<CgroupSkbLink>,
 }
 
@@ -116,9 +117,11 @@ impl CgroupLink {
     fn take_down(&mut self) -> Result<(), String> {
         match self.link.take().map(CgroupSkbLink::detach) {
             Some(Err(e)) => Err(format!(
-                "detach the ingress program from {}: {e}",
+                "detach the {:?} program from {}: {e}",
+                self.direction,
                 self.path.display()
-            )),
+            )
+            .to_lowercase()),
             _ => Ok(()),
         }
     }
@@ -142,9 +145,13 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// The cgroups with an ingress program.
-    pub fn cgroups(&self) -> Vec<PathBuf> {
-        self.cgroups.iter().map(|c| c.path.clone()).collect()
+    /// The cgroups with a program for `direction`.
+    pub fn cgroups(&self, direction: Direction) -> Vec<PathBuf> {
+        self.cgroups
+            .iter()
+            .filter(|c| c.direction == direction)
+            .map(|c| c.path.clone())
+            .collect()
     }
 
     pub fn records(&self) -> Vec<Record> {
@@ -165,10 +172,20 @@ impl Attached {
         problems
     }
 
-    /// Links the ingress program to each cgroup.
-    pub fn attach_cgroups(&mut self, ebpf: &mut Ebpf, cgroups: &[PathBuf]) -> anyhow::Result<()> {
+    /// Links a cgroup program to each cgroup: the ingress one, or the egress one for
+    /// certain drops.
+    pub fn attach_cgroups(
+        &mut self,
+        ebpf: &mut Ebpf,
+        cgroups: &[PathBuf],
+        direction: Direction,
+    ) -> anyhow::Result<()> {
+        let (name, kind) = match direction {
+            Direction::Ingress => (progs::CGROUP_INGRESS, CgroupSkbAttachType::Ingress),
+            Direction::Egress => (progs::CGROUP_EGRESS, CgroupSkbAttachType::Egress),
+        };
         let prog: &mut CgroupSkb = ebpf
-            .program_mut(progs::CGROUP_INGRESS)
+            .program_mut(name)
             .context("program missing from the object")?
             .try_into()?;
         for path in cgroups {
@@ -176,10 +193,11 @@ impl Attached {
             // On kernels >= 5.7 aya makes a bpf_link, which always runs beside other programs
             // on the cgroup and refuses explicit flags; `Single` is the mode that sends none.
             let id = prog
-                .attach(dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                .with_context(|| format!("attach the ingress program to {}", path.display()))?;
+                .attach(dir, kind, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to {}", path.display()))?;
             self.cgroups.push(CgroupLink {
                 path: path.clone(),
+                direction,
                 link: Some(prog.take_link(id)?),
             });
         }

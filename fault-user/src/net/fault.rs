@@ -129,13 +129,21 @@ impl Fault for NetFault {
         self.load(run)?;
         let resolved = &run.plan.resolved;
         self.ids.extend(&resolved.cgroup_ids);
-        if Self::plan(run).directions.contains(&Direction::Ingress) {
-            let cgroups: Vec<_> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
-            let ebpf = self
-                .ebpf
-                .as_mut()
-                .context("the network object is not loaded")?;
-            self.attached.attach_cgroups(ebpf, &cgroups)?;
+        let plan = Self::plan(run);
+        let cgroups: Vec<_> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .context("the network object is not loaded")?;
+        if plan.directions.contains(&Direction::Ingress) {
+            self.attached
+                .attach_cgroups(ebpf, &cgroups, Direction::Ingress)?;
+        }
+        // Certain drops also at the sockets: in place before a target's process starts in a
+        // namespace the TC program is not attached to yet.
+        if plan.certain_egress_drop {
+            self.attached
+                .attach_cgroups(ebpf, &cgroups, Direction::Egress)?;
         }
         self.cover(run, &resolved.netns, &Self::plan(run).peers)
     }
@@ -176,7 +184,7 @@ impl Fault for NetFault {
     fn record(&self, state: &mut State) {
         state.attachments = self.attached.records();
         state.qdiscs = self.attached.qdisc_records();
-        state.ingress_cgroups = self.attached.cgroups();
+        state.ingress_cgroups = self.attached.cgroups(Direction::Ingress);
         state.fq = self.fq.iter().map(|f| f.record.clone()).collect();
     }
 
@@ -190,8 +198,15 @@ impl Fault for NetFault {
             plan.tc.name(),
             self.attached.records().len(),
             run.plan.resolved.netns.len(),
-            self.attached.cgroups().len(),
+            self.attached.cgroups(Direction::Ingress).len(),
         )];
+        let egress_cgroups = self.attached.cgroups(Direction::Egress).len();
+        if egress_cgroups > 0 {
+            lines.push(format!(
+                "  certain drops also at the sockets of {egress_cgroups} cgroup(s), so a target's \
+                 first packets in a new namespace are dropped too"
+            ));
+        }
         let ifaces = self.attached.interfaces();
         if !ifaces.is_empty() {
             lines.push(format!("  interfaces: {}", ifaces.join(" ")));

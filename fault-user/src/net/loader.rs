@@ -9,8 +9,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fault_common::{
-    maps, port_bit, progs, wild_bit, Config, NetRule, RuleCounters, RuleKey, PORT_BITS_WORDS,
-    WILD_LOOPBACK,
+    local_port_bit, maps, port_bit, progs, wild_bit, Config, NetRule, RuleCounters, RuleKey,
+    PORT_BITS_WORDS, WILD_LOCAL_PORTS, WILD_LOOPBACK,
 };
 
 /// The compiled eBPF object (see build.rs).
@@ -144,13 +144,14 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
             loaded.with_context(|| format!("load program {name}"))?;
         }
     }
-    let name = progs::CGROUP_INGRESS;
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?;
-    prog.load()
-        .with_context(|| format!("load program {name}"))?;
+    for name in [progs::CGROUP_INGRESS, progs::CGROUP_EGRESS] {
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("load program {name}"))?;
+    }
     Ok(ebpf)
 }
 
@@ -163,9 +164,10 @@ pub fn add_targets(ebpf: &mut Ebpf, ids: &[u64]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What lets the programs skip trie lookups that cannot hit: a bitmap of the ports rules
-/// name, the `wild` bits of (direction, protocol) pairs that have port-less entries, and
-/// whether any entry is for the loopback device.
+/// What lets the programs skip trie lookups that cannot hit: bitmaps of the peer ports and
+/// the local ports rules name, the `wild` bits of (direction, protocol) pairs that have
+/// entries with neither, whether any entry names a local port, and whether any entry is for
+/// the loopback device.
 fn lookup_summary(lpm: &[(u32, RuleKey, u32)]) -> (Vec<u64>, u32) {
     let mut words = vec![0u64; PORT_BITS_WORDS as usize];
     let mut wild = 0;
@@ -174,9 +176,16 @@ fn lookup_summary(lpm: &[(u32, RuleKey, u32)]) -> (Vec<u64>, u32) {
             wild |= WILD_LOOPBACK;
         }
         let port = u16::from_be_bytes(key.port);
-        match port_bit(key.dir, key.proto, port) {
-            Some((word, bit)) if port != 0 => words[word as usize] |= bit,
-            _ => wild |= wild_bit(key.dir, key.proto),
+        let local = u16::from_be_bytes(key.local_port);
+        if let (Some((word, bit)), true) = (port_bit(key.dir, key.proto, port), port != 0) {
+            words[word as usize] |= bit;
+        }
+        if let (Some((word, bit)), true) = (local_port_bit(key.dir, key.proto, local), local != 0) {
+            words[word as usize] |= bit;
+            wild |= WILD_LOCAL_PORTS;
+        }
+        if port == 0 && local == 0 {
+            wild |= wild_bit(key.dir, key.proto);
         }
     }
     (words, wild)

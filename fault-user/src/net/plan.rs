@@ -24,6 +24,10 @@ pub struct NetPlan {
     pub warnings: Vec<String>,
     /// Whether the egress program goes on loopback too.
     pub loopback: bool,
+    /// Whether an egress rule drops for certain (a partition, 100 %): then the target
+    /// cgroups also get the egress cgroup program, which covers a target's first packets in
+    /// a namespace the TC program is not attached to yet.
+    pub certain_egress_drop: bool,
 }
 
 impl NetPlan {
@@ -55,6 +59,11 @@ impl NetPlan {
             peers,
             warnings,
             loopback: crate::policy::wants_loopback(policy),
+            certain_egress_drop: policy.rules.iter().any(|r| {
+                r.egress
+                    && r.action.drop_model == fault_common::DROP_BERNOULLI
+                    && r.action.drop_p >= fault_common::PROB_ONE
+            }),
         })
     }
 

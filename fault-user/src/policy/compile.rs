@@ -1,7 +1,8 @@
 //! Rules to LPM trie entries.
 //!
-//! The kernel looks a packet up at most three times, as (protocol, port), (protocol, port 0)
-//! and (any protocol, port 0), and takes the lowest rule index among the hits, so the first
+//! The kernel looks a packet up at most five times, as (protocol, port, local port),
+//! (protocol, port, any), (protocol, any, local port), (protocol, any, any) and (any
+//! protocol, any, any), and takes the lowest rule index among the hits, so the first
 //! matching rule in policy order wins. Each lookup returns only the longest matching prefix,
 //! though: if an entry held just its own rule's index, a later rule with a longer prefix
 //! would hide an earlier rule with a shorter one. So every entry holds the lowest index of
@@ -42,6 +43,7 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
                     port,
                     family: slot.family,
                     loopback: slot.loopback,
+                    local_port: slot.local_port,
                 };
                 (group, slot.prefix, index)
             }));
@@ -77,7 +79,7 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
                 port: group.port.to_be_bytes(),
                 family: group.family,
                 loopback: group.loopback,
-                _pad: [0; 2],
+                local_port: group.local_port.to_be_bytes(),
                 addr: prefix.bits.to_be_bytes(),
             };
             (RULE_KEY_FIXED_BITS + u32::from(prefix.len), key, index)
@@ -106,13 +108,15 @@ pub(super) fn check_size(rules: &[Rule]) -> Result<usize, Invalid> {
     Ok(count)
 }
 
-/// Everything of an entry but its port.
+/// Everything of an entry but its peer port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Slot {
     dir: u8,
     proto: u8,
     family: u8,
     loopback: u8,
+    /// One of the rule's local ports, or 0 for a rule without them.
+    local_port: u16,
     prefix: Prefix,
 }
 
@@ -147,19 +151,27 @@ fn slots(rules: &[Rule]) -> HashMap<Slot, Vec<PortRun>> {
         // Packets on the loopback device look up loopback 1, which only rules that ask for
         // it occupy; they occupy loopback 0 as well, for every other device.
         let devices: &[u8] = if rule.loopback { &[0, 1] } else { &[0] };
+        // Every local port is a group of its own in the trie; 0 is "any".
+        let locals: Vec<u16> = match rule.local_ports.is_empty() {
+            true => vec![0],
+            false => rule.local_ports.iter().flat_map(|&(a, b)| a..=b).collect(),
+        };
         for &(_, dir) in dirs.iter().filter(|(wanted, _)| *wanted) {
             for net in nets {
                 let (family, prefix) = Prefix::of(&net.trunc());
                 for &proto in protocols(rule, family) {
                     for &loopback in devices {
-                        let slot = Slot {
-                            dir,
-                            proto,
-                            family,
-                            loopback,
-                            prefix,
-                        };
-                        slots.entry(slot).or_default().extend_from_slice(&runs);
+                        for &local_port in &locals {
+                            let slot = Slot {
+                                dir,
+                                proto,
+                                family,
+                                loopback,
+                                local_port,
+                                prefix,
+                            };
+                            slots.entry(slot).or_default().extend_from_slice(&runs);
+                        }
                     }
                 }
             }
@@ -209,6 +221,7 @@ struct Group {
     port: u16,
     family: u8,
     loopback: u8,
+    local_port: u16,
 }
 
 /// A peer prefix: the top `len` bits of `bits`. IPv4 sits in the top 32 bits, which is where
@@ -255,7 +268,7 @@ impl Prefix {
 /// The protocol codes a rule occupies for peers of one family.
 fn protocols(rule: &Rule, family: u8) -> &'static [u8] {
     match rule.protocol {
-        Protocol::Any if rule.ports.is_empty() => &[PROTO_ANY],
+        Protocol::Any if rule.ports.is_empty() && rule.local_ports.is_empty() => &[PROTO_ANY],
         // Only TCP and UDP have ports.
         Protocol::Any => &[PROTO_TCP, PROTO_UDP],
         Protocol::Tcp => &[PROTO_TCP],
@@ -283,6 +296,7 @@ mod tests {
             protocol,
             cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             ports: ports.to_vec(),
+            local_ports: Vec::new(),
             loopback: false,
             action: NetRule::default(),
         }
@@ -297,6 +311,7 @@ mod tests {
         dir: u8,
         proto: u8,
         port: u16,
+        local: u16,
         addr: IpAddr,
     }
 
@@ -305,6 +320,7 @@ mod tests {
             dir,
             proto,
             port,
+            local: 0,
             addr: addr.parse().unwrap(),
         }
     }
@@ -339,27 +355,34 @@ mod tests {
                     && entry.port == key.port
                     && entry.family == key.family
                     && entry.loopback == key.loopback
+                    && entry.local_port == key.local_port
                     && u128::from_be_bytes(entry.addr) & mask == key_bits & mask
             })
             .max_by_key(|(prefix, _, _)| *prefix)
             .map(|&(_, _, index)| index)
     }
 
-    /// What fault-ebpf's find_rule does: up to three lookups, lowest index wins.
+    /// What fault-ebpf's find_rule does: up to five lookups, lowest index wins.
     fn classify(entries: &[(u32, RuleKey, u32)], packet: Packet) -> Option<u32> {
         let (family, addr) = family_and_bits(packet.addr);
-        let key = |proto: u8, port: u16| RuleKey {
+        let key = |proto: u8, port: u16, local: u16| RuleKey {
             dir: packet.dir,
             proto,
             port: port.to_be_bytes(),
             family,
             loopback: 0,
-            _pad: [0; 2],
+            local_port: local.to_be_bytes(),
             addr,
         };
-        let mut lookups = vec![key(packet.proto, 0), key(PROTO_ANY, 0)];
+        let mut lookups = vec![key(packet.proto, 0, 0), key(PROTO_ANY, 0, 0)];
         if packet.port != 0 {
-            lookups.push(key(packet.proto, packet.port));
+            lookups.push(key(packet.proto, packet.port, 0));
+        }
+        if packet.local != 0 {
+            lookups.push(key(packet.proto, 0, packet.local));
+        }
+        if packet.port != 0 && packet.local != 0 {
+            lookups.push(key(packet.proto, packet.port, packet.local));
         }
         lookups
             .iter()
@@ -377,19 +400,20 @@ mod tests {
             };
             let proto = match rule.protocol {
                 Protocol::Any => {
-                    rule.ports.is_empty() || matches!(packet.proto, PROTO_TCP | PROTO_UDP)
+                    (rule.ports.is_empty() && rule.local_ports.is_empty())
+                        || matches!(packet.proto, PROTO_TCP | PROTO_UDP)
                 }
                 Protocol::Tcp => packet.proto == PROTO_TCP,
                 Protocol::Udp => packet.proto == PROTO_UDP,
                 Protocol::Icmp => packet.proto == if is_v4 { PROTO_ICMP } else { PROTO_ICMPV6 },
             };
             let addr = rule.cidrs.is_empty() || rule.cidrs.iter().any(|c| c.contains(&packet.addr));
-            let port = rule.ports.is_empty()
-                || rule
-                    .ports
-                    .iter()
-                    .any(|&(a, b)| (a..=b).contains(&packet.port));
-            dir && proto && addr && port
+            let within = |ranges: &[(u16, u16)], port: u16| {
+                ranges.is_empty() || ranges.iter().any(|&(a, b)| (a..=b).contains(&port))
+            };
+            let port = within(&rule.ports, packet.port);
+            let local = within(&rule.local_ports, packet.local);
+            dir && proto && addr && port && local
         };
         rules
             .iter()
@@ -413,7 +437,7 @@ mod tests {
             port: port.to_be_bytes(),
             family,
             loopback: 0,
-            _pad: [0; 2],
+            local_port: [0; 2],
             addr,
         };
         entries
@@ -448,7 +472,7 @@ mod tests {
         assert_eq!(key.port, [0x15, 0x38], "5432 in network byte order");
         assert_eq!(key.addr[..4], [10, 88, 0, 0]);
         assert_eq!(key.addr[4..], [0; 12]);
-        assert_eq!(key._pad, [0; 2]);
+        assert_eq!(key.local_port, [0; 2]);
         assert_eq!(
             check_size(&rules).unwrap(),
             entries.len(),
@@ -721,7 +745,11 @@ mod tests {
                             .map(|_| rng.pick(&port_ranges))
                             .collect()
                     };
-                    rule(dirs, protocol, &picked, &ports)
+                    let mut r = rule(dirs, protocol, &picked, &ports);
+                    if protocol != Protocol::Icmp && rng.next().is_multiple_of(3) {
+                        r.local_ports = vec![rng.pick(&port_ranges)];
+                    }
+                    r
                 })
                 .collect();
             let entries = lpm_entries(&rules).unwrap();
@@ -733,7 +761,10 @@ mod tests {
                     0
                 };
                 let dir = rng.pick(&[DIR_EGRESS, DIR_INGRESS]);
-                let p = packet(dir, proto, port, rng.pick(&addrs));
+                let mut p = packet(dir, proto, port, rng.pick(&addrs));
+                if port != 0 {
+                    p.local = rng.pick(&packet_ports);
+                }
                 assert_eq!(
                     classify(&entries, p),
                     first_match(&rules, p),
@@ -741,5 +772,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// "Cut the traffic between these hosts on 2380" must catch connections the peers opened
+    /// to the target's own 2380: the target's port is the local one.
+    #[test]
+    fn local_ports_match_the_targets_own_port() {
+        let mut cut = rule(BOTH, Protocol::Tcp, &["10.0.0.0/8"], &[]);
+        cut.local_ports = vec![(2380, 2380)];
+        let rules = [
+            rule(BOTH, Protocol::Tcp, &["10.0.0.0/8"], &[(2380, 2380)]),
+            cut,
+        ];
+        let entries = lpm_entries(&rules).unwrap();
+        let mut to_us = packet(DIR_INGRESS, PROTO_TCP, 40000, "10.1.2.3");
+        to_us.local = 2380;
+        assert_eq!(
+            classify(&entries, to_us),
+            Some(1),
+            "a peer's connection to our 2380"
+        );
+        let mut from_us = packet(DIR_EGRESS, PROTO_TCP, 2380, "10.1.2.3");
+        from_us.local = 40000;
+        assert_eq!(
+            classify(&entries, from_us),
+            Some(0),
+            "our connection to a peer's 2380"
+        );
+        let mut neither = packet(DIR_EGRESS, PROTO_TCP, 40001, "10.1.2.3");
+        neither.local = 40000;
+        assert_eq!(classify(&entries, neither), None);
     }
 }

@@ -171,7 +171,7 @@ pub(super) enum Direction {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with protocol, cidrs, ports and loopback (all optional)"
+    expecting = "a mapping with protocol, cidrs, ports, local_ports and loopback (all optional)"
 )]
 pub(super) struct Match {
     #[serde(default)]
@@ -180,6 +180,9 @@ pub(super) struct Match {
     pub cidrs: Vec<String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// The target's own ports (source on egress, destination on ingress).
+    #[serde(default)]
+    pub local_ports: Vec<PortSpec>,
     /// Also on the loopback device; off by default, so that a target's traffic to itself
     /// (127.0.0.1, ::1, its own addresses) is left alone.
     #[serde(default)]

@@ -237,6 +237,9 @@ pub struct Rule {
     /// Peer port ranges, inclusive, as written; empty means any port (and any protocol
     /// without ports).
     pub ports: Vec<(u16, u16)>,
+    /// The target's own port ranges (its source port on egress, its destination port on
+    /// ingress), inclusive; empty means any. With `ports` as well, both must match.
+    pub local_ports: Vec<(u16, u16)>,
     /// Whether the rule applies on the loopback device too (`match.loopback`); otherwise
     /// packets on `lo` never match it.
     pub loopback: bool,
@@ -254,7 +257,7 @@ impl Rule {
             _ => ("egress+ingress", "to/from"),
         };
         let protocol = match self.protocol {
-            Protocol::Any if self.ports.is_empty() => "ip",
+            Protocol::Any if self.ports.is_empty() && self.local_ports.is_empty() => "ip",
             Protocol::Any => "tcp/udp",
             other => other.as_str(),
         };
@@ -264,16 +267,21 @@ impl Rule {
             join(self.cidrs.iter().map(ToString::to_string))
         };
         let mut out = format!("{direction} {protocol} {preposition} {peers}");
-        if !self.ports.is_empty() {
-            let ports = join(self.ports.iter().map(|&(first, last)| {
+        for (label, ranges) in [
+            (" ports ", &self.ports),
+            (" local ports ", &self.local_ports),
+        ] {
+            if ranges.is_empty() {
+                continue;
+            }
+            out.push_str(label);
+            out.push_str(&join(ranges.iter().map(|&(first, last)| {
                 if first == last {
                     first.to_string()
                 } else {
                     format!("{first}-{last}")
                 }
-            }));
-            out.push_str(" ports ");
-            out.push_str(&ports);
+            })));
         }
         if self.loopback {
             out.push_str(", loopback too");

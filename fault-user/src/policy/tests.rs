@@ -153,7 +153,21 @@ fn example_policy_files_parse() {
             "slow-replica-link.yaml",
             include_str!("../../../policies/slow-replica-link.yaml"),
         ),
+        (
+            "etcd-peer-cut.yaml",
+            include_str!("../../../policies/etcd-peer-cut.yaml"),
+        ),
     ];
+    // Every file of policies/ is here, so none goes unchecked.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "policies/ and this list");
     for (name, text) in files {
         let policy = parse(text, Path::new(name)).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(
@@ -844,4 +858,36 @@ fn loopback_is_off_unless_a_rule_asks_for_it() {
         &with_rule("direction: egress\nmatch: {loopback: 1}\ndrop: {probability: 2%}"),
         "spec.network[0].match.loopback",
     );
+}
+
+/// Every YAML example in README.md parses: whole policies as they are, fragments of `spec`
+/// (indented by two) inside a minimal policy.
+#[test]
+fn readme_examples_parse() {
+    let readme = include_str!("../../../README.md");
+    let mut blocks = Vec::new();
+    let mut rest = readme;
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("a closed code block");
+        blocks.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    assert!(
+        blocks.len() >= 3,
+        "README has its examples: {}",
+        blocks.len()
+    );
+    for block in blocks {
+        let text = match block.starts_with("apiVersion") {
+            true => block.to_owned(),
+            false => format!(
+                "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: readme}}\nspec:\n  \
+                 duration: 1m\n  targets: [{{cgroup: /}}]\n{block}"
+            ),
+        };
+        let policy = parse(&text, Path::new("README.md"))
+            .unwrap_or_else(|err| panic!("README example does not parse: {err}\n{text}"));
+        lpm_entries(&policy.rules).unwrap_or_else(|err| panic!("{err}"));
+    }
 }

@@ -211,11 +211,19 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
         .enumerate()
         .map(|(i, spec)| port_range(spec, &format!("{path}.match.ports[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    if !ports.is_empty() && matches.protocol == Protocol::Icmp {
-        return Err(Invalid::new(
-            format!("{path}.match.ports"),
-            "icmp has no ports; use protocol tcp, udp or any, or remove ports",
-        ));
+    let local_ports = matches
+        .local_ports
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| port_range(spec, &format!("{path}.match.local_ports[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (field, given) in [("ports", &ports), ("local_ports", &local_ports)] {
+        if !given.is_empty() && matches.protocol == Protocol::Icmp {
+            return Err(Invalid::new(
+                format!("{path}.match.{field}"),
+                format!("icmp has no ports; use protocol tcp, udp or any, or remove {field}"),
+            ));
+        }
     }
 
     let action = action(&raw, path)?;
@@ -245,6 +253,7 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
         protocol: matches.protocol,
         cidrs,
         ports,
+        local_ports,
         loopback: matches.loopback,
         action,
     })
