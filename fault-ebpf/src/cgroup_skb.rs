@@ -26,9 +26,6 @@ pub fn fault_cg_ingress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
-    if net::expired() {
-        return Ok(PASS);
-    }
     // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
     let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ifindex) };
     // cgroup_skb sees the packet from its network header on.
@@ -59,9 +56,6 @@ pub fn fault_cg_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
-    if net::expired() {
-        return Ok(PASS);
-    }
     // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
     let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ifindex) };
     let pkt = net::parse(&ctx.skb, 0, protocol).ok_or(PASS)?;

@@ -70,7 +70,7 @@ pub fn fault_tc_peer_rs(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     let skb = unsafe { &mut *ctx.skb.skb };
-    if own_copy() || (RESEND && resend::from_packet_socket(skb)) || net::expired() {
+    if own_copy() || (RESEND && resend::from_packet_socket(skb)) {
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
@@ -88,14 +88,12 @@ fn own_copy() -> bool {
 
 #[inline(always)]
 fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
-    if own_copy() {
-        return Ok(TC_NEXT);
-    }
     // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
     let skb = unsafe { &mut *ctx.skb.skb };
-    // Cheapest test first: is the sending socket in a target cgroup at all?
+    // Cheapest test first: is the sending socket in a target cgroup at all? (Our own copies
+    // come from targeted sockets, so that check can wait.)
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    if unsafe { TARGETS.get(cgroup) }.is_none() || net::expired() {
+    if unsafe { TARGETS.get(cgroup) }.is_none() || own_copy() {
         return Ok(TC_NEXT);
     }
     if RESEND && resend::from_packet_socket(skb) {
@@ -118,8 +116,11 @@ fn l3_offset(ctx: &TcContext, skb_protocol: u32) -> usize {
         ETH_P_IPV6 => 6,
         _ => return ETH_HLEN,
     };
-    match (ctx.load::<[u8; 2]>(12), ctx.load::<u8>(ETH_HLEN)) {
-        (Ok(t), Ok(v)) if u16::from_be_bytes(t) == ethertype && v >> 4 == version => ETH_HLEN,
+    // The ethertype and the byte after it, in one read.
+    match net::bytes::<3>(&ctx.skb, 12) {
+        Some(b) if u16::from_be_bytes([b[0], b[1]]) == ethertype && b[2] >> 4 == version => {
+            ETH_HLEN
+        }
         _ => 0,
     }
 }
