@@ -19,6 +19,8 @@ use aya_ebpf::{
 };
 use fault_common::{ExecEvent, EXEC_MAX_CGROUPS, EXEC_MAX_HELD};
 
+use crate::events::{self, Event};
+
 const SIGSTOP: u32 = 19;
 
 /// Set by the loader (`fault_common::globals`).
@@ -35,14 +37,16 @@ static EXEC_HELD: HashMap<u32, u64> = HashMap::with_max_entries(EXEC_MAX_HELD, 0
 static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn fault_exec(_ctx: RawTracePointContext) -> i32 {
-    match try_exec() {
-        Ok(()) | Err(()) => 0,
+pub fn fault_exec(ctx: RawTracePointContext) -> i32 {
+    if let Err(pid) = try_exec() {
+        events::tell(&ctx, Event::ExecUnheld, pid);
     }
+    0
 }
 
+/// `Err(pid)` when a target's process could not be held.
 #[inline(always)]
-fn try_exec() -> Result<(), ()> {
+fn try_exec() -> Result<(), u32> {
     // SAFETY: plain loads of globals the loader set before loading the program.
     let deadline = unsafe { core::ptr::read_volatile(&EXEC_DEADLINE_NS) };
     let count = unsafe { core::ptr::read_volatile(&EXEC_CGROUP_COUNT) };
@@ -60,10 +64,10 @@ fn try_exec() -> Result<(), ()> {
         return Ok(());
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    EXEC_HELD.insert(pid, now, 0).map_err(|_| ())?;
+    EXEC_HELD.insert(pid, now, 0).map_err(|_| pid)?;
     let Some(mut entry) = EXEC_EVENTS.reserve::<ExecEvent>(0) else {
         let _ = EXEC_HELD.remove(pid);
-        return Err(());
+        return Err(pid);
     };
     entry.write(ExecEvent {
         pid,
@@ -75,7 +79,7 @@ fn try_exec() -> Result<(), ()> {
     if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
         entry.discard(0);
         let _ = EXEC_HELD.remove(pid);
-        return Err(());
+        return Err(pid);
     }
     entry.submit(0);
     Ok(())

@@ -11,6 +11,8 @@ mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
 mod edt;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
 mod net;

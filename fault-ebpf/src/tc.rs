@@ -18,6 +18,7 @@ use fault_common::{
 
 use crate::{
     edt,
+    events::{self, Event},
     net::{self, Packet, ETH_P_IP, ETH_P_IPV6, TARGETS},
     resend,
 };
@@ -141,7 +142,10 @@ fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
     if rule.dup_p != 0 && net::chance(rule.dup_p) {
         match send_copy(ctx) {
             true => counters.duplicated += 1,
-            false => counters.errors += 1,
+            false => {
+                counters.errors += 1;
+                events::tell(ctx, Event::CloneFailed, index);
+            }
         }
     }
 
@@ -149,7 +153,10 @@ fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
         match corrupt(ctx, rule, pkt) {
             Ok(true) => counters.corrupted += 1,
             Ok(false) => {}
-            Err(()) => counters.errors += 1,
+            Err(()) => {
+                counters.errors += 1;
+                events::tell(ctx, Event::CorruptFailed, index);
+            }
         }
     }
 
@@ -183,12 +190,14 @@ fn schedule<const RESEND: bool>(
             return drop_silently();
         }
         counters.errors += 1;
+        events::tell(ctx, Event::ResendFull, index);
         return TC_NEXT;
     }
 
     let depart = edt::departure(ctx, index, rule, state, pkt);
     if !edt::stamp(ctx, depart) {
         counters.errors += 1;
+        events::tell(ctx, Event::StampFailed, index);
         return TC_NEXT;
     }
     counters.delayed += 1;

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod net;
 pub mod plan;
 pub mod policy;
+pub mod program_log;
 pub mod report;
 pub mod state;
 pub mod sys;

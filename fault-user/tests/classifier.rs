@@ -602,6 +602,63 @@ fn duplication_is_counted_and_the_original_passes() {
     });
 }
 
+/// Keeps the programs' log messages (see fault-user/src/program_log.rs) for a test to read.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// A helper that fails (here, a copy sent to a device that is down) is told through the
+/// programs' log once per CPU, not once per packet; the counters count every one.
+#[test]
+fn a_failing_helper_is_logged_once_not_per_packet() {
+    require_root!();
+    in_private_net(|net| {
+        let out = std::process::Command::new("ip")
+            .args(["link", "set", "fault-tr0", "down"])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "{out:?}");
+        let mut l =
+            Loaded::targeted("    - direction: egress\n      duplicate: {probability: 100%}\n");
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut logger =
+            aya_log::EbpfLogger::init_with_logger(&mut l.ebpf, Capture(messages.clone()))
+                .expect("the object has a log ring");
+        for i in 0..50 {
+            let run = l.egress(net, &out_to("10.2.0.2", udp(40000 + i, 53)));
+            assert_eq!(tc_verdict(&run, "copy to a down device"), Verdict::Pass);
+        }
+        logger.flush();
+        let c = l.counters();
+        assert_eq!(
+            (c[0].seen, c[0].duplicated, c[0].errors),
+            (50, 0, 50),
+            "{c:?}"
+        );
+        let got = messages.lock().unwrap().clone();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            !got.is_empty() && got.len() <= cpus,
+            "one message per CPU at most: {got:?}"
+        );
+        assert!(
+            got.iter()
+                .all(|m| m.contains("rule 0: bpf_clone_redirect failed")),
+            "{got:?}"
+        );
+    });
+}
+
 #[test]
 fn untargeted_cgroups_and_expired_policies_pass_untouched() {
     require_root!();

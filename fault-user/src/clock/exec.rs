@@ -189,6 +189,11 @@ impl ExecWatch {
         self.lease.take()
     }
 
+    /// The reader of the exec program's rare events (see `crate::program_log`).
+    pub fn log_reader(&mut self, verbose: bool) -> Result<crate::program_log::LogReader, String> {
+        crate::program_log::LogReader::start(&mut self._ebpf, verbose)
+    }
+
     /// Lets a held process go.
     pub fn release(&mut self, pid: u32) {
         cont(pid);

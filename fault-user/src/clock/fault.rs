@@ -12,6 +12,7 @@ use crate::{
     engine::{Event, Fault, Run},
     lease::{Renew, LEASE_NS},
     net::loader,
+    program_log::LogReader,
     state::State,
     sys::time::monotonic_ns,
 };
@@ -26,6 +27,8 @@ pub struct ClockFault {
     /// Processes patched right after their exec, for the live view.
     at_exec: usize,
     pages: Pages,
+    /// The exec program's rare events (`fault apply -v`).
+    log: Option<LogReader>,
 }
 
 /// The heartbeat's hold on every patched process: their faults end within a lease of the
@@ -51,6 +54,7 @@ impl ClockFault {
             watch: None,
             at_exec: 0,
             pages: Pages::default(),
+            log: None,
         }
     }
 
@@ -140,6 +144,12 @@ impl Fault for ClockFault {
         if let Some(lease) = self.watch.as_mut().and_then(ExecWatch::take_lease) {
             run.lease.add(Box::new(lease));
         }
+        let verbose = run.plan.options.verbose;
+        match self.watch.as_mut().map(|w| w.log_reader(verbose)) {
+            Some(Ok(reader)) => self.log = Some(reader),
+            Some(Err(why)) if verbose => eprintln!("fault: warning: {why}"),
+            _ => {}
+        }
         run.lease.add(Box::new(ClockLease {
             plan: self.engine.plan().clone(),
             pages: Arc::clone(&self.pages),
@@ -156,12 +166,25 @@ impl Fault for ClockFault {
 
     fn event<'a>(&'a mut self, run: &'a Run) -> Event<'a> {
         Box::pin(async move {
-            let held = match self.watch.as_mut() {
-                Some(w) => w.next().await,
-                None => std::future::pending().await,
+            let (watch, log) = (&mut self.watch, &mut self.log);
+            let held = tokio::select! {
+                held = async {
+                    match watch.as_mut() {
+                        Some(w) => w.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(held),
+                () = async {
+                    match log.as_mut() {
+                        Some(l) => l.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => None,
             };
-            self.on_exec(run, held);
-            self.sync_pages();
+            if let Some(held) = held {
+                self.on_exec(run, held);
+                self.sync_pages();
+            }
         })
     }
 

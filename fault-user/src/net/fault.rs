@@ -13,7 +13,8 @@ use super::{
     DelayPath, Direction, NetPlan,
 };
 use crate::{
-    engine::{Fault, Run},
+    engine::{Event, Fault, Run},
+    program_log::LogReader,
     report,
     state::{RuleInfo, State},
     target::{self, Netns},
@@ -26,6 +27,8 @@ pub struct NetFault {
     attached: Attached,
     fq: Vec<Fq>,
     resender: Option<Resender>,
+    /// The programs' rare events (`fault apply -v`).
+    log: Option<LogReader>,
     ebpf: Option<Ebpf>,
     /// Cgroup ids and namespaces covered so far.
     ids: BTreeSet<u64>,
@@ -66,6 +69,12 @@ impl NetFault {
             resend,
             peer: plan.ingress_timing,
         })?;
+        let mut ebpf = ebpf;
+        match LogReader::start(&mut ebpf, run.plan.options.verbose) {
+            Ok(reader) => self.log = Some(reader),
+            Err(why) if run.plan.options.verbose => eprintln!("fault: warning: {why}"),
+            Err(_) => {}
+        }
         loader::pin(&ebpf, &run.pin_dir)?;
         run.lease.add(Box::new(loader::config_lease(
             &run.pin_dir,
@@ -179,6 +188,15 @@ impl Fault for NetFault {
             );
         }
         covered
+    }
+
+    fn event<'a>(&'a mut self, _run: &'a Run) -> Event<'a> {
+        Box::pin(async move {
+            match self.log.as_mut() {
+                Some(log) => log.next().await,
+                None => std::future::pending().await,
+            }
+        })
     }
 
     fn record(&self, state: &mut State) {
