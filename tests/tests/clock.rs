@@ -1118,6 +1118,14 @@ fn wall_ns() -> i64 {
     d.as_nanos() as i64
 }
 
+/// The processes of `cgroup` that are stopped (state `T`), with their state.
+fn stopped_in(cgroup: &Cgroup) -> Vec<(i32, char)> {
+    states(cgroup)
+        .into_iter()
+        .filter(|&(_, s)| s == 'T')
+        .collect()
+}
+
 /// The state letter of every process in `cgroup` (`T` is stopped).
 fn states(cgroup: &Cgroup) -> Vec<(i32, char)> {
     cgroup
@@ -1319,18 +1327,11 @@ fn a_sigkilled_loader_never_leaves_a_process_held_at_exec() {
         unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
         apply.wait_exit(Duration::from_secs(5));
         wait(Duration::from_millis(100));
-        let held: Vec<(i32, char)> = states(&cgroup)
-            .into_iter()
-            .filter(|&(_, s)| s == 'T')
-            .collect();
-        println!("held when the loader died: {held:?}");
+        println!("held when the loader died: {:?}", stopped_in(&cgroup));
         // The watchdog continues them, and the exec hold's lease ends: within a second,
         // before anyone runs `fault stop`.
         wait(Duration::from_millis(1100));
-        let stopped: Vec<(i32, char)> = states(&cgroup)
-            .into_iter()
-            .filter(|&(_, s)| s == 'T')
-            .collect();
+        let stopped = stopped_in(&cgroup);
         assert!(
             stopped.is_empty(),
             "processes still stopped a second after the loader died: {stopped:?}"
@@ -1340,10 +1341,7 @@ fn a_sigkilled_loader_never_leaves_a_process_held_at_exec() {
         // Whatever was held goes on, and nothing is stopped again: the loop keeps exec'ing.
         for _ in 0..10 {
             wait(Duration::from_millis(50));
-            let stopped: Vec<(i32, char)> = states(&cgroup)
-                .into_iter()
-                .filter(|&(_, s)| s == 'T')
-                .collect();
+            let stopped = stopped_in(&cgroup);
             assert!(
                 stopped.is_empty(),
                 "processes left stopped after `fault stop --all`: {stopped:?}"

@@ -591,7 +591,7 @@ fn ingress_delay_holds_packets_on_their_way_into_the_targets_namespace() {
 }
 
 #[test]
-fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace() {
+fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace_also_by_the_dry_run() {
     require_root();
     {
         let target = Cgroup::new("inhost");
@@ -603,14 +603,19 @@ fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace() {
             &target,
             "      match: {protocol: udp}\n      delay: {latency: 50ms}\n",
         ));
-        let out = fault_tests::fault(["apply".as_ref(), file.path().as_os_str()]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains("network namespace of its own")
-                && err.contains(&*file.path().to_string_lossy()),
-            "the error says why and names the file: {err}"
-        );
+        // The dry run makes the same checks as apply, so it refuses the same way.
+        for args in [&["apply", "--dry-run"][..], &["apply"][..]] {
+            let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            all.push(file.path().as_os_str());
+            let out = fault_tests::fault(all);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains("network namespace of its own")
+                    && err.contains(&*file.path().to_string_lossy()),
+                "{args:?}: the error says why and names the file: {err}"
+            );
+        }
     }
     assert_no_leftovers();
 }

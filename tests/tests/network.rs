@@ -689,23 +689,29 @@ fn ping_replies(cgroup: Option<&Cgroup>, ns: &Netns, to: &str, count: u32) -> Ve
         .collect()
 }
 
-/// Whether a TCP connection from (`cgroup`, `from`) to a listener at `to` in `dest` opens
-/// within 2 s.
-fn tcp_connects(cgroup: Option<&Cgroup>, from: &Netns, dest: &Netns, to: &str) -> bool {
+/// Whether a client in (`client`, `from`) connects to `to` and sends a byte to a server in
+/// (`server`, `dest`).
+fn tcp_connects(
+    client: Option<&Cgroup>,
+    from: &Netns,
+    server: Option<&Cgroup>,
+    dest: &Netns,
+    to: &str,
+) -> bool {
     let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
     let bind = if to.starts_with('[') {
         format!("[::]:{port}")
     } else {
         format!("0.0.0.0:{port}")
     };
-    let mut server = spawn_in(
-        None,
+    let mut listener = spawn_in(
+        server,
         Some(dest),
         probe(&["tcp-recv", "--bind", &bind, "--timeout-ms", "3000"]),
     );
-    server.wait_listening(port);
+    listener.wait_listening(port);
     let sent = probe_json(&run_in(
-        cgroup,
+        client,
         Some(from),
         probe(&[
             "tcp-send",
@@ -718,7 +724,7 @@ fn tcp_connects(cgroup: Option<&Cgroup>, from: &Netns, dest: &Netns, to: &str) -
         ]),
         Duration::from_secs(30),
     ));
-    drop(server);
+    drop(listener);
     sent["error"].is_null()
 }
 
@@ -756,11 +762,11 @@ fn full_egress_drop_stops_the_first_packet_to_a_new_neighbour_too() {
         // Both neighbours are resolved by now: new ones for TCP.
         a.ip(&["neigh", "flush", "all"]);
         assert!(
-            !tcp_connects(Some(&target), &a, &b, &format!("{v4}:8401")),
+            !tcp_connects(Some(&target), &a, None, &b, &format!("{v4}:8401")),
             "a TCP connection to {v4} opened through a 100% drop"
         );
         assert!(
-            !tcp_connects(Some(&target), &a, &b, &format!("[{v6}]:8402")),
+            !tcp_connects(Some(&target), &a, None, &b, &format!("[{v6}]:8402")),
             "a TCP connection to {v6} opened through a 100% drop"
         );
         let rules = status_rules();
@@ -850,40 +856,6 @@ fn loopback_traffic_is_faulted_only_when_a_rule_asks() {
     }
 }
 
-/// Whether a peer on `from` (untargeted) can connect to a server of the target listening on
-/// `to`, inside `dest`.
-fn peer_connects_to_target(target: &Cgroup, dest: &Netns, from: &Netns, to: &str) -> bool {
-    let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
-    let mut server = spawn_in(
-        Some(target),
-        Some(dest),
-        probe(&[
-            "tcp-recv",
-            "--bind",
-            &format!("0.0.0.0:{port}"),
-            "--timeout-ms",
-            "3000",
-        ]),
-    );
-    server.wait_listening(port);
-    let sent = probe_json(&run_in(
-        None,
-        Some(from),
-        probe(&[
-            "tcp-send",
-            "--to",
-            to,
-            "--bytes",
-            "1",
-            "--timeout-ms",
-            "1500",
-        ]),
-        Duration::from_secs(30),
-    ));
-    drop(server);
-    sent["error"].is_null()
-}
-
 /// "Cut the traffic between these hosts on 2380" catches the connections the peers open to
 /// the target's own 2380 only with `local_ports`; `ports` names the peer's port.
 #[test]
@@ -911,7 +883,7 @@ fn local_ports_cut_connections_to_the_targets_own_port() {
             apply.wait_ready();
             let to = format!("{}:2380", h.veth.ip_a());
             assert_eq!(
-                peer_connects_to_target(&target, &h.a, &h.b, &to),
+                tcp_connects(None, &h.b, Some(&target), &h.a, &to),
                 connects,
                 "match {matches}: a peer connects to the target's 2380"
             );
