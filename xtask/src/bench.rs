@@ -143,7 +143,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          - *untargeted socket*: the sending socket's cgroup is not a target, the common case \
          for a host's traffic: one hash lookup, then the packet is handed on.\n\
          - *targeted socket, no rule matches*: the packet is parsed and looked up in the rule \
-         trie (at most three lookups, whatever the number of rules).\n\
+         trie (at most five lookups, whatever the number of rules; none here, since the \
+         port bitmap shows no rule names the packet's port). The packets run on a device \
+         other than loopback, which the programs leave alone before any lookup.\n\
          - *ingress*: the cgroup_skb program, which only runs for the targets' sockets.\n\n\
          {classifier}\n\
          ## Throughput of an untargeted TCP flow\n\n\
