@@ -182,6 +182,12 @@ impl NetRule {
     pub fn schedules(&self) -> bool {
         self.delay_ns != 0 || self.jitter_ns != 0 || self.rate_bytes != 0
     }
+
+    /// Whether the rule drops every packet it matches: a partition, or a 100 % loss.
+    #[inline(always)]
+    pub fn certain_drop(&self) -> bool {
+        self.drop_model == DROP_BERNOULLI && self.drop_p >= PROB_ONE
+    }
 }
 
 /// `NetRule::jitter_dist` codes. Uniform needs no table; the others index DIST_TABLE.

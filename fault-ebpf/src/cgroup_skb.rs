@@ -62,7 +62,7 @@ fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
     // The device the packet is about to leave by (skb->dev), as at TC.
     let index = net::find_rule(DIR_EGRESS, &pkt, ifindex).ok_or(PASS)?;
     let (rule, counters, _) = net::rule_slots(index).ok_or(PASS)?;
-    if !net::certain_drop(rule) {
+    if !rule.certain_drop() {
         return Ok(PASS);
     }
     counters.seen += 1;

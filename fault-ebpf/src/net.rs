@@ -10,7 +10,7 @@ use aya_ebpf::{
 use fault_common::{
     local_port_bit, port_bit, wild_bit, Config, NetRule, RuleCounters, RuleKey, RuleState,
     DIR_EGRESS, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, LOOPBACK_IFINDEX,
-    PORT_BITS_WORDS, PROB_ONE, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    PORT_BITS_WORDS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     RULE_KEY_FIXED_BITS, WILD_LOCAL_PORTS, WILD_LOOPBACK,
 };
 
@@ -240,17 +240,11 @@ pub fn chance(threshold: u64) -> bool {
     (unsafe { bpf_get_prandom_u32() } as u64) < threshold
 }
 
-/// A rule that drops every packet it matches: a partition, or a 100 % loss.
-#[inline(always)]
-pub fn certain_drop(rule: &NetRule) -> bool {
-    rule.drop_model == DROP_BERNOULLI && rule.drop_p >= PROB_ONE
-}
-
 #[inline(always)]
 pub fn should_drop(rule: &NetRule, state: &mut RuleState) -> bool {
     // Certain: also the first packet, which a correlation would otherwise let through by
     // "repeating" the decision before any was made.
-    if certain_drop(rule) {
+    if rule.certain_drop() {
         return true;
     }
     match rule.drop_model {

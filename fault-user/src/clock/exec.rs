@@ -239,13 +239,7 @@ fn exec_lease(ebpf: &mut Ebpf, deadline_ns: u64) -> Result<ConfigLease, StartErr
 pub fn wait_stopped(pid: u32, timeout: std::time::Duration) -> bool {
     let until = std::time::Instant::now() + timeout;
     loop {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let (_, rest) = s.rsplit_once(')')?;
-                rest.trim_start().chars().next()
-            });
-        match state {
+        match crate::sys::proc::state(pid) {
             Some('T') => return true,
             None | Some('Z' | 'X') => return false,
             _ if std::time::Instant::now() > until => return false,

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::{exec::ExecWatch, layout::Plan, patch::Shared, Engine};
+use super::{exec::ExecWatch, layout::Plan, patch::Shared, Engine, Told};
 use crate::{
     engine::{Event, Fault, Run},
     lease::{Renew, LEASE_NS},
@@ -78,10 +78,10 @@ impl ClockFault {
     }
 
     /// Per-process lines are details (`-v`); refusals are always told.
-    fn tell(run: &Run, lines: &[String]) {
-        for line in lines {
-            if run.plan.options.verbose || line.contains("warning") {
-                println!("fault: {line}");
+    fn tell(run: &Run, told: &[Told]) {
+        for t in told {
+            if run.plan.options.verbose || t.refused {
+                println!("fault: {}", t.text);
             }
         }
     }
@@ -122,17 +122,14 @@ impl ClockFault {
             return;
         };
         for e in &held {
-            let lines = self.engine.patch_exec(e.pid);
+            let mut told = self.engine.patch_exec(e.pid);
             watch.release(e.pid);
-            if !lines.is_empty() {
-                self.at_exec += 1;
-            }
+            self.at_exec += told.iter().filter(|t| !t.refused).count();
             let held_ms = monotonic_ns().saturating_sub(e.stopped_ns) as f64 / 1e6;
-            let lines: Vec<String> = lines
-                .into_iter()
-                .map(|l| format!("{l}; held {held_ms:.2} ms"))
-                .collect();
-            Self::tell(run, &lines);
+            for t in &mut told {
+                t.text = format!("{}; held {held_ms:.2} ms", t.text);
+            }
+            Self::tell(run, &told);
         }
     }
 }

@@ -67,6 +67,14 @@ pub struct RuleStatus {
     pub steady_ns: i64,
 }
 
+/// What happened to one process, to tell the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Told {
+    pub text: String,
+    /// It could not be patched (a detail otherwise: the process was patched).
+    pub refused: bool,
+}
+
 /// The clock faults of one apply.
 pub struct Engine {
     rules: Vec<ClockRule>,
@@ -100,7 +108,7 @@ impl Engine {
     /// Patches every process in `targets` not patched yet, and forgets those that exited or
     /// exec'd (they are patched again if they are still there). Returns what to tell the
     /// user, one line per event.
-    pub fn follow(&mut self, targets: &[ResolvedTarget]) -> Vec<String> {
+    pub fn follow(&mut self, targets: &[ResolvedTarget]) -> Vec<Told> {
         if !self.is_active() {
             return Vec::new();
         }
@@ -126,7 +134,7 @@ impl Engine {
 
     /// Patches a process the exec hold stopped right after its exec (see [`exec`]); the
     /// caller lets it go afterwards, whatever this returns.
-    pub fn patch_exec(&mut self, pid: u32) -> Vec<String> {
+    pub fn patch_exec(&mut self, pid: u32) -> Vec<Told> {
         if !self.is_active() || pid == std::process::id() {
             return Vec::new();
         }
@@ -147,7 +155,7 @@ impl Engine {
         self.patch_one(pid, start, " at exec").into_iter().collect()
     }
 
-    fn patch_one(&mut self, pid: u32, start: u64, when: &str) -> Option<String> {
+    fn patch_one(&mut self, pid: u32, start: u64, when: &str) -> Option<Told> {
         match patch::patch(pid, &self.plan) {
             Ok(p) => {
                 let line = if p.adopted {
@@ -165,7 +173,10 @@ impl Engine {
                     )
                 };
                 self.patched.insert(pid, p);
-                Some(line)
+                Some(Told {
+                    text: line,
+                    refused: false,
+                })
             }
             // A process that ended while being patched is no failure.
             Err(_) if patch::start_time(pid) != Some(start) => None,
@@ -173,7 +184,10 @@ impl Engine {
                 let text = format!("{:#}", anyhow::Error::from(e));
                 let line = format!("clock: warning: {text}; its clocks are not faulted");
                 self.refused.insert((pid, start), text);
-                Some(line)
+                Some(Told {
+                    text: line,
+                    refused: true,
+                })
             }
         }
     }

@@ -216,24 +216,38 @@ impl Attached {
         tc: TcMode,
         loopback: bool,
     ) -> anyhow::Result<()> {
-        let ifaces = match interfaces {
-            Some(list) => list.to_vec(),
-            None => in_netns(ns, crate::sys::netns::interfaces)?,
-        };
-        for ifname in ifaces.iter().filter(|i| loopback || *i != "lo") {
-            let (qdisc, link) = in_netns(ns, || {
+        // One thread in the namespace for all its interfaces; it stops at the first error,
+        // and what it attached before that is kept (and so taken off when `self` drops).
+        let attempts = in_netns(ns, || {
+            let ifaces = match interfaces {
+                Some(list) => list.to_vec(),
+                None => crate::sys::netns::interfaces()?,
+            };
+            let mut attempts = Vec::new();
+            for ifname in ifaces.into_iter().filter(|i| loopback || i != "lo") {
                 let qdisc = match tc {
-                    TcMode::Clsact => Clsact::ensure(ns, ifname)?,
-                    TcMode::Tcx => None,
+                    TcMode::Clsact => Clsact::ensure(ns, &ifname),
+                    TcMode::Tcx => Ok(None),
                 };
-                Ok((qdisc, attach_here(ebpf, program, ifname, tc)))
-            })?;
+                let attempt = match qdisc {
+                    Ok(qdisc) => (qdisc, attach_here(ebpf, program, &ifname, tc)),
+                    Err(e) => (None, Err(e)),
+                };
+                let failed = attempt.1.is_err();
+                attempts.push((ifname, attempt));
+                if failed {
+                    break;
+                }
+            }
+            Ok(attempts)
+        })?;
+        for (ifname, (qdisc, link)) in attempts {
             self.qdiscs.extend(qdisc);
             let (link, mode) = link?;
             self.links.push(TcLink {
                 record: Record {
                     netns: ns.clone(),
-                    ifname: ifname.clone(),
+                    ifname,
                     direction: Direction::Egress,
                     mode,
                 },

@@ -102,21 +102,32 @@ impl Drop for Fq {
 /// pushed to `out` (and so restored when it drops).
 pub fn install(places: &[(Netns, Option<String>)], out: &mut Vec<Fq>) -> anyhow::Result<()> {
     for (ns, only) in places {
-        let ifaces = match only {
-            Some(name) => vec![name.clone()],
-            None => in_netns(ns, crate::sys::netns::interfaces)?,
-        };
-        for ifname in ifaces {
-            if let Some(previous) = in_netns(ns, || fq_here(&ifname))? {
-                out.push(Fq {
-                    record: FqRecord {
-                        netns: ns.clone(),
-                        ifname,
-                        previous,
-                    },
-                    present: true,
-                });
+        // One thread in the namespace for all its interfaces, stopping at the first error.
+        let (installed, failed) = in_netns(ns, || {
+            let ifaces = match only {
+                Some(name) => vec![name.clone()],
+                None => crate::sys::netns::interfaces()?,
+            };
+            let mut installed = Vec::new();
+            for ifname in ifaces {
+                match fq_here(&ifname) {
+                    Ok(Some(previous)) => installed.push((ifname, previous)),
+                    Ok(None) => {}
+                    Err(e) => return Ok((installed, Some(e))),
+                }
             }
+            Ok((installed, None))
+        })?;
+        out.extend(installed.into_iter().map(|(ifname, previous)| Fq {
+            record: FqRecord {
+                netns: ns.clone(),
+                ifname,
+                previous,
+            },
+            present: true,
+        }));
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
     Ok(())

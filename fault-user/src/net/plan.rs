@@ -59,11 +59,10 @@ impl NetPlan {
             peers,
             warnings,
             loopback: crate::policy::wants_loopback(policy),
-            certain_egress_drop: policy.rules.iter().any(|r| {
-                r.egress
-                    && r.action.drop_model == fault_common::DROP_BERNOULLI
-                    && r.action.drop_p >= fault_common::PROB_ONE
-            }),
+            certain_egress_drop: policy
+                .rules
+                .iter()
+                .any(|r| r.egress && r.action.certain_drop()),
         })
     }
 
