@@ -424,19 +424,33 @@ fn match_table() -> Vec<(&'static str, Vec<BothWays>)> {
     ]
 }
 
-#[test]
-fn egress_match_fields_decide_what_is_dropped() {
-    require_root!();
-    let table = match_table()
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    Egress,
+    Ingress,
+}
+
+/// The match table as seen in one direction: each case with that direction's frame.
+fn table_for(direction: Direction) -> Vec<(&'static str, Vec<MatchCase>)> {
+    match_table()
         .into_iter()
         .map(|(m, cases)| {
             let cases = cases
                 .into_iter()
-                .map(|(name, out, _, v)| case(name, out, v))
+                .map(|(name, out, inbound, v)| match direction {
+                    Direction::Egress => case(name, out, v),
+                    Direction::Ingress => case(name, inbound, v),
+                })
                 .collect();
             (m, cases)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn egress_match_fields_decide_what_is_dropped() {
+    require_root!();
+    let table = table_for(Direction::Egress);
     check_matches("egress", table, |l, net, f, name| {
         tc_verdict(&l.egress(net, f), name)
     });
@@ -445,16 +459,7 @@ fn egress_match_fields_decide_what_is_dropped() {
 #[test]
 fn ingress_match_fields_decide_what_is_dropped() {
     require_root!();
-    let table = match_table()
-        .into_iter()
-        .map(|(m, cases)| {
-            let cases = cases
-                .into_iter()
-                .map(|(name, _, inbound, v)| case(name, inbound, v))
-                .collect();
-            (m, cases)
-        })
-        .collect();
+    let table = table_for(Direction::Ingress);
     check_matches("ingress", table, |l, net, f, name| {
         cg_verdict(&l.ingress(net, f), name)
     });

@@ -52,15 +52,16 @@ fn sighup_reverts_like_sigterm() {
     assert_no_leftovers();
 }
 
-/// UDP echo round trips from (`cgroup`, `h.a`) to an echo server on `h.b`: the median, ms.
-fn rtt_ms(h: &Hosts, cgroup: &Cgroup, port: u16) -> f64 {
+/// `count` UDP echo round trips from (`cgroup`, `h.a`) to an echo server on `h.b`, 5 ms
+/// apart: the probe's report.
+fn ping(h: &Hosts, cgroup: &Cgroup, port: u16, count: u32) -> serde_json::Value {
     let mut echo = spawn_in(
         None,
         Some(&h.b),
         probe(&["echo", "--bind", &format!("0.0.0.0:{port}")]),
     );
     echo.wait_listening(port);
-    let got = probe_json(&run_in(
+    probe_json(&run_in(
         Some(cgroup),
         Some(&h.a),
         probe(&[
@@ -68,13 +69,65 @@ fn rtt_ms(h: &Hosts, cgroup: &Cgroup, port: u16) -> f64 {
             "--to",
             &format!("{}:{port}", h.veth.ip_b()),
             "--count",
-            "20",
+            &count.to_string(),
             "--interval-us",
             "5000",
         ]),
         Duration::from_secs(60),
-    ));
-    got["p50_us"].as_f64().expect("p50_us") / 1000.0
+    ))
+}
+
+/// The median of 20 round trips, ms.
+fn rtt_ms(h: &Hosts, cgroup: &Cgroup, port: u16) -> f64 {
+    ping(h, cgroup, port, 20)["p50_us"]
+        .as_f64()
+        .expect("p50_us")
+        / 1000.0
+}
+
+/// The fail-safe rule for the network faults this engine puts in place, on the path whose
+/// attachments outlive the loader (clsact filters): a partition (also judged at the
+/// target's sockets) and a delay both end within a second of a SIGKILL, long before the
+/// deadline, and `fault stop` then leaves nothing.
+#[test]
+fn after_sigkill_partition_and_delay_end_within_a_second_and_stop_leaves_nothing() {
+    require_root();
+    {
+        let h = hosts("killall", "10.79", 7);
+        let target = Cgroup::new("killall");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-killall",
+            &target,
+            "  network:\n    - direction: egress\n      match: {protocol: udp, ports: [9371]}\n      \
+             partition: true\n    - direction: egress\n      match: {protocol: udp, ports: [9372]}\n      \
+             delay: {latency: 50ms}\n",
+        ));
+        let mut apply = FaultApply::start_env(
+            [std::ffi::OsStr::new("apply"), file.path().as_os_str()],
+            "t-killall",
+            &[("FAULT_TC_MODE", "clsact")],
+        );
+        apply.wait_ready();
+        assert_eq!(ping(&h, &target, 9371, 5)["replies"], 0, "partitioned");
+        let delayed = rtt_ms(&h, &target, 9372);
+        assert!(delayed >= 49.0, "delayed: p50 {delayed:.2} ms");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        let killed = std::time::Instant::now();
+        apply.wait_exit(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1100).saturating_sub(killed.elapsed()));
+        assert_eq!(
+            ping(&h, &target, 9371, 5)["replies"],
+            5,
+            "the partition ended within a second of the SIGKILL"
+        );
+        let after = rtt_ms(&h, &target, 9372);
+        assert!(after < 10.0, "the delay ended too: p50 {after:.2} ms");
+        let out = fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {}", text(&out));
+    }
+    assert_no_leftovers();
 }
 
 #[test]

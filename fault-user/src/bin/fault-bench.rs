@@ -5,11 +5,13 @@
 //! policy would have) and runs a UDP packet that no rule matches through them a million
 //! times; the kernel reports the mean time per run.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::fd::{AsFd as _, BorrowedFd};
 
 use anyhow::bail;
-use aya::programs::{CgroupSkb, SchedClassifier};
-use fault::{net::loader, policy};
+use fault::{
+    net::{loader, test_run::SkbCtx},
+    policy,
+};
 use fault_common::progs;
 
 const REPEAT: u32 = 1_000_000;
@@ -30,7 +32,7 @@ fn main() -> anyhow::Result<()> {
         // BPF_PROG_TEST_RUN gives the packet a dummy socket in the caller's cgroup: listing
         // that cgroup as a target makes the egress program go on to the rule lookup.
         for (target, ingress) in [(u64::MAX, false), (own, false), (own, true)] {
-            let mut ebpf = loader::load(&loader::Tables {
+            let ebpf = loader::load(&loader::Tables {
                 cgroup_ids: &[target],
                 lpm: &lpm,
                 rules: &actions,
@@ -38,21 +40,15 @@ fn main() -> anyhow::Result<()> {
                 resend: false,
                 peer: false,
             })?;
-            let fd = if ingress {
-                let prog: &mut CgroupSkb = ebpf
-                    .program_mut(progs::CGROUP_INGRESS)
-                    .expect("in the object")
-                    .try_into()?;
-                prog.fd()?.as_fd().as_raw_fd()
+            let name = if ingress {
+                progs::CGROUP_INGRESS
             } else {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(progs::TC_EGRESS)
-                    .expect("in the object")
-                    .try_into()?;
-                prog.fd()?.as_fd().as_raw_fd()
+                progs::TC_EGRESS
             };
+            let program = ebpf.program(name).expect("in the object");
+            let fd = program.fd()?;
             let mut runs = (0..5)
-                .map(|_| test_run(fd, &packet))
+                .map(|_| test_run(fd.as_fd(), &packet))
                 .collect::<anyhow::Result<Vec<u32>>>()?;
             runs.sort_unstable();
             row.push(runs[2].to_string());
@@ -119,58 +115,15 @@ fn device_index() -> anyhow::Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("no network device besides lo to run the packets on"))
 }
 
-/// The kernel's mean nanoseconds per run of program `fd` over `data`.
-fn test_run(fd: i32, data: &[u8]) -> anyhow::Result<u32> {
-    /// The test-run member of `union bpf_attr` (include/uapi/linux/bpf.h).
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRun {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        /// Explicit, so no byte the kernel checks is left uninitialised.
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // A __sk_buff whose ifindex names a device that is not loopback: without one, test-run
-    // puts the packet on `lo`, which the programs leave alone before any lookup.
-    let mut ctx = [0u32; 48];
-    ctx[10] = device_index()?;
-    let mut attr = TestRun {
-        prog_fd: fd as u32,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        repeat: REPEAT,
-        ctx_size_in: std::mem::size_of_val(&ctx) as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: attr is a fully initialised prefix of bpf_attr, and we pass its size.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRun,
-            std::mem::size_of::<TestRun>(),
-        )
-    };
-    if ret != 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
+/// The kernel's mean nanoseconds per run of program `fd` over `data`, on a device that is
+/// not loopback: without one, test-run puts the packet on `lo`, which the programs leave
+/// alone before any lookup.
+fn test_run(fd: BorrowedFd<'_>, data: &[u8]) -> anyhow::Result<u32> {
+    let ctx = SkbCtx::new().ifindex(device_index()?);
+    let run = fault::net::test_run::test_run(fd, data, &ctx, REPEAT)
+        .map_err(|e| anyhow::anyhow!("BPF_PROG_TEST_RUN: {e}"))?;
     if std::env::var_os("FAULT_BENCH_DEBUG").is_some() {
-        eprintln!("retval {} duration {}", attr.retval as i32, attr.duration);
+        eprintln!("retval {} duration {}", run.retval as i32, run.duration_ns);
     }
-    Ok(attr.duration)
+    Ok(run.duration_ns)
 }

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod peer;
 pub mod resend;
 pub mod tc_mode;
+pub mod test_run;
 
 mod fault;
 mod plan;
