@@ -7,8 +7,11 @@
 
 /// Map names, mirrored here so the loader never spells one twice (at most 15 bytes each).
 pub mod maps {
-    /// `HashMap<u64, u32>`: cgroup ids of the policy's targets (value unused, 1).
+    /// `HashMap<u64, u32>`: cgroup ids of the policy's targets -> their class (0 for a
+    /// policy, group index + 1 for an experiment).
     pub const TARGETS: &str = "TARGETS";
+    /// `HashMap<u32, u32>`: far-end ifindex -> class, for ingress timing in experiments.
+    pub const PEER_CLASS: &str = "PEER_CLASS";
     /// `LpmTrie<RuleKey, u32>`: (direction, protocol, port, peer address) -> rule index.
     pub const RULE_LPM: &str = "RULE_LPM";
     /// `Array<NetRule>`: what each rule does, indexed by rule index.
@@ -49,6 +52,8 @@ pub mod maps {
     /// `Array<u64>` with one entry: CLOCK_MONOTONIC ns of the resender's last sign of life.
     /// A packet is only handed over while that is recent, so a dead loader holds nothing.
     pub const RESEND_ALIVE: &str = "RESEND_ALIVE";
+    /// `Array<u64>`: per rule, how many random numbers it has drawn from its seeded stream.
+    pub const DRAWS: &str = "DRAWS";
     /// `PerCpuArray<u32>`, one slot: 1 while the egress program sends its own copy of a
     /// packet (a duplicate, or a delayed packet's orphaned copy), so the copy is let through.
     pub const OWN_COPY: &str = "OWN_COPY";
@@ -107,8 +112,8 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
 /// Bits of the LPM key before the peer address: dir, proto, port (2), family, loopback,
-/// pad (2).
-pub const RULE_KEY_FIXED_BITS: u32 = 64;
+/// local port (2), class, pad (3).
+pub const RULE_KEY_FIXED_BITS: u32 = 96;
 
 /// The data part of an LPM key (the trie adds the prefix length in front).
 ///
@@ -127,10 +132,14 @@ pub struct RuleKey {
     /// The target's own port in network byte order (source on egress, destination on
     /// ingress); 0 when the rule names no local port.
     pub local_port: [u8; 2],
+    /// Whose packet it is: the value TARGETS holds for the sending (or receiving) cgroup. 0
+    /// for a policy's targets; an experiment's group `i` is class `i + 1`.
+    pub class: u8,
+    pub _pad: [u8; 3],
     /// Peer address; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<RuleKey>() == 24);
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 28);
 
 /// `NetRule::drop_model` codes.
 pub const DROP_NONE: u32 = 0;
@@ -290,6 +299,16 @@ pub const WILD_LOCAL_PORTS: u32 = 1 << 9;
 /// include/net/flow.h).
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
+/// A 64-bit mix (splitmix64's finaliser) of a seeded stream's position: the seeded random
+/// numbers, the same in the programs and in tests.
+#[inline(always)]
+pub fn seeded_draw(seed: u64, rule: u32, n: u64) -> u32 {
+    let mut z = (seed ^ ((rule as u64) << 40)).wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    ((z ^ (z >> 31)) >> 32) as u32
+}
+
 /// Policy-wide settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -300,8 +319,12 @@ pub struct Config {
     pub rule_count: u32,
     /// [`wild_bit`]s of the trie's port-less entries, and [`WILD_LOOPBACK`].
     pub wild: u32,
+    /// Non-zero: every random decision of rule `i` is the `n`th draw of a stream fixed by
+    /// this seed and `i` (see DRAWS), so a run repeats another on the same packets. 0: the
+    /// kernel's random numbers.
+    pub seed: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 /// What precedes a packet in RESEND_RING.
 #[repr(C)]

@@ -8,7 +8,7 @@
 //! (FLOW_LAST), unless the rule asks for reordering.
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_set_tstamp},
+    helpers::{bpf_ktime_get_ns, bpf_skb_set_tstamp},
     macros::map,
     maps::{Array, LruHashMap},
     programs::TcContext,
@@ -84,11 +84,11 @@ pub fn departure(
 
     let mut reorder = false;
     if holds(rule) {
-        if rule.reorder_p != 0 && net::chance(rule.reorder_p) {
+        if rule.reorder_p != 0 && net::chance(index, rule.reorder_p) {
             // Sent as soon as the rate allows: it overtakes the delayed packets before it.
             reorder = true;
         } else {
-            depart += delay(rule, state);
+            depart += delay(index, rule, state);
         }
     }
 
@@ -117,13 +117,13 @@ pub fn departure(
 
 /// Latency plus a jitter draw from the rule's distribution, never below zero.
 #[inline(always)]
-fn delay(rule: &NetRule, state: &mut RuleState) -> u64 {
+fn delay(index: u32, rule: &NetRule, state: &mut RuleState) -> u64 {
     if rule.jitter_ns == 0 {
         return rule.delay_ns;
     }
     // Correlated draws as netem makes them: a weighted mean of a fresh uniform number and
     // the previous draw, with the correlation as the previous draw's weight.
-    let fresh = unsafe { bpf_get_prandom_u32() } as u64;
+    let fresh = net::random(index) as u64;
     let rho = rule.jitter_corr;
     let u = ((fresh * (PROB_ONE - rho) + state.jitter_last as u64 * rho) >> 32) as u32;
     state.jitter_last = u;

@@ -8,15 +8,19 @@ use aya_ebpf::{
     programs::sk_buff::SkBuff,
 };
 use fault_common::{
-    local_port_bit, port_bit, wild_bit, Config, NetRule, RuleCounters, RuleKey, RuleState,
-    DIR_EGRESS, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6, LOOPBACK_IFINDEX,
-    PORT_BITS_WORDS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    local_port_bit, port_bit, seeded_draw, wild_bit, Config, NetRule, RuleCounters, RuleKey,
+    RuleState, DIR_EGRESS, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, FAMILY_V4, FAMILY_V6,
+    LOOPBACK_IFINDEX, PORT_BITS_WORDS, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     RULE_KEY_FIXED_BITS, WILD_LOCAL_PORTS, WILD_LOOPBACK,
 };
 
 // Sizes here are defaults; the loader sets each map's real size before loading.
 #[map]
 pub static TARGETS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+/// The class of the packets leaving by a far end of a target's veth (ingress timing), by the
+/// far end's ifindex; absent for a policy, whose targets are all class 0.
+#[map]
+pub static PEER_CLASS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static RULE_LPM: LpmTrie<RuleKey, u32> = LpmTrie::with_max_entries(1024, 0);
 #[map]
@@ -27,6 +31,8 @@ pub static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(6
 pub static RULE_STATE: PerCpuArray<RuleState> = PerCpuArray::with_max_entries(64, 0);
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+pub static DRAWS: Array<u64> = Array::with_max_entries(64, 0);
 #[map]
 pub static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_BITS_WORDS, 0);
 
@@ -161,9 +167,10 @@ pub fn parse(skb: &SkBuff, l3: usize, skb_protocol: u32) -> Option<Packet> {
 /// any port, and any protocol. The loader stores in every trie entry the lowest index among
 /// all rules covering that prefix, so a longest-prefix hit is enough. A lookup that no rule
 /// could answer is skipped: PORT_BITS and `Config::wild` say which. A packet on the loopback
-/// device (`ifindex`) finds only rules that ask for loopback.
+/// device (`ifindex`) finds only rules that ask for loopback. `class` says whose packet it is
+/// (see [`RuleKey::class`]).
 #[inline(always)]
-pub fn find_rule(dir: u8, pkt: &Packet, ifindex: u32) -> Option<u32> {
+pub fn find_rule(dir: u8, pkt: &Packet, ifindex: u32, class: u32) -> Option<u32> {
     let wild = CONFIG.get(0)?.wild;
     let loopback = ifindex == LOOPBACK_IFINDEX;
     if loopback && wild & WILD_LOOPBACK == 0 {
@@ -192,6 +199,8 @@ pub fn find_rule(dir: u8, pkt: &Packet, ifindex: u32) -> Option<u32> {
             family: pkt.family,
             loopback: loopback as u8,
             local_port: local,
+            class: class as u8,
+            _pad: [0; 3],
             addr: *addr,
         },
     );
@@ -224,6 +233,13 @@ pub fn find_rule(dir: u8, pkt: &Packet, ifindex: u32) -> Option<u32> {
     (best != u32::MAX).then_some(best)
 }
 
+/// The class of a targeted cgroup's packets; `None` for a cgroup that is not a target.
+#[inline(always)]
+pub fn class_of(cgroup: u64) -> Option<u32> {
+    // SAFETY: a plain map read; the value is copied out at once.
+    unsafe { TARGETS.get(&cgroup) }.copied()
+}
+
 /// Whether a port (network byte order, 0 for none) is one that PORT_BITS marks at `bit`.
 #[inline(always)]
 fn named(bit: Option<(u32, u64)>, port: [u8; 2]) -> bool {
@@ -235,13 +251,30 @@ fn named(bit: Option<(u32, u64)>, port: [u8; 2]) -> bool {
     }
 }
 
+/// A random number for rule `index`: from its seeded stream when the experiment has a
+/// seed, else the kernel's. The stream's position is shared by all CPUs and not atomic: a
+/// single sender's packets pass one at a time, which is what reproducing a run needs.
 #[inline(always)]
-pub fn chance(threshold: u64) -> bool {
-    (unsafe { bpf_get_prandom_u32() } as u64) < threshold
+pub fn random(index: u32) -> u32 {
+    let seed = CONFIG.get(0).map_or(0, |c| c.seed);
+    if seed != 0 {
+        if let Some(n) = DRAWS.get_ptr_mut(index) {
+            // SAFETY: a plain read and write of an array value the verifier bounds-checked.
+            let count = unsafe { *n };
+            unsafe { *n = count + 1 };
+            return seeded_draw(seed, index, count);
+        }
+    }
+    unsafe { bpf_get_prandom_u32() }
 }
 
 #[inline(always)]
-pub fn should_drop(rule: &NetRule, state: &mut RuleState) -> bool {
+pub fn chance(index: u32, threshold: u64) -> bool {
+    (random(index) as u64) < threshold
+}
+
+#[inline(always)]
+pub fn should_drop(index: u32, rule: &NetRule, state: &mut RuleState) -> bool {
     // Certain: also the first packet, which a correlation would otherwise let through by
     // "repeating" the decision before any was made.
     if rule.certain_drop() {
@@ -251,10 +284,10 @@ pub fn should_drop(rule: &NetRule, state: &mut RuleState) -> bool {
         DROP_BERNOULLI => {
             // With probability `drop_corr` repeat the previous decision, else draw afresh:
             // the loss rate stays `drop_p` while losses cluster as asked.
-            let drop = if rule.drop_corr != 0 && chance(rule.drop_corr) {
+            let drop = if rule.drop_corr != 0 && chance(index, rule.drop_corr) {
                 state.last_drop != 0
             } else {
-                chance(rule.drop_p)
+                chance(index, rule.drop_p)
             };
             state.last_drop = drop as u32;
             drop
@@ -262,14 +295,14 @@ pub fn should_drop(rule: &NetRule, state: &mut RuleState) -> bool {
         DROP_GILBERT_ELLIOTT => {
             // Loss by the current state, then the transition, as netem's gemodel does.
             if state.ge_bad != 0 {
-                let drop = chance(rule.ge_loss_bad);
-                if chance(rule.drop_corr) {
+                let drop = chance(index, rule.ge_loss_bad);
+                if chance(index, rule.drop_corr) {
                     state.ge_bad = 0;
                 }
                 drop
             } else {
-                let drop = chance(rule.ge_loss_good);
-                if chance(rule.drop_p) {
+                let drop = chance(index, rule.ge_loss_good);
+                if chance(index, rule.drop_p) {
                     state.ge_bad = 1;
                 }
                 drop

@@ -19,7 +19,7 @@ use fault_common::{
 use crate::{
     edt,
     events::{self, Event},
-    net::{self, Packet, ETH_P_IP, ETH_P_IPV6, TARGETS},
+    net::{self, Packet, ETH_P_IP, ETH_P_IPV6},
     resend,
 };
 
@@ -76,9 +76,45 @@ fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
     // Seen from the target: the peer is the source.
-    let index = net::find_rule(DIR_INGRESS, &pkt, skb.ifindex).ok_or(TC_NEXT)?;
+    // The key must be on the stack: the verifier refuses a pointer into the context.
+    let ifindex: u32 = skb.ifindex;
+    let class = unsafe { net::PEER_CLASS.get(&ifindex) }.map_or(0, |c| *c);
+    let index = net::find_rule(DIR_INGRESS, &pkt, skb.ifindex, class).ok_or(TC_NEXT)?;
     let (rule, counters, state) = net::rule_slots(index).ok_or(TC_NEXT)?;
+    // Drops on the way in happen at the target's socket (cgroup_skb), which may not clone
+    // or rewrite a packet: that happens here, before the packet enters the namespace.
+    copy_and_corrupt(ctx, index, rule, counters, &pkt);
     Ok(schedule::<RESEND>(ctx, index, rule, counters, state, &pkt))
+}
+
+/// Duplication and corruption, as the rule asks; each failure is counted and told once.
+#[inline(always)]
+fn copy_and_corrupt(
+    ctx: &TcContext,
+    index: u32,
+    rule: &NetRule,
+    counters: &mut RuleCounters,
+    pkt: &Packet,
+) {
+    if rule.dup_p != 0 && net::chance(index, rule.dup_p) {
+        match send_copy(ctx) {
+            true => counters.duplicated += 1,
+            false => {
+                counters.errors += 1;
+                events::tell(ctx, Event::CloneFailed, index);
+            }
+        }
+    }
+    if rule.corrupt_p != 0 && net::chance(index, rule.corrupt_p) {
+        match corrupt(ctx, rule, pkt) {
+            Ok(true) => counters.corrupted += 1,
+            Ok(false) => {}
+            Err(()) => {
+                counters.errors += 1;
+                events::tell(ctx, Event::CorruptFailed, index);
+            }
+        }
+    }
 }
 
 /// Whether this is our own copy coming round again (see `send_copy`).
@@ -94,7 +130,10 @@ fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     // Cheapest test first: is the sending socket in a target cgroup at all? (Our own copies
     // come from targeted sockets, so that check can wait.)
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    if unsafe { TARGETS.get(cgroup) }.is_none() || own_copy() {
+    let Some(class) = net::class_of(cgroup) else {
+        return Ok(TC_NEXT);
+    };
+    if own_copy() {
         return Ok(TC_NEXT);
     }
     if RESEND && resend::from_packet_socket(skb) {
@@ -102,7 +141,7 @@ fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
-    let index = net::find_rule(DIR_EGRESS, &pkt, skb.ifindex).ok_or(TC_NEXT)?;
+    let index = net::find_rule(DIR_EGRESS, &pkt, skb.ifindex, class).ok_or(TC_NEXT)?;
     Ok(apply::<RESEND>(ctx, index, &pkt))
 }
 
@@ -134,31 +173,12 @@ fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
     };
     counters.seen += 1;
 
-    if net::should_drop(rule, state) {
+    if net::should_drop(index, rule, state) {
         counters.dropped += 1;
         return drop_silently();
     }
 
-    if rule.dup_p != 0 && net::chance(rule.dup_p) {
-        match send_copy(ctx) {
-            true => counters.duplicated += 1,
-            false => {
-                counters.errors += 1;
-                events::tell(ctx, Event::CloneFailed, index);
-            }
-        }
-    }
-
-    if rule.corrupt_p != 0 && net::chance(rule.corrupt_p) {
-        match corrupt(ctx, rule, pkt) {
-            Ok(true) => counters.corrupted += 1,
-            Ok(false) => {}
-            Err(()) => {
-                counters.errors += 1;
-                events::tell(ctx, Event::CorruptFailed, index);
-            }
-        }
-    }
+    copy_and_corrupt(ctx, index, rule, counters, pkt);
 
     if !edt::wanted(rule) {
         return TC_NEXT;

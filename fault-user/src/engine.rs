@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::{
     error::{failed, Error},
     plan::Plan,
+    probe::Probes,
     state::{self, State},
 };
 
@@ -26,6 +27,11 @@ pub trait Fault {
     /// Waits for the kind's next event and handles it; never ready for kinds without any.
     fn event<'a>(&'a mut self, _run: &'a Run) -> Event<'a> {
         Box::pin(std::future::pending())
+    }
+    /// Brings the kind to where the timeline is `t` after the run started (steps switch on
+    /// and off, ramps move); returns when it wants to be told next, if ever.
+    fn tick(&mut self, _run: &Run, _t: Duration) -> anyhow::Result<Option<Duration>> {
+        Ok(None)
     }
     /// Writes what the kind holds into the state file's record.
     fn record(&self, state: &mut State);
@@ -46,6 +52,9 @@ pub struct Run {
     pub deadline_ns: u64,
     /// The heartbeat every kind registers what it put in place with (see `crate::lease`).
     pub lease: crate::lease::Lease,
+    /// When the timeline started (once every kind was in place): every step's `at` counts
+    /// from here.
+    pub started: std::time::Instant,
 }
 
 /// The state file and pins of a run; dropping it removes both, so a run that fails to start
@@ -94,6 +103,8 @@ impl Drop for Records {
 enum End {
     Signal(&'static str),
     Deadline,
+    /// A stop condition of the experiment was met.
+    Abort(crate::probe::Abort),
 }
 
 /// Signals that revert: Ctrl-C, SIGTERM and SIGHUP (a closed terminal).
@@ -123,7 +134,7 @@ impl Signals {
 }
 
 /// Runs `kinds` over `run` until the deadline or a signal; `state` is the record to keep.
-pub async fn run(run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(), Error> {
+pub async fn run(mut run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(), Error> {
     // Caught from here on, so a Ctrl-C while attaching still reverts.
     let mut signals = Signals::install()?;
     let mut records = Records {
@@ -146,26 +157,75 @@ pub async fn run(run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(
         }
         return Err(e);
     }
+    // The timeline starts once everything is in place: a step's `at` counts from here, so
+    // a step runs in full however long attaching took (the deadline still counts from the
+    // start, and bounds everything).
+    run.started = std::time::Instant::now();
     for k in &kinds {
         for line in k.banner(&run) {
             println!("{line}");
         }
     }
-    let end = hold(&run, &mut kinds, &mut records, &mut signals).await;
+    let mut probes = match Probes::start(run.plan.probe_specs(), run.plan.abort_rules()) {
+        Ok(p) => p,
+        Err(e) => {
+            run.lease.stop();
+            let (_, problems) = stop_all(&run, &mut kinds);
+            for p in problems {
+                eprintln!("fault: warning: {p}");
+            }
+            return Err(failed("start the probes")(e));
+        }
+    };
+    let mut switches = crate::timeline::Switches::default();
+    let end = hold(
+        &run,
+        &mut kinds,
+        &mut records,
+        &mut signals,
+        &mut probes,
+        &mut switches,
+    )
+    .await;
+    probes.stop();
+    finish(run, kinds, records, end, &probes, &switches)
+}
+
+/// Reverts every kind, removes the records and says why and how it went.
+fn finish(
+    run: Run,
+    mut kinds: Vec<Box<dyn Fault>>,
+    records: Records,
+    end: End,
+    probes: &Probes,
+    switches: &crate::timeline::Switches,
+) -> Result<(), Error> {
     // No renewal during the revert: a revert that stalls still ends within a lease.
     run.lease.stop();
     let (lines, mut problems) = stop_all(&run, &mut kinds);
     drop(kinds);
     problems.extend(records.remove());
-    let reason = match end {
-        End::Signal(s) => s,
-        End::Deadline => "duration elapsed",
+    let reason = match &end {
+        End::Signal(s) => s.to_string(),
+        End::Deadline => "duration elapsed".to_owned(),
+        End::Abort(a) => format!("stopped by abort_when on probe {}", a.probe),
     };
     println!("fault: {} reverted ({reason})", run.plan.policy.name);
-    for l in lines {
+    for l in lines
+        .into_iter()
+        .chain(probes.summary())
+        .chain(switches.summary())
+    {
         println!("{l}");
     }
-    crate::error::incomplete("revert", problems)
+    crate::error::incomplete("revert", problems)?;
+    match end {
+        End::Abort(a) => Err(Error::Aborted {
+            name: run.plan.policy.name.clone(),
+            why: a.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Starts each kind in order; `started` counts those to stop (the failing one included,
@@ -203,6 +263,8 @@ async fn hold(
     kinds: &mut [Box<dyn Fault>],
     records: &mut Records,
     signals: &mut Signals,
+    probes: &mut Probes,
+    switches: &mut crate::timeline::Switches,
 ) -> End {
     let end = tokio::time::Instant::now() + run.plan.policy.duration;
     let start = std::time::Instant::now();
@@ -212,10 +274,16 @@ async fn hold(
     // within this period.
     let mut rescan = tokio::time::interval(Duration::from_millis(250));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_tick = tick_all(run, kinds, None, switches);
     loop {
+        let tick_at = next_tick.map(|t| tokio::time::Instant::from_std(run.started + t));
         tokio::select! {
             s = signals.next() => return End::Signal(s),
             _ = tokio::time::sleep_until(end) => return End::Deadline,
+            a = probes.abort() => return End::Abort(a),
+            _ = sleep_until_some(tick_at) => {
+                next_tick = tick_all(run, kinds, next_tick, switches);
+            }
             _ = rescan.tick() => {
                 for k in kinds.iter_mut() {
                     if let Err(e) = k.follow(run) {
@@ -224,14 +292,49 @@ async fn hold(
                 }
             }
             _ = any_event(run, kinds) => {}
-            _ = live.tick() => print_live(run, kinds, start),
+            _ = live.tick() => print_live(run, kinds, probes, start),
         }
         records.update(kinds);
     }
 }
 
-fn print_live(run: &Run, kinds: &[Box<dyn Fault>], start: std::time::Instant) {
-    let lines: Vec<String> = kinds.iter().flat_map(|k| k.live(run)).collect();
+/// Tells every kind where the timeline is (`due` is when it was meant to be, for the
+/// figures in `switches`); the earliest time one wants to hear again.
+fn tick_all(
+    run: &Run,
+    kinds: &mut [Box<dyn Fault>],
+    due: Option<Duration>,
+    switches: &mut crate::timeline::Switches,
+) -> Option<Duration> {
+    let t = run.started.elapsed();
+    let next = kinds.iter_mut().map(|k| match k.tick(run, t) {
+        Ok(next) => next,
+        Err(e) => {
+            eprintln!(
+                "fault: warning: switching at {:.3}s: {e:#}",
+                t.as_secs_f64()
+            );
+            None
+        }
+    });
+    let next = crate::timeline::earliest(next.collect::<Vec<_>>());
+    if let Some(due) = due {
+        switches.record(t.saturating_sub(due), run.started.elapsed() - t);
+    }
+    next
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn print_live(run: &Run, kinds: &[Box<dyn Fault>], probes: &Probes, start: std::time::Instant) {
+    let mut lines: Vec<String> = crate::timeline::live(&run.plan.policy, run.started.elapsed());
+    lines.extend(kinds.iter().flat_map(|k| k.live(run)));
+    lines.extend(probes.live());
     if !lines.is_empty() {
         println!("[{:>5}]", start.elapsed().as_secs());
         for l in lines {

@@ -1,5 +1,6 @@
 //! What a command can fail with, and the exit code each failure maps to: 2 when the policy
-//! (or the command line) is wrong, 1 when the host or the kernel refused.
+//! (or the command line) is wrong, 1 when the host or the kernel refused, 3 when an
+//! experiment's stop condition ended it.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,9 @@ pub enum Error {
     /// The command line asks for something that cannot be.
     #[error("{0}")]
     Usage(String),
+    /// A stop condition of the experiment was met: everything was reverted.
+    #[error("{name} aborted: {why}")]
+    Aborted { name: String, why: String },
     /// The host or the kernel refused a step.
     #[error("{step}: {source:#}")]
     Failed {
@@ -42,6 +46,7 @@ impl Error {
             Error::Policy(_) | Error::Check { .. } | Error::Refused { .. } | Error::Usage(_) => 2,
             Error::Target { source, .. } if !source.host => 2,
             Error::Target { .. } | Error::Failed { .. } => 1,
+            Error::Aborted { .. } => 3,
         }
     }
 }

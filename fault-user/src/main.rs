@@ -70,6 +70,9 @@ enum Cmd {
     /// Started by `fault apply`: acts when the loader dies without reverting.
     #[command(hide = true)]
     Watchdog { name: String, pid: u32, start: u64 },
+    /// Started by `fault apply` inside a group: one tcp or http check of a probe.
+    #[command(hide = true)]
+    ProbeOnce(fault::probe::OnceArgs),
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Cmd::Watchdog { name, pid, start } => {
             fault::watchdog::watch(&name, pid, start).map_err(failed("watch the loader"))
         }
+        Cmd::ProbeOnce(args) => fault::probe::once(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use std::{path::Path, time::Duration};
 
 use crate::{
     error::Error,
+    groups::{self, Found},
     net::{self, NetPlan},
     policy::{self, Policy},
     sys::netns::in_netns,
@@ -37,6 +38,8 @@ pub struct Plan {
     /// `None` for a policy with clock rules only: no network program is loaded.
     pub net: Option<NetPlan>,
     pub options: Options,
+    /// An experiment's groups as found on this host (empty for a policy).
+    pub groups: Vec<Found>,
 }
 
 /// Parses, validates and compiles a policy without touching the host.
@@ -46,13 +49,202 @@ pub fn compile(file: &Path) -> Result<(Policy, TrieEntries), Error> {
     Ok((policy, lpm))
 }
 
+/// An experiment on this host: its groups resolved, its partitions compiled into rules
+/// (ahead of the network steps' rules, so a cut wins), and the steps this build cannot run
+/// refused before anything is attached.
+fn experiment(
+    policy: &mut Policy,
+    lpm: &mut TrieEntries,
+) -> Result<(target::Resolved, Vec<Found>), Error> {
+    let (resolved, found) = groups::resolve(policy)?;
+    let mut rules = groups::partition_rules(policy, &found)?;
+    rules.append(&mut policy.rules);
+    policy.rules = rules;
+    *lpm = policy::lpm_entries(&policy.rules)?;
+    refuse_overlapping_clock_steps(policy)?;
+    for step in &policy.steps {
+        if let policy::StepKind::Pause { .. } = step.kind {
+            let cgroups = step_cgroups(step, &found);
+            crate::pause::check_cgroups(&cgroups).map_err(|reason| Error::Refused {
+                file: policy.file.clone(),
+                reason: format!("step {}: {reason}", step.name),
+            })?;
+        }
+    }
+    Ok((resolved, found))
+}
+
+/// `split-brain 0s..1m (flapping 5s on, 10s off): partition of primary, replicas`.
+pub fn describe_step(s: &policy::Step, policy: &Policy) -> String {
+    let d = humantime::format_duration;
+    let w = &s.window;
+    let flap = w
+        .flap
+        .map(|f| format!(" (flapping {} on, {} off)", d(f.on), d(f.off)))
+        .unwrap_or_default();
+    let names = |g: &[usize]| -> String {
+        let n: Vec<&str> = g.iter().map(|&i| policy.groups[i].name.as_str()).collect();
+        n.join(", ")
+    };
+    let what = match &s.kind {
+        policy::StepKind::Partition(cuts) => {
+            let c: Vec<String> = cuts
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}->{}",
+                        policy.groups[c.from].name, policy.groups[c.to].name
+                    )
+                })
+                .collect();
+            format!("partition, cut {}", c.join(" "))
+        }
+        policy::StepKind::Pause { freeze, every } => format!(
+            "pause {} for {} every {}",
+            names(&s.groups),
+            d(*freeze),
+            d(*every)
+        ),
+        kind => format!("{} on {}", kind.name(), names(&s.groups)),
+    };
+    format!("{} {}..{}{flap}: {what}", s.name, d(w.at), d(w.end()))
+}
+
+/// Clock steps run one at a time (each patches its processes when it goes on, and the
+/// state file records one set of patched processes).
+fn refuse_overlapping_clock_steps(policy: &Policy) -> Result<(), Error> {
+    let clocks: Vec<&policy::Step> = policy
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, policy::StepKind::Clock(_)))
+        .collect();
+    for (i, a) in clocks.iter().enumerate() {
+        for b in &clocks[i + 1..] {
+            if a.window.at < b.window.end() && b.window.at < a.window.end() {
+                return Err(Error::Refused {
+                    file: policy.file.clone(),
+                    reason: format!(
+                        "clock steps {} and {} overlap in time; this build runs one clock step \
+                         at a time, so move one of them",
+                        a.name, b.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cgroups of a step's target groups.
+pub fn step_cgroups(step: &policy::Step, found: &[Found]) -> Vec<std::path::PathBuf> {
+    step.groups
+        .iter()
+        .flat_map(|&g| found[g].resolved.targets.iter().map(|t| t.cgroup.clone()))
+        .collect()
+}
+
 impl Plan {
+    /// The experiment's pause steps, with the cgroups they freeze.
+    pub fn pause_steps(&self) -> Vec<crate::pause::PauseStep> {
+        let steps = &self.policy.steps;
+        steps
+            .iter()
+            .filter_map(|step| match step.kind {
+                policy::StepKind::Pause { freeze, every } => Some(crate::pause::PauseStep {
+                    step: step.name.clone(),
+                    window: step.window,
+                    freeze,
+                    every,
+                    cgroups: step_cgroups(step, &self.groups),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The experiment's clock steps, with the targets of their groups.
+    pub fn clock_steps(&self) -> Vec<crate::clock::ClockStep> {
+        self.policy
+            .steps
+            .iter()
+            .filter_map(|step| match &step.kind {
+                policy::StepKind::Clock(rules) => Some(crate::clock::ClockStep {
+                    name: step.name.clone(),
+                    window: step.window,
+                    rules: rules.clone(),
+                    targets: step
+                        .groups
+                        .iter()
+                        .flat_map(|&g| self.groups[g].resolved.targets.clone())
+                        .collect(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The experiment's probes, `from` resolved to the group's first target cgroup.
+    pub fn probe_specs(&self) -> Vec<crate::probe::ProbeSpec> {
+        use crate::probe::{Check, ProbeSpec};
+        self.policy
+            .probes
+            .iter()
+            .map(|p| ProbeSpec {
+                name: p.name.clone(),
+                check: match &p.check {
+                    policy::ProbeCheck::Tcp(a) => Check::Tcp(*a),
+                    policy::ProbeCheck::Http { url, status } => Check::Http {
+                        url: url.clone(),
+                        status: *status,
+                    },
+                    policy::ProbeCheck::Exec(cmd) => Check::Exec(cmd.clone()),
+                },
+                from: p.from.and_then(|g| {
+                    let targets = &self.groups.get(g)?.resolved.targets;
+                    targets.first().map(|t| t.cgroup.clone())
+                }),
+                every: p.every,
+                timeout: p.timeout,
+            })
+            .collect()
+    }
+
+    pub fn abort_rules(&self) -> Vec<crate::probe::AbortRule> {
+        use crate::probe::AbortRule;
+        self.policy
+            .aborts
+            .iter()
+            .map(|a| match a {
+                policy::AbortWhen::Consecutive { probe, failures } => AbortRule::Consecutive {
+                    probe: probe.clone(),
+                    failures: *failures,
+                },
+                policy::AbortWhen::Ratio {
+                    probe,
+                    ratio,
+                    window,
+                } => AbortRule::Ratio {
+                    probe: probe.clone(),
+                    ratio: *ratio,
+                    window: *window,
+                },
+            })
+            .collect()
+    }
+
     pub fn build(file: &Path, options: Options) -> Result<Plan, Error> {
-        let (policy, lpm) = compile(file)?;
-        let resolved = target::resolve(&policy.targets).map_err(|source| Error::Target {
-            file: file.to_path_buf(),
-            source,
-        })?;
+        let (mut policy, mut lpm) = compile(file)?;
+        let (resolved, found) = match policy.is_experiment() {
+            true => experiment(&mut policy, &mut lpm)?,
+            false => {
+                let resolved =
+                    target::resolve(&policy.targets).map_err(|source| Error::Target {
+                        file: file.to_path_buf(),
+                        source,
+                    })?;
+                (resolved, Vec::new())
+            }
+        };
         let net = match policy.rules.is_empty() {
             true => None,
             false => Some(NetPlan::build(&policy, &resolved, &options)?),
@@ -63,6 +255,7 @@ impl Plan {
             resolved,
             net,
             options,
+            groups: found,
         })
     }
 
@@ -87,6 +280,9 @@ impl Plan {
             "  cgroup ids matched (with descendants): {:?}",
             self.resolved.cgroup_ids
         );
+        if policy.is_experiment() {
+            self.print_timeline();
+        }
         if let Some(net) = &self.net {
             self.print_net(net);
         }
@@ -118,6 +314,27 @@ impl Plan {
         }
         for line in net.describe() {
             println!("  {line}");
+        }
+    }
+
+    fn print_timeline(&self) {
+        for line in groups::describe(&self.groups) {
+            println!("  {line}");
+        }
+        if let Some(seed) = self.policy.seed {
+            println!("seed {seed}");
+        }
+        println!("steps:");
+        for s in &self.policy.steps {
+            println!("  {}", describe_step(s, &self.policy));
+        }
+        for p in &self.policy.probes {
+            println!(
+                "probe {}: every {}, timeout {}",
+                p.name,
+                humantime::format_duration(p.every),
+                humantime::format_duration(p.timeout)
+            );
         }
     }
 

@@ -54,6 +54,10 @@ pub struct State {
     pub clock_rules: Vec<clock::RuleStatus>,
     #[serde(default)]
     pub clock_processes: Vec<clock::Record>,
+    /// Cgroups this run may have frozen (pauses), recorded before the first freeze: after
+    /// the loader's death, the watchdog and `fault stop` thaw them (see `crate::pause`).
+    #[serde(default)]
+    pub frozen: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

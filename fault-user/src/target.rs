@@ -17,16 +17,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::{policy::TargetSpec, sys::mounts as sysfs};
 
-/// A target that could not be resolved; `index` is its position in `spec.targets`.
+/// A target that could not be resolved; `index` is its position in `spec.targets` (or in
+/// the group `spec.groups.<group>` of an experiment).
 #[derive(Debug, thiserror::Error)]
-#[error("spec.targets[{index}].{field}: {message}")]
+#[error("{}[{index}].{field}: {message}", match .group { Some(g) => format!("spec.groups.{g}"), None => "spec.targets".to_owned() })]
 pub struct TargetError {
+    /// The experiment group the target is in.
+    pub group: Option<String>,
     pub index: usize,
     pub field: &'static str,
     pub message: String,
     /// The host lacks what resolving needs (a cgroup2 mount, any container engine), so the
     /// policy is not to blame.
     pub host: bool,
+}
+
+impl TargetError {
+    pub fn in_group(self, group: &str) -> Self {
+        TargetError {
+            group: Some(group.to_owned()),
+            ..self
+        }
+    }
 }
 
 /// A network namespace, named by a process inside it.
@@ -86,6 +98,10 @@ pub struct ResolvedTarget {
     pub label: String,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
+    /// The class its packets are looked up with: 0 for a policy's targets, the group's for
+    /// an experiment's.
+    #[serde(default)]
+    pub class: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +132,7 @@ pub fn netns_paths() -> impl Iterator<Item = (u32, PathBuf)> {
 
 pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
     let mount = sysfs::cgroup2_mount().map_err(|e| TargetError {
+        group: None,
         index: 0,
         field: "cgroup",
         message: format!("cannot find the cgroup2 mount: {e}"),
@@ -129,6 +146,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             TargetSpec::Cgroup(path) => (
                 format!("cgroup {}", path.display()),
                 cgroup_dir(&mount, path).map_err(|message| TargetError {
+                    group: None,
                     index,
                     field: "cgroup",
                     message,
@@ -138,6 +156,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             TargetSpec::Pid(pid) => (
                 format!("pid {pid}"),
                 pid_cgroup(&mount, *pid).map_err(|message| TargetError {
+                    group: None,
                     index,
                     field: "pid",
                     message,
@@ -146,12 +165,14 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             ),
             TargetSpec::Container(name) => {
                 let pid = container_pid(name).map_err(|(message, host)| TargetError {
+                    group: None,
                     index,
                     field: "container",
                     message,
                     host,
                 })?;
                 let cg = pid_cgroup(&mount, pid).map_err(|message| TargetError {
+                    group: None,
                     index,
                     field: "container",
                     message,
@@ -161,6 +182,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             }
         };
         let cgroup_id = inode(&cgroup).map_err(|message| TargetError {
+            group: None,
             index,
             field: "cgroup",
             message,
@@ -171,6 +193,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             label,
             cgroup,
             cgroup_id,
+            class: 0,
         });
     }
     ids.sort_unstable();
@@ -178,6 +201,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
     let empty = netns.is_empty();
     if empty {
         let own = Netns::of_pid(std::process::id()).map_err(|e| TargetError {
+            group: None,
             index: 0,
             field: "cgroup",
             message: format!("cannot read our own network namespace: {e}"),
@@ -204,6 +228,31 @@ pub fn scan(targets: &[ResolvedTarget]) -> (Vec<u64>, Vec<Netns>) {
     ids.sort_unstable();
     ids.dedup();
     (ids, netns.into_values().collect())
+}
+
+/// Every cgroup id of the targets now (descendants included), with its target's class.
+pub fn class_ids(targets: &[ResolvedTarget]) -> Vec<(u64, u8)> {
+    let mut out: Vec<(u64, u8)> = targets
+        .iter()
+        .flat_map(|t| walk(&t.cgroup).into_iter().map(move |d| (d, t.class)))
+        .filter_map(|(dir, class)| inode(&dir).ok().map(|id| (id, class)))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The class of the targets whose processes use each network namespace now, by inode.
+pub fn netns_classes(targets: &[ResolvedTarget]) -> BTreeMap<u64, u8> {
+    let mut out = BTreeMap::new();
+    for t in targets {
+        for pid in walk(&t.cgroup).iter().flat_map(|d| procs(d)) {
+            if let Ok(ns) = Netns::of_pid(pid) {
+                out.entry(ns.inode).or_insert(t.class);
+            }
+        }
+    }
+    out
 }
 
 /// Every process in the targets (and their descendant cgroups) now, sorted.

@@ -1,6 +1,7 @@
 //! A small process that outlives the loader: when the loader dies without reverting, it
-//! lets go of the processes the exec hold had stopped (BPF cannot continue a process) and
-//! ends the network faults at once through the pinned CONFIG, rather than within the lease.
+//! thaws the cgroups a pause may have frozen (no lease ends a freeze), lets go of the
+//! processes the exec hold had stopped (BPF cannot continue a process) and ends the network
+//! faults at once through the pinned CONFIG, rather than within the lease.
 //! What is left (inert filters, expired clock pages, the record) is `fault stop`'s to
 //! remove, and `fault status` shows it meanwhile.
 
@@ -12,6 +13,7 @@ use std::{
 use crate::{
     clock,
     net::loader,
+    pause,
     state::{self, State},
     sys::proc,
 };
@@ -45,12 +47,21 @@ pub fn watch(name: &str, pid: u32, start: u64) -> std::io::Result<()> {
     if s.pid != pid || s.pid_start.is_some_and(|st| st != start) {
         return Ok(()); // a later run's record
     }
+    // First: the processes of a frozen cgroup stay stopped until someone thaws them.
+    let problems = pause::thaw_recorded(&s);
+    for p in &problems {
+        eprintln!("fault: watchdog: warning: {p}");
+    }
     let dir = state::pin_dir(name).map_err(std::io::Error::other)?;
     let _ = loader::expire_pinned(&dir);
     let released = clock::exec::release_pinned(&dir);
     eprintln!(
-        "fault: watchdog: the loader of {name} (pid {pid}) died; its faults are off{}; \
+        "fault: watchdog: the loader of {name} (pid {pid}) died; its faults are off{}{}; \
          `fault stop {name}` removes what is left",
+        match s.frozen.is_empty() {
+            true => String::new(),
+            false => format!(", {} cgroup(s) thawed", s.frozen.len() - problems.len()),
+        },
         match released.is_empty() {
             true => String::new(),
             false => format!(", and {released:?} held at exec go on"),

@@ -47,6 +47,15 @@ struct Loaded {
 
 impl Loaded {
     fn new(rules: &str, targeted: bool, deadline_ns: u64) -> Self {
+        Self::load(rules, targeted, deadline_ns, false)
+    }
+
+    /// With the far-end program (`fault_tc_peer`) loaded too.
+    fn with_peer(rules: &str) -> Self {
+        Self::load(rules, true, 0, true)
+    }
+
+    fn load(rules: &str, targeted: bool, deadline_ns: u64, peer: bool) -> Self {
         let text = format!(
             "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: classifier}}\nspec:\n  \
              duration: 1m\n  targets: [{{cgroup: /}}]\n  network:\n{rules}"
@@ -56,18 +65,23 @@ impl Loaded {
         let lpm = policy::lpm_entries(&policy.rules).expect("compiles");
         let actions: Vec<_> = policy.rules.iter().map(|r| r.action).collect();
         // An id no cgroup has: the packets' cgroup is then not a target.
-        let cgroup_ids = [if targeted {
-            own_cgroup_id()
-        } else {
-            u64::MAX - 1
-        }];
+        let classes = [(
+            if targeted {
+                own_cgroup_id()
+            } else {
+                u64::MAX - 1
+            },
+            0,
+        )];
         let ebpf = loader::load(&Tables {
-            cgroup_ids: &cgroup_ids,
+            classes: &classes,
             lpm: &lpm,
+            initial: &lpm,
             rules: &actions,
             deadline_ns,
             resend: false,
-            peer: false,
+            peer,
+            seed: 0,
         })
         .unwrap_or_else(|e| panic!("load the object: {e:#}"));
         Loaded {
@@ -80,6 +94,33 @@ impl Loaded {
         Self::new(rules, true, 0)
     }
 
+    /// An experiment's rules, every step on, with this process's cgroup in class `class`.
+    fn experiment(text: &str, class: u8) -> Self {
+        Self::seeded(text, class, 0)
+    }
+
+    fn seeded(text: &str, class: u8, seed: u64) -> Self {
+        let policy = policy::parse(text, Path::new("classifier-experiment.yaml"))
+            .unwrap_or_else(|e| panic!("test experiment refused: {e}\n{text}"));
+        let lpm = policy::lpm_entries(&policy.rules).expect("compiles");
+        let actions: Vec<_> = policy.rules.iter().map(|r| r.action).collect();
+        let ebpf = loader::load(&Tables {
+            classes: &[(own_cgroup_id(), class)],
+            lpm: &lpm,
+            initial: &lpm,
+            rules: &actions,
+            deadline_ns: 0,
+            resend: false,
+            peer: false,
+            seed,
+        })
+        .unwrap_or_else(|e| panic!("load the object: {e:#}"));
+        Loaded {
+            ebpf,
+            rules: actions.len(),
+        }
+    }
+
     fn run(&self, prog: &str, frame: &[u8], ctx: &SkbCtx) -> support::Run {
         let program = self.ebpf.program(prog).expect("program in the object");
         let fd = program.fd().expect("program loaded");
@@ -90,6 +131,15 @@ impl Loaded {
     fn egress(&self, net: &PrivateNet, frame: &Frame) -> support::Run {
         self.run(
             progs::TC_EGRESS,
+            &frame.bytes,
+            &SkbCtx::new().ifindex(net.veth),
+        )
+    }
+
+    /// The far-end program on a frame on its way into the target's namespace.
+    fn at_peer(&self, net: &PrivateNet, frame: &Frame) -> support::Run {
+        self.run(
+            progs::TC_PEER,
             &frame.bytes,
             &SkbCtx::new().ifindex(net.veth),
         )
@@ -697,6 +747,99 @@ fn untargeted_cgroups_and_expired_policies_pass_untouched() {
             cg_verdict(&run, "ingress"),
             Verdict::Pass,
             "ingress after the deadline"
+        );
+    });
+}
+
+/// In an experiment each group's packets find only the rules of the steps that target that
+/// group: the class TARGETS holds for the sending (or receiving) cgroup is part of the key.
+#[test]
+fn each_group_finds_only_its_own_steps_rules() {
+    require_root!();
+    let text = "apiVersion: fault/v1\nkind: Experiment\nmetadata: {name: classes}\nspec:\n  \
+                duration: 1m\n  groups:\n    a: [{cgroup: ga}]\n    b: [{cgroup: gb}]\n  steps:\n    \
+                - {name: cut-a, at: 0s, for: 1m, targets: a, network: [{direction: both, drop: {probability: 100%}}]}\n    \
+                - {name: cut-b, at: 0s, for: 1m, targets: b, network: [{direction: both, match: {cidrs: [192.0.2.0/24]}, drop: {probability: 100%}}]}\n";
+    in_private_net(|net| {
+        for (class, expected) in [(1, Verdict::Drop), (2, Verdict::Pass), (0, Verdict::Pass)] {
+            let l = Loaded::experiment(text, class);
+            let out = l.egress(net, &out_to("10.2.0.2", udp(40000, 53)));
+            assert_eq!(
+                tc_verdict(&out, "egress"),
+                expected,
+                "egress, class {class}"
+            );
+            let inn = l.ingress(net, &in_from("10.2.0.2", udp(53, 40000)));
+            assert_eq!(
+                cg_verdict(&inn, "ingress"),
+                expected,
+                "ingress, class {class}"
+            );
+            let seen: Vec<u64> = l.counters().iter().map(|c| c.seen).collect();
+            let want = match class {
+                1 => vec![2, 0],
+                _ => vec![0, 0],
+            };
+            assert_eq!(seen, want, "class {class}: counted by rule");
+        }
+    });
+}
+
+/// Packets on their way to the target are corrupted and duplicated at the far end of its
+/// veth, before they enter its namespace (the socket-side program may do neither).
+#[test]
+fn ingress_corruption_and_duplication_happen_at_the_far_end() {
+    require_root!();
+    in_private_net(|net| {
+        let l = Loaded::with_peer(
+            "    - direction: ingress\n      corrupt: {probability: 100%}\n      \
+             duplicate: {probability: 100%}\n",
+        );
+        let f = in_from("10.2.0.2", udp(53, 40000));
+        let run = l.at_peer(net, &f);
+        assert_eq!(tc_verdict(&run, "peer"), Verdict::Pass);
+        assert!(
+            !differing(&f.bytes, &run.data).is_empty(),
+            "payload corrupted"
+        );
+        assert!(f.checksum_ok(&run.data), "checksum fixed");
+        let c = l.counters();
+        assert_eq!(
+            (c[0].corrupted, c[0].duplicated, c[0].errors),
+            (1, 1, 0),
+            "{c:?}"
+        );
+    });
+}
+
+/// With a seed, the n-th decision of a rule is the n-th number of its stream: two loads give
+/// the same drops, and the drops are exactly what the stream says.
+#[test]
+fn a_seed_makes_every_drop_decision_repeat() {
+    require_root!();
+    let text = "apiVersion: fault/v1\nkind: Experiment\nmetadata: {name: seeded}\nspec:\n  \
+                duration: 1m\n  seed: 42\n  groups:\n    a: [{cgroup: ga}]\n  steps:\n    \
+                - {name: loss, at: 0s, for: 1m, targets: a, network: [{direction: egress, drop: {probability: 50%}}]}\n";
+    let seed = fault::net::kernel_seed(42);
+    let threshold = fault_common::PROB_ONE / 2;
+    let expected: Vec<bool> = (0..200)
+        .map(|n| u64::from(fault_common::seeded_draw(seed, 0, n)) < threshold)
+        .collect();
+    in_private_net(|net| {
+        for run in 0..2 {
+            let l = Loaded::seeded(text, 1, seed);
+            let got: Vec<bool> = (0..200u16)
+                .map(|i| {
+                    let r = l.egress(net, &out_to("10.2.0.2", udp(40000 + i, 53)));
+                    tc_verdict(&r, "seeded") == Verdict::Drop
+                })
+                .collect();
+            assert_eq!(got, expected, "run {run}: drops follow the seeded stream");
+        }
+        let dropped = expected.iter().filter(|d| **d).count();
+        assert!(
+            (70..130).contains(&dropped),
+            "{dropped} of 200 dropped at 50%"
         );
     });
 }

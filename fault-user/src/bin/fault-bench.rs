@@ -33,12 +33,14 @@ fn main() -> anyhow::Result<()> {
         // that cgroup as a target makes the egress program go on to the rule lookup.
         for (target, ingress) in [(u64::MAX, false), (own, false), (own, true)] {
             let ebpf = loader::load(&loader::Tables {
-                cgroup_ids: &[target],
+                classes: &[(target, 0)],
                 lpm: &lpm,
+                initial: &lpm,
                 rules: &actions,
                 deadline_ns: 0,
                 resend: false,
                 peer: false,
+                seed: 0,
             })?;
             let name = if ingress {
                 progs::CGROUP_INGRESS

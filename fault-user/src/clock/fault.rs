@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use super::{exec::ExecWatch, layout::Plan, patch::Shared, Engine, Told};
@@ -12,9 +13,11 @@ use crate::{
     engine::{Event, Fault, Run},
     lease::{Renew, LEASE_NS},
     net::loader,
+    policy::ClockRule,
     program_log::LogReader,
     state::State,
     sys::time::monotonic_ns,
+    target::ResolvedTarget,
 };
 
 /// fault's own mappings of the patched processes' clock pages, by (pid, start time), for the
@@ -29,6 +32,10 @@ pub struct ClockFault {
     pages: Pages,
     /// The exec program's rare events (`fault apply -v`).
     log: Option<LogReader>,
+    /// Whose clocks: a policy's targets, or an experiment step's groups.
+    targets: Vec<ResolvedTarget>,
+    /// CLOCK_MONOTONIC ns at which the exec hold ends (the run's, or the step's, end).
+    deadline_ns: u64,
 }
 
 /// The heartbeat's hold on every patched process: their faults end within a lease of the
@@ -48,13 +55,32 @@ impl Renew for ClockLease {
 }
 
 impl ClockFault {
+    /// A policy's clock rules on all its targets, for the whole run.
     pub fn new(run: &Run) -> Self {
+        let plan = &run.plan;
+        Self::scoped(
+            &plan.policy.clock,
+            plan.policy.duration,
+            plan.resolved.targets.clone(),
+            run.deadline_ns,
+        )
+    }
+
+    /// `rules` on `targets` from now for `duration` (ending at `deadline_ns`).
+    pub fn scoped(
+        rules: &[ClockRule],
+        duration: Duration,
+        targets: Vec<ResolvedTarget>,
+        deadline_ns: u64,
+    ) -> Self {
         ClockFault {
-            engine: Engine::new(&run.plan.policy.clock, run.plan.policy.duration),
+            engine: Engine::new(rules, duration),
             watch: None,
             at_exec: 0,
             pages: Pages::default(),
             log: None,
+            targets,
+            deadline_ns,
         }
     }
 
@@ -89,14 +115,8 @@ impl ClockFault {
     /// Starts holding processes that exec in the targets until they are patched; where the
     /// kernel refuses a step, says which and that the rescan covers them instead.
     fn start_watch(&mut self, run: &Run) {
-        let cgroups: Vec<PathBuf> = run
-            .plan
-            .resolved
-            .targets
-            .iter()
-            .map(|t| t.cgroup.clone())
-            .collect();
-        match ExecWatch::start(loader::OBJECT, &cgroups, run.deadline_ns, &run.pin_dir) {
+        let cgroups: Vec<PathBuf> = self.targets.iter().map(|t| t.cgroup.clone()).collect();
+        match ExecWatch::start(loader::OBJECT, &cgroups, self.deadline_ns, &run.pin_dir) {
             Ok(w) => {
                 if cgroups.len() > fault_common::EXEC_MAX_CGROUPS as usize {
                     println!(
@@ -155,7 +175,7 @@ impl Fault for ClockFault {
     }
 
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
-        let lines = self.engine.follow(&run.plan.resolved.targets);
+        let lines = self.engine.follow(&self.targets);
         Self::tell(run, &lines);
         self.sync_pages();
         Ok(())

@@ -32,6 +32,7 @@ pub mod layout;
 pub mod patch;
 pub mod reloc;
 pub mod seccomp;
+pub mod steps;
 pub mod stub;
 pub mod vdso;
 
@@ -46,6 +47,7 @@ use layout::Plan;
 use patch::Patched;
 
 pub use fault::ClockFault;
+pub use steps::{ClockStep, ClockSteps};
 
 /// A patched process as the state file records it, so that `fault stop` can revert it after
 /// the loader died: the pid, its start time (to know it is still the same process) and where

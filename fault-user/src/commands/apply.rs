@@ -6,11 +6,12 @@ use anyhow::anyhow;
 
 use super::cleanup::cleanup_dead;
 use crate::{
-    clock::ClockFault,
+    clock::{ClockFault, ClockSteps},
     engine::{self, Fault, Run},
     error::{failed, Error},
     lease::Lease,
     net::NetFault,
+    pause::PauseFault,
     plan::{Options, Plan},
     state::{self, RuleInfo, State},
     sys::{proc, time},
@@ -35,6 +36,7 @@ pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), E
         pin_dir: state::pin_dir(&plan.policy.name).map_err(failed("find bpffs"))?,
         deadline_ns: time::monotonic_ns() + plan.policy.duration.as_nanos() as u64,
         lease: Lease::start().map_err(failed("start the heartbeat thread"))?,
+        started: std::time::Instant::now(),
         plan,
     };
     let state = new_state(&run, file);
@@ -44,6 +46,14 @@ pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), E
     }
     if !run.plan.policy.clock.is_empty() {
         kinds.push(Box::new(ClockFault::new(&run)));
+    }
+    let clocks = run.plan.clock_steps();
+    if !clocks.is_empty() {
+        kinds.push(Box::new(ClockSteps::new(clocks)));
+    }
+    let pauses = run.plan.pause_steps();
+    if !pauses.is_empty() {
+        kinds.push(Box::new(PauseFault::new(pauses)));
     }
     engine::run(run, kinds, state).await
 }
@@ -86,5 +96,6 @@ fn new_state(run: &Run, file: &Path) -> State {
         fq: Vec::new(),
         clock_rules: Vec::new(),
         clock_processes: Vec::new(),
+        frozen: Vec::new(),
     }
 }

@@ -3,14 +3,15 @@
 use crate::{
     clock,
     net::{clsact, fq, loader},
+    pause,
     state::{self, State},
 };
 
-/// Ends injection through the pinned CONFIG first, so even a filter that cannot be removed
-/// is inert; then lets go of held processes, restores clocks, filters, qdiscs, and removes
-/// the record.
+/// Thaws the cgroups a pause may have frozen, and ends injection through the pinned CONFIG,
+/// so even a filter that cannot be removed is inert; then lets go of held processes,
+/// restores clocks, filters, qdiscs, and removes the record.
 pub fn cleanup_dead(s: &State) -> Vec<String> {
-    let mut problems = Vec::new();
+    let mut problems = pause::thaw_recorded(s);
     if let Ok(dir) = state::pin_dir(&s.name) {
         let _ = loader::expire_pinned(&dir);
         // Processes the dead loader held at exec go on (unpatched, or patched and reverted

@@ -68,6 +68,21 @@ fn in_force(s: &State, alive: bool, seconds_left: i64) -> Vec<String> {
     if !left.is_empty() {
         out.push(format!("left in place, inert: {}", left.join(", ")));
     }
+    // Nothing in the kernel ends a freeze: the watchdog thaws at the loader's death, and
+    // this is what is still frozen if it could not.
+    let frozen: Vec<String> = s
+        .frozen
+        .iter()
+        .filter(|c| crate::pause::freeze::is_frozen(c).unwrap_or(false))
+        .map(|c| c.display().to_string())
+        .collect();
+    if !frozen.is_empty() {
+        out.push(format!(
+            "still frozen (a pause step's cgroups; `fault stop {}` thaws them): {}",
+            s.name,
+            frozen.join(" ")
+        ));
+    }
     out
 }
 

@@ -10,6 +10,7 @@ use super::{
     fq::{self, Fq},
     loader, peer,
     resend::Resender,
+    switch::{self, Switch},
     DelayPath, Direction, NetPlan,
 };
 use crate::{
@@ -34,6 +35,8 @@ pub struct NetFault {
     ids: BTreeSet<u64>,
     netns: BTreeSet<u64>,
     rules: Vec<RuleInfo>,
+    /// Which rules are on (experiments switch them along the timeline).
+    switch: Switch,
 }
 
 impl NetFault {
@@ -59,15 +62,23 @@ impl NetFault {
 
     fn load(&mut self, run: &Run) -> anyhow::Result<()> {
         let plan = Self::plan(run);
-        let actions: Vec<_> = run.plan.policy.rules.iter().map(|r| r.action).collect();
+        let rules = &run.plan.policy.rules;
+        let t = run.started.elapsed();
+        let actions: Vec<_> = rules.iter().map(|r| switch::action_at(r, t)).collect();
+        let on = switch::on_at(rules, t);
+        let initial = switch::entries(rules, &on)?;
+        let classes = target::class_ids(&run.plan.resolved.targets);
+        self.ids.extend(classes.iter().map(|(id, _)| *id));
         let resend = plan.delay_path == Some(DelayPath::Userspace);
         let ebpf = loader::load(&loader::Tables {
-            cgroup_ids: &run.plan.resolved.cgroup_ids,
+            classes: &classes,
             lpm: &run.plan.lpm,
+            initial: &initial,
             rules: &actions,
             deadline_ns: run.deadline_ns,
             resend,
-            peer: plan.ingress_timing,
+            peer: plan.at_peer,
+            seed: run.plan.policy.seed.map_or(0, kernel_seed),
         })?;
         let mut ebpf = ebpf;
         match LogReader::start(&mut ebpf, run.plan.options.verbose) {
@@ -81,6 +92,7 @@ impl NetFault {
             run.deadline_ns,
         )?));
         self.ebpf = Some(ebpf);
+        self.switch = Switch::loaded(on, &initial);
         if resend {
             // Ready, with its sockets, before the program hands it anything.
             let r = Resender::start(self.ebpf()?, run.plan.options.debug_resend)
@@ -105,6 +117,9 @@ impl NetFault {
                 self.attached
                     .attach_egress(ebpf, program, ns, None, plan.tc, plan.loopback)?;
             }
+        }
+        if run.plan.policy.is_experiment() {
+            classify_peers(ebpf, run, peers)?;
         }
         let program = loader::peer_program(ebpf);
         for p in peers {
@@ -133,11 +148,34 @@ impl NetFault {
     }
 }
 
+/// The seed as the programs take it: never 0, which means "no seed" to them.
+pub fn kernel_seed(seed: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+}
+
+/// Tells the ingress-delay program the class of the target behind each far end.
+fn classify_peers(ebpf: &mut Ebpf, run: &Run, peers: &[peer::Peer]) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        return Ok(());
+    }
+    let classes = target::netns_classes(&run.plan.resolved.targets);
+    for p in peers {
+        let Some(&class) = classes.get(&p.target_netns) else {
+            continue;
+        };
+        let name = p.ifname.clone();
+        let index = crate::sys::netns::in_netns(&p.netns, move || {
+            Ok(crate::sys::rtnl::link_index(&name)?)
+        })?;
+        loader::set_peer_class(ebpf, index, class)?;
+    }
+    Ok(())
+}
+
 impl Fault for NetFault {
     fn start(&mut self, run: &Run) -> anyhow::Result<()> {
         self.load(run)?;
         let resolved = &run.plan.resolved;
-        self.ids.extend(&resolved.cgroup_ids);
         let plan = Self::plan(run);
         let cgroups: Vec<_> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
         let ebpf = self
@@ -160,23 +198,26 @@ impl Fault for NetFault {
     /// New cgroup ids go into TARGETS; new network namespaces get the programs (ingress
     /// needs nothing there: cgroup programs apply to descendants by themselves).
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
-        let (ids, netns) = target::scan(&run.plan.resolved.targets);
-        let new_ids: Vec<u64> = ids.into_iter().filter(|i| !self.ids.contains(i)).collect();
+        let (_, netns) = target::scan(&run.plan.resolved.targets);
+        let new_ids: Vec<(u64, u8)> = target::class_ids(&run.plan.resolved.targets)
+            .into_iter()
+            .filter(|(i, _)| !self.ids.contains(i))
+            .collect();
         if !new_ids.is_empty() {
             loader::add_targets(self.ebpf()?, &new_ids)?;
-            self.ids.extend(&new_ids);
+            self.ids.extend(new_ids.iter().map(|(id, _)| *id));
         }
         let new_ns: Vec<Netns> = netns
             .into_iter()
             .filter(|n| !self.netns.contains(&n.inode))
             .collect();
         let plan = Self::plan(run);
-        let wanted = plan.directions.contains(&Direction::Egress) || plan.ingress_timing;
+        let wanted = plan.directions.contains(&Direction::Egress) || plan.at_peer;
         if !wanted || new_ns.is_empty() {
             return Ok(());
         }
         // A namespace of the host's is never new, so the far ends need no check here.
-        let peers = match plan.ingress_timing {
+        let peers = match plan.at_peer {
             true => peer::find(&new_ns)?,
             false => Vec::new(),
         };
@@ -188,6 +229,17 @@ impl Fault for NetFault {
             );
         }
         covered
+    }
+
+    fn tick(
+        &mut self,
+        run: &Run,
+        t: std::time::Duration,
+    ) -> anyhow::Result<Option<std::time::Duration>> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(None);
+        };
+        self.switch.apply(ebpf, &run.plan.policy.rules, t)
     }
 
     fn event<'a>(&'a mut self, _run: &'a Run) -> Event<'a> {

@@ -23,8 +23,12 @@ const RESEND_RING_BYTES: u32 = 32 << 20;
 
 /// Everything the kernel side needs for one policy.
 pub struct Tables<'a> {
-    pub cgroup_ids: &'a [u64],
+    /// Target cgroup ids and their classes.
+    pub classes: &'a [(u64, u8)],
+    /// The entries of every rule: what the trie is sized for and PORT_BITS summarises.
     pub lpm: &'a [(u32, RuleKey, u32)],
+    /// The entries of the rules on at the start (all of them for a policy).
+    pub initial: &'a [(u32, RuleKey, u32)],
     pub rules: &'a [NetRule],
     /// CLOCK_MONOTONIC nanoseconds after which nothing is injected.
     pub deadline_ns: u64,
@@ -32,6 +36,8 @@ pub struct Tables<'a> {
     pub resend: bool,
     /// Load the ingress-delay program too (see `crate::net::peer`).
     pub peer: bool,
+    /// The experiment's seed for per-packet decisions (0: none).
+    pub seed: u64,
 }
 
 /// The ingress-delay program `load` loaded.
@@ -60,12 +66,13 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     let n = |len: usize| (len.max(1)) as u32;
     let mut ebpf = EbpfLoader::new()
         // Room for child cgroups created while the policy runs (see `add_targets`).
-        .map_max_entries(maps::TARGETS, n(t.cgroup_ids.len()).max(4096))
+        .map_max_entries(maps::TARGETS, n(t.classes.len()).max(4096))
         .map_max_entries(maps::RULE_LPM, n(t.lpm.len()))
         .map_max_entries(maps::RULES, n(t.rules.len()))
         .map_max_entries(maps::COUNTERS, n(t.rules.len()))
         .map_max_entries(maps::RULE_STATE, n(t.rules.len()))
         .map_max_entries(maps::RATE_NEXT, n(t.rules.len()))
+        .map_max_entries(maps::DRAWS, n(t.rules.len()))
         // The ring and the per-CPU slots cost memory only where packets go through userspace.
         .map_max_entries(
             maps::RESEND_RING,
@@ -84,11 +91,13 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
         .context("load the eBPF object")?;
 
     let mut targets: HashMap<_, u64, u32> = map(&mut ebpf, maps::TARGETS)?.try_into()?;
-    for id in t.cgroup_ids {
-        targets.insert(id, 1, 0).context("fill TARGETS")?;
+    for &(id, class) in t.classes {
+        targets
+            .insert(id, u32::from(class), 0)
+            .context("fill TARGETS")?;
     }
     let mut lpm: LpmTrie<_, RuleKey, u32> = map(&mut ebpf, maps::RULE_LPM)?.try_into()?;
-    for (prefix, key, index) in t.lpm {
+    for (prefix, key, index) in t.initial {
         lpm.insert(&aya::maps::lpm_trie::Key::new(*prefix, *key), index, 0)
             .context("fill RULE_LPM")?;
     }
@@ -111,6 +120,7 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
             deadline_ns: t.deadline_ns,
             rule_count: t.rules.len() as u32,
             wild,
+            seed: t.seed,
         },
     )?;
 
@@ -155,13 +165,23 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// Adds cgroup ids to an active policy (a target's new child cgroups).
-pub fn add_targets(ebpf: &mut Ebpf, ids: &[u64]) -> anyhow::Result<()> {
+/// Adds cgroup ids to an active policy (a target's new child cgroups), with their classes.
+pub fn add_targets(ebpf: &mut Ebpf, ids: &[(u64, u8)]) -> anyhow::Result<()> {
     let mut targets: HashMap<_, u64, u32> = map(ebpf, maps::TARGETS)?.try_into()?;
-    for id in ids {
-        targets.insert(id, 1, 0).context("add to TARGETS")?;
+    for &(id, class) in ids {
+        targets
+            .insert(id, u32::from(class), 0)
+            .context("add to TARGETS")?;
     }
     Ok(())
+}
+
+/// Tells the ingress-delay program whose packets leave by the far end `ifindex`.
+pub fn set_peer_class(ebpf: &mut Ebpf, ifindex: u32, class: u8) -> anyhow::Result<()> {
+    let mut peers: HashMap<_, u32, u32> = map(ebpf, maps::PEER_CLASS)?.try_into()?;
+    peers
+        .insert(ifindex, u32::from(class), 0)
+        .context("fill PEER_CLASS")
 }
 
 /// What lets the programs skip trie lookups that cannot hit: bitmaps of the peer ports and

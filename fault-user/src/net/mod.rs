@@ -11,6 +11,7 @@ pub mod fq;
 pub mod loader;
 pub mod peer;
 pub mod resend;
+pub mod switch;
 pub mod tc_mode;
 pub mod test_run;
 
@@ -18,7 +19,7 @@ mod fault;
 mod plan;
 
 pub use attach::Direction;
-pub use fault::NetFault;
+pub use fault::{kernel_seed, NetFault};
 pub use fq::DelayPath;
 pub use plan::NetPlan;
 pub use tc_mode::TcMode;

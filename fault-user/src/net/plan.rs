@@ -16,8 +16,9 @@ pub struct NetPlan {
     pub directions: Vec<Direction>,
     /// How delays are held, when a rule delays or limits the rate.
     pub delay_path: Option<DelayPath>,
-    /// Whether ingress rules delay (the far ends of the targets' veths get a program).
-    pub ingress_timing: bool,
+    /// Whether ingress rules delay, corrupt or duplicate (the far ends of the targets'
+    /// veths get a program).
+    pub at_peer: bool,
     /// The far ends of the targets' veths, for ingress delay.
     pub peers: Vec<Peer>,
     /// Warnings to show before applying.
@@ -42,12 +43,12 @@ impl NetPlan {
         // Delays and rates are departure times: fq holds packets until then where the kernel
         // has it, fault itself (crate::net::resend) where it does not.
         let timing = policy.rules.iter().any(|r| r.action.schedules());
-        let ingress_timing = policy
+        let at_peer = policy
             .rules
             .iter()
-            .any(|r| r.ingress && r.action.schedules());
+            .any(|r| r.ingress && at_far_end(&r.action));
         let mut warnings = Vec::new();
-        let peers = match ingress_timing {
+        let peers = match at_peer {
             true => find_peers(policy, resolved, &mut warnings)?,
             false => Vec::new(),
         };
@@ -55,7 +56,7 @@ impl NetPlan {
             tc: TcMode::choose(options.tc_mode),
             directions,
             delay_path: timing.then(|| DelayPath::choose(options.delay_path)),
-            ingress_timing,
+            at_peer,
             peers,
             warnings,
             loopback: crate::policy::wants_loopback(policy),
@@ -95,8 +96,15 @@ impl NetPlan {
     }
 }
 
+/// Whether an ingress rule does something only the far end of the target's veth can:
+/// hold packets (delay, rate, reorder), rewrite them or send them twice.
+fn at_far_end(action: &fault_common::NetRule) -> bool {
+    action.schedules() || action.corrupt_p > 0 || action.dup_p > 0
+}
+
 /// The far ends of the targets' veths, for ingress delay. A target in fault's own network
 /// namespace (the host's) cannot have it: the far end of a host veth carries other traffic.
+/// The same holds for ingress corruption and duplication, which happen there too.
 fn find_peers(
     policy: &Policy,
     resolved: &Resolved,
@@ -116,8 +124,8 @@ fn find_peers(
         if shares {
             return Err(refused(format!(
                 "target {} has processes in the host's network namespace; ingress delay, \
-                 rate and reorder need a target in a network namespace of its own (a \
-                 container, a pod), because they hold packets at the far end of its veth",
+                 rate, reorder, corrupt and duplicate need a target in a network namespace of \
+                 its own (a container, a pod), because they act at the far end of its veth",
                 t.label
             )));
         }

@@ -27,14 +27,24 @@ pub const MAX_LPM_ENTRIES: usize = 1_000_000;
 /// LPM entries for all rules: (prefix length in bits including [`RULE_KEY_FIXED_BITS`], key,
 /// rule index), in a stable order (by direction, protocol, port, family, address, prefix).
 pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyError> {
+    lpm_entries_of(rules, |_| true)
+}
+
+/// LPM entries for the rules `active` says are on (indices stay those of `rules`): what the
+/// trie holds at one point of an experiment's timeline.
+pub fn lpm_entries_of(
+    rules: &[Rule],
+    active: impl Fn(usize) -> bool,
+) -> Result<Vec<(u32, RuleKey, u32)>, PolicyError> {
     // Rules from `parse` have passed this already; hand-built ones have not, and there is no
     // file to name for them.
     let count = check_size(rules).map_err(|err| err.in_file(Path::new("")))?;
+    let on: Vec<bool> = (0..rules.len()).map(active).collect();
 
     // One entry per port of each slot, with the lowest index among the rules that name
     // exactly this prefix at this port.
     let mut entries: Vec<(Group, Prefix, u32)> = Vec::with_capacity(count);
-    for (slot, ranges) in slots(rules) {
+    for (slot, ranges) in slots(rules, &on) {
         for (first, last, index) in lowest_per_port(&ranges) {
             entries.extend((first..=last).map(|port| {
                 let group = Group {
@@ -44,6 +54,7 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
                     family: slot.family,
                     loopback: slot.loopback,
                     local_port: slot.local_port,
+                    class: slot.class,
                 };
                 (group, slot.prefix, index)
             }));
@@ -80,6 +91,8 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
                 family: group.family,
                 loopback: group.loopback,
                 local_port: group.local_port.to_be_bytes(),
+                class: group.class,
+                _pad: [0; 3],
                 addr: prefix.bits.to_be_bytes(),
             };
             (RULE_KEY_FIXED_BITS + u32::from(prefix.len), key, index)
@@ -90,7 +103,7 @@ pub fn lpm_entries(rules: &[Rule]) -> Result<Vec<(u32, RuleKey, u32)>, PolicyErr
 /// Refuses rules that would compile to more than [`MAX_LPM_ENTRIES`] entries; otherwise
 /// returns the exact count (identical entries merge), found without expanding port ranges.
 pub(super) fn check_size(rules: &[Rule]) -> Result<usize, Invalid> {
-    let count: usize = slots(rules)
+    let count: usize = slots(rules, &vec![true; rules.len()])
         .values()
         .flat_map(|ranges| lowest_per_port(ranges))
         .map(|(first, last, _)| usize::from(last - first) + 1)
@@ -117,6 +130,7 @@ struct Slot {
     loopback: u8,
     /// One of the rule's local ports, or 0 for a rule without them.
     local_port: u16,
+    class: u8,
     prefix: Prefix,
 }
 
@@ -124,15 +138,15 @@ struct Slot {
 /// ports puts (0, 0): port 0 is the trie's "no port", and validation keeps it out of ranges.
 type PortRun = (u16, u16, u32);
 
-/// Every slot the rules occupy, with the port ranges each rule puts there.
-fn slots(rules: &[Rule]) -> HashMap<Slot, Vec<PortRun>> {
+/// Every slot the rules that are `on` occupy, with the port ranges each rule puts there.
+fn slots(rules: &[Rule], on: &[bool]) -> HashMap<Slot, Vec<PortRun>> {
     // A rule without cidrs matches every peer of both families.
     let everything = [
         IpNet::V4(ipnet::Ipv4Net::default()),
         IpNet::V6(ipnet::Ipv6Net::default()),
     ];
     let mut slots: HashMap<Slot, Vec<PortRun>> = HashMap::new();
-    for (index, rule) in rules.iter().enumerate() {
+    for (index, rule) in rules.iter().enumerate().filter(|(i, _)| on[*i]) {
         let index = u32::try_from(index).expect("fewer than 2^32 rules");
         let runs: Vec<PortRun> = if rule.ports.is_empty() {
             vec![(0, 0, index)]
@@ -168,6 +182,7 @@ fn slots(rules: &[Rule]) -> HashMap<Slot, Vec<PortRun>> {
                                 family,
                                 loopback,
                                 local_port,
+                                class: rule.class,
                                 prefix,
                             };
                             slots.entry(slot).or_default().extend_from_slice(&runs);
@@ -222,6 +237,7 @@ struct Group {
     family: u8,
     loopback: u8,
     local_port: u16,
+    class: u8,
 }
 
 /// A peer prefix: the top `len` bits of `bits`. IPv4 sits in the top 32 bits, which is where
@@ -290,6 +306,10 @@ mod tests {
 
     fn rule(dirs: (bool, bool), protocol: Protocol, cidrs: &[&str], ports: &[(u16, u16)]) -> Rule {
         Rule {
+            class: 0,
+            window: None,
+            ramp: None,
+            step: None,
             name: "r".to_owned(),
             egress: dirs.0,
             ingress: dirs.1,
@@ -372,6 +392,8 @@ mod tests {
             family,
             loopback: 0,
             local_port: local.to_be_bytes(),
+            class: 0,
+            _pad: [0; 3],
             addr,
         };
         let mut lookups = vec![key(packet.proto, 0, 0), key(PROTO_ANY, 0, 0)];
@@ -438,6 +460,8 @@ mod tests {
             family,
             loopback: 0,
             local_port: [0; 2],
+            class: 0,
+            _pad: [0; 3],
             addr,
         };
         entries
@@ -468,7 +492,7 @@ mod tests {
             .iter()
             .find(|(_, k, _)| k.family == FAMILY_V4 && k.port == 5432u16.to_be_bytes())
             .unwrap();
-        assert_eq!(*prefix, 64 + 16);
+        assert_eq!(*prefix, RULE_KEY_FIXED_BITS + 16);
         assert_eq!(key.port, [0x15, 0x38], "5432 in network byte order");
         assert_eq!(key.addr[..4], [10, 88, 0, 0]);
         assert_eq!(key.addr[4..], [0; 12]);
@@ -596,7 +620,9 @@ mod tests {
             );
             assert_eq!(entry_for(&entries, dir, PROTO_ICMPV6, 0, "::/0"), Some(0));
         }
-        assert!(entries.iter().all(|(prefix, _, _)| *prefix == 64));
+        assert!(entries
+            .iter()
+            .all(|(prefix, _, _)| *prefix == RULE_KEY_FIXED_BITS));
 
         let rules = [rule(EGRESS, Protocol::Any, &[], &[])];
         let entries = lpm_entries(&rules).unwrap();

@@ -231,17 +231,26 @@ impl<'de> Deserialize<'de> for PortSpec {
 pub(super) enum Probability {
     Number(f64),
     Text(String),
+    /// `{from: 1%, to: 20%}`: linear over an experiment step (drop probabilities only).
+    Ramp(Box<Ramp>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a ramp: a mapping with from and to")]
+pub(super) struct Ramp {
+    pub from: Probability,
+    pub to: Probability,
 }
 
 impl<'de> Deserialize<'de> for Probability {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ProbabilityVisitor;
 
-        impl Visitor<'_> for ProbabilityVisitor {
+        impl<'de> Visitor<'de> for ProbabilityVisitor {
             type Value = Probability;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a probability like 0.05 or \"5%\"")
+                f.write_str("a probability like 0.05 or \"5%\" (or, in a step, a ramp {from, to})")
             }
 
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Probability, E> {
@@ -260,6 +269,11 @@ impl<'de> Deserialize<'de> for Probability {
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Probability, E> {
                 Ok(Probability::Text(v.to_owned()))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Probability, A::Error> {
+                let ramp = Ramp::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Probability::Ramp(Box::new(ramp)))
             }
         }
 
@@ -338,6 +352,8 @@ pub(super) struct ClockRule {
     pub jitter: Option<Scalar>,
     #[serde(default)]
     pub allow_backwards: bool,
+    /// Jepsen's strobe: the clock flips `by` ahead and back every `every`.
+    pub strobe: Option<Jumps>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,8 +12,14 @@
 
 mod compile;
 mod document;
+mod experiment;
+mod experiment_document;
+mod overlap;
+mod partition;
 mod validate;
 
+#[cfg(test)]
+mod experiment_tests;
 #[cfg(test)]
 mod tests;
 
@@ -25,12 +31,17 @@ use fault_common::{NetRule, CSUM_KEEP, DROP_BERNOULLI, DROP_GILBERT_ELLIOTT, PRO
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use compile::{lpm_entries, MAX_LPM_ENTRIES};
+pub use compile::{lpm_entries, lpm_entries_of, MAX_LPM_ENTRIES};
+pub use partition::Cut;
+
+use crate::timeline::Window;
 
 /// The only `apiVersion` this build understands.
 pub const API_VERSION: &str = "fault/v1";
-/// The only `kind` this build understands.
+/// The kind of a static policy: every rule on for the whole duration.
 pub const KIND: &str = "FaultPolicy";
+/// The kind of a game day: groups, steps on a timeline, probes and stop conditions.
+pub const KIND_EXPERIMENT: &str = "Experiment";
 
 /// A checked policy, ready to be applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +57,105 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Clock faults; no two rules name the same clock.
     pub clock: Vec<ClockRule>,
+    /// Experiments only: per-packet decisions drawn from this seed, reproducible run to run.
+    pub seed: Option<u64>,
+    /// Experiments only: named sets of targets. Group `i`'s packets carry class `i + 1` (a
+    /// policy's targets share class 0).
+    pub groups: Vec<Group>,
+    /// Experiments only: the timeline. Network steps' rules are in `rules` (with their
+    /// class and window); the other kinds are described here.
+    pub steps: Vec<Step>,
+    pub probes: Vec<ProbeRule>,
+    pub aborts: Vec<AbortWhen>,
+}
+
+impl Policy {
+    pub fn is_experiment(&self) -> bool {
+        !self.steps.is_empty()
+    }
+}
+
+/// A named set of targets of an experiment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub targets: Vec<TargetSpec>,
+}
+
+impl Group {
+    /// The class its packets are looked up with.
+    pub fn class(index: usize) -> u8 {
+        u8::try_from(index + 1).expect("at most MAX_GROUPS groups")
+    }
+}
+
+/// One step of an experiment, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub window: Window,
+    /// Indices into `Policy::groups` of the step's targets (empty for partitions, which name
+    /// their groups themselves).
+    pub groups: Vec<usize>,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// Its rules are in `Policy::rules`, with `step` set to this step.
+    Network,
+    /// Directed cuts between groups, compiled into drop rules once the groups' addresses are
+    /// known.
+    Partition(Vec<Cut>),
+    Clock(Vec<ClockRule>),
+    /// Freeze the targets for `freeze` at the start of every `every`.
+    Pause {
+        freeze: Duration,
+        every: Duration,
+    },
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Network => "network",
+            StepKind::Partition(_) => "partition",
+            StepKind::Clock(_) => "clock",
+            StepKind::Pause { .. } => "pause",
+        }
+    }
+}
+
+/// A steady-state probe, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRule {
+    pub name: String,
+    pub check: ProbeCheck,
+    /// Index into `Policy::groups`: run inside that group.
+    pub from: Option<usize>,
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeCheck {
+    Tcp(std::net::SocketAddr),
+    Http { url: String, status: u16 },
+    Exec(Vec<String>),
+}
+
+/// A stop condition, checked: the probe it names exists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AbortWhen {
+    Consecutive {
+        probe: String,
+        failures: u32,
+    },
+    Ratio {
+        probe: String,
+        ratio: f64,
+        window: Duration,
+    },
 }
 
 /// A clock a rule can fault, by its policy name.
@@ -184,7 +294,7 @@ pub fn signed_ns(ns: i64) -> String {
 }
 
 /// A target as named in the policy; resolving it to cgroups happens elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TargetSpec {
     /// Absolute, or relative to the cgroup2 mount; never contains `..`.
     Cgroup(PathBuf),
@@ -245,6 +355,15 @@ pub struct Rule {
     pub loopback: bool,
     /// What happens to matching packets, in the kernel's encoding.
     pub action: NetRule,
+    /// Whose packets it applies to: 0 for a policy's targets, `i + 1` for an experiment's
+    /// group `i`.
+    pub class: u8,
+    /// When it is on; `None`: for the whole run.
+    pub window: Option<Window>,
+    /// A drop probability that moves linearly over the window: (from, to) thresholds.
+    pub ramp: Option<(u64, u64)>,
+    /// The experiment step it belongs to (index into `Policy::steps`).
+    pub step: Option<usize>,
 }
 
 impl Rule {
@@ -474,8 +593,17 @@ pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
     // field this version does not know, which hides the real problem.
     let header: document::Header = deserialize(text, file)?;
     validate::header(&header).map_err(|err| err.in_file(file))?;
-    let document: document::Document = deserialize(text, file)?;
-    let policy = validate::policy(document, file).map_err(|err| err.in_file(file))?;
+    let policy = match header.kind.as_str() {
+        KIND_EXPERIMENT => {
+            let document: experiment_document::ExperimentDocument = deserialize(text, file)?;
+            experiment::experiment(document, file)
+        }
+        _ => {
+            let document: document::Document = deserialize(text, file)?;
+            validate::policy(document, file)
+        }
+    }
+    .map_err(|err| err.in_file(file))?;
     // Checked here as well as in lpm_entries so that an oversized policy is refused when it
     // is read (with its file name), not halfway through being applied.
     compile::check_size(&policy.rules).map_err(|err| err.in_file(file))?;

@@ -18,6 +18,7 @@ use super::document::{
 };
 use super::{
     ClockId, ClockJumps, ClockRule, Invalid, Policy, Protocol, Rule, TargetSpec, API_VERSION, KIND,
+    KIND_EXPERIMENT,
 };
 
 /// The longest `metadata.name`: it names a directory in bpffs and prefixes pin names, so it
@@ -40,10 +41,13 @@ pub(super) fn header(header: &Header) -> Result<(), Invalid> {
             format!("expected {API_VERSION}, got {:?}", header.api_version),
         ));
     }
-    if header.kind != KIND {
+    if header.kind != KIND && header.kind != KIND_EXPERIMENT {
         return Err(Invalid::new(
             "kind",
-            format!("expected {KIND}, got {:?}", header.kind),
+            format!(
+                "expected {KIND} or {KIND_EXPERIMENT}, got {:?}",
+                header.kind
+            ),
         ));
     }
     Ok(())
@@ -96,10 +100,15 @@ pub(super) fn policy(document: Document, file: &Path) -> Result<Policy, Invalid>
         targets,
         rules,
         clock,
+        seed: None,
+        groups: Vec::new(),
+        steps: Vec::new(),
+        probes: Vec::new(),
+        aborts: Vec::new(),
     })
 }
 
-fn policy_name(name: &str) -> Result<String, Invalid> {
+pub(super) fn policy_name(name: &str) -> Result<String, Invalid> {
     let valid = (1..=MAX_POLICY_NAME).contains(&name.len())
         && name
             .bytes()
@@ -117,7 +126,7 @@ fn policy_name(name: &str) -> Result<String, Invalid> {
     }
 }
 
-fn duration(text: &str) -> Result<Duration, Invalid> {
+pub(super) fn duration(text: &str) -> Result<Duration, Invalid> {
     const PATH: &str = "spec.duration";
     let duration = humantime::parse_duration(text.trim()).map_err(|err| {
         Invalid::new(
@@ -140,7 +149,7 @@ fn duration(text: &str) -> Result<Duration, Invalid> {
     Ok(duration)
 }
 
-fn target(target: Target, path: &str) -> Result<TargetSpec, Invalid> {
+pub(super) fn target(target: Target, path: &str) -> Result<TargetSpec, Invalid> {
     match (target.cgroup, target.container, target.pid) {
         (Some(text), None, None) => {
             let path = format!("{path}.cgroup");
@@ -187,7 +196,7 @@ fn target(target: Target, path: &str) -> Result<TargetSpec, Invalid> {
     }
 }
 
-fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
+pub(super) fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
     let name = match &raw.name {
         Some(name) => rule_name(name, &format!("{path}.name"))?,
         None => format!("rule-{index}"),
@@ -226,26 +235,10 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
         }
     }
 
+    // Ingress drops run in a cgroup_skb program (see fault-ebpf/src/cgroup_skb.rs); ingress
+    // delay, rate, reorder, corruption and duplication at the far end of the target's veth
+    // (fault-user/src/net/peer.rs), which the plan finds or refuses.
     let action = action(&raw, path)?;
-    if ingress {
-        // Ingress drops run in a cgroup_skb program (see fault-ebpf/src/cgroup_skb.rs), which
-        // may drop a packet but not rewrite or clone it; ingress delay, rate and reorder run
-        // at the far end of the target's veth (fault-user/src/peer.rs).
-        for (field, present) in [
-            ("corrupt", raw.corrupt.is_some()),
-            ("duplicate", raw.duplicate.is_some()),
-        ] {
-            if present {
-                return Err(Invalid::new(
-                    format!("{path}.{field}"),
-                    format!(
-                        "{field} works on egress only (packets the target sends); \
-                         use direction: egress here, and put ingress faults in a rule of their own"
-                    ),
-                ));
-            }
-        }
-    }
     Ok(Rule {
         name,
         egress,
@@ -256,10 +249,14 @@ fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
         local_ports,
         loopback: matches.loopback,
         action,
+        class: 0,
+        window: None,
+        ramp: None,
+        step: None,
     })
 }
 
-fn rule_name(name: &str, path: &str) -> Result<String, Invalid> {
+pub(super) fn rule_name(name: &str, path: &str) -> Result<String, Invalid> {
     let valid = (1..=MAX_RULE_NAME).contains(&name.len())
         && name
             .bytes()
@@ -511,12 +508,17 @@ fn rate_bytes(text: &str) -> Option<u64> {
 }
 
 /// A probability as the kernel's threshold out of [`PROB_ONE`].
-fn threshold(raw: &Probability, path: &str) -> Result<u64, Invalid> {
+pub(super) fn threshold(raw: &Probability, path: &str) -> Result<u64, Invalid> {
     probability(raw).map(to_threshold).ok_or_else(|| {
-        let shown = match raw {
-            Probability::Number(number) => number.to_string(),
-            Probability::Text(text) => format!("{text:?}"),
-        };
+        let shown =
+            match raw {
+                Probability::Number(number) => number.to_string(),
+                Probability::Text(text) => format!("{text:?}"),
+                Probability::Ramp(_) => return Invalid::new(
+                    path,
+                    "a ramp ({from, to}) is only allowed as drop.probability in an experiment step",
+                ),
+            };
         Invalid::new(
             path,
             format!("expected a probability between 0 and 1 (like 0.05 or \"5%\"), got {shown}"),
@@ -528,6 +530,7 @@ fn threshold(raw: &Probability, path: &str) -> Result<u64, Invalid> {
 fn probability(raw: &Probability) -> Option<f64> {
     let value = match raw {
         Probability::Number(number) => *number,
+        Probability::Ramp(_) => return None,
         Probability::Text(text) => {
             let text = text.trim();
             match text.strip_suffix('%') {
@@ -605,7 +608,7 @@ fn clock_rules(
     Ok(rules)
 }
 
-fn clock_rule(
+pub(super) fn clock_rule(
     raw: document::ClockRule,
     index: usize,
     path: &str,
@@ -615,6 +618,13 @@ fn clock_rule(
         Some(name) => rule_name(name, &format!("{path}.name"))?,
         None => format!("clock-{index}"),
     };
+    if raw.strobe.is_some() {
+        return Err(Invalid::new(
+            format!("{path}.strobe"),
+            "strobe is not supported by this build yet; use jumps (a step every interval) \
+             or two flapping clock steps",
+        ));
+    }
     let clocks = clock_list(raw.clocks.as_deref(), &format!("{path}.clocks"))?;
     let offset_ns = match &raw.offset {
         Some(text) => {
