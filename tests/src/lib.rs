@@ -11,8 +11,10 @@ mod container;
 mod fault;
 mod hosts;
 mod leftovers;
+mod mesh;
 mod netns;
 mod process;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,8 +28,10 @@ pub use fault::{
 };
 pub use hosts::{anchor, hosts, Hosts};
 pub use leftovers::{assert_no_leftovers, leftovers};
+pub use mesh::{mesh, Mesh, MeshHost, Reach};
 pub use netns::{enter_netns, Netns, VethPair};
 pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, ChildGuard};
+pub use serve::{serve, Reply, Server};
 
 /// Panics unless the test runs as root (the suite needs CAP_SYS_ADMIN and CAP_BPF).
 pub fn require_root() {

@@ -1353,3 +1353,57 @@ fn a_sigkilled_loader_never_leaves_a_process_held_at_exec() {
     }
     assert_no_leftovers();
 }
+
+/// An experiment's clock step: true time before it, the skew while it is on (counted from
+/// when it went on), and true time again after it, in a process that runs throughout.
+#[test]
+fn a_clock_step_skews_only_while_it_is_on() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-step");
+        let reader = Reader::c(Some(&cgroup), 0);
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: Experiment\nmetadata: {{name: clock-step}}\nspec:\n  \
+             duration: 20s\n  groups:\n    app: [{{cgroup: {}}}]\n  steps:\n    \
+             - {{name: skew, at: 1s, for: 2s, targets: app, clock: [{{offset: 30s}}]}}\n",
+            cgroup.path().display()
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-step");
+        apply.wait_ready();
+        let start = Instant::now();
+        wait(Duration::from_millis(4000));
+        let got: Vec<Reading> = reader
+            .after(start, 150)
+            .into_iter()
+            .filter(|r| r.label == "c")
+            .collect();
+        let within = |from: u64, to: u64| -> Vec<Reading> {
+            got.iter()
+                .filter(|r| {
+                    let t = r.at.duration_since(start);
+                    t > Duration::from_millis(from) && t < Duration::from_millis(to)
+                })
+                .cloned()
+                .collect()
+        };
+        let (before, during, after) = (within(0, 800), within(1300, 2700), within(3300, 4000));
+        assert!(!before.is_empty() && !during.is_empty() && !after.is_empty());
+        assert_skews(&reader, &before, 0, 5 * MS, "before the step");
+        assert_skews(&reader, &during, 30 * SEC, 5 * MS, "during the step");
+        assert_skews(&reader, &after, 0, 5 * MS, "after the step");
+        println!(
+            "clock step: {} readings before, {} during (+30 s), {} after",
+            before.len(),
+            during.len(),
+            after.len()
+        );
+        let (status, out) = apply.stop();
+        assert!(status.success(), "{out}");
+        assert!(
+            out.contains("step skew on") && out.contains("step skew off"),
+            "{out}"
+        );
+    }
+    assert_no_leftovers();
+}

@@ -102,6 +102,51 @@ enum Cmd {
         #[arg(long)]
         bind: SocketAddr,
     },
+    /// Append CLOCK_MONOTONIC nanoseconds as a line to a file every interval, until killed:
+    /// a pause shows as a gap between two lines
+    Ticks {
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
+    /// Send numbered UDP datagrams on a fixed schedule, datagram k at start + k x interval
+    /// however long each send takes, and report the start (CLOCK_MONOTONIC ns): with it a
+    /// receiver's arrival times can be set against send times
+    UdpPaced {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        /// Datagram size in bytes (at least 8: the sequence number)
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long)]
+        interval_us: u64,
+    },
+    /// Receive numbered UDP datagrams and record when each first arrived (CLOCK_MONOTONIC
+    /// ns), until the last one (expect - 1) or all arrived, or nothing did for a while
+    UdpArrivals {
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Datagrams sent (sequence numbers 0..expect)
+        #[arg(long)]
+        expect: u64,
+        /// Stop after this long without a datagram
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Receive buffer, as for udp-recv
+        #[arg(long, default_value_t = 8 << 20)]
+        rcvbuf: usize,
+    },
+    /// Count intact numbered UDP datagrams by source address until SIGTERM (or --max-ms):
+    /// who reaches this host
+    UdpTally {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value_t = 60_000)]
+        max_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,6 +197,20 @@ fn main() -> ExitCode {
             Duration::from_millis(timeout_ms),
         ),
         Cmd::Echo { bind } => echo(bind),
+        Cmd::Ticks { out, interval_ms } => ticks(&out, Duration::from_millis(interval_ms)),
+        Cmd::UdpPaced {
+            to,
+            count,
+            size,
+            interval_us,
+        } => udp_paced(to, count, size, Duration::from_micros(interval_us)),
+        Cmd::UdpArrivals {
+            bind,
+            expect,
+            timeout_ms,
+            rcvbuf,
+        } => udp_arrivals(bind, expect, Duration::from_millis(timeout_ms), rcvbuf),
+        Cmd::UdpTally { bind, max_ms } => udp_tally(bind, Duration::from_millis(max_ms)),
     };
     match result {
         Ok(json) => {
@@ -546,6 +605,213 @@ fn echo(bind: SocketAddr) -> io::Result<String> {
             let _ = socket.send_to(&buf[..n], from);
         }
     }
+}
+
+// ---- time -----------------------------------------------------------------------------------
+
+/// One write per line, so what a reader finds is whole lines up to the moment it reads (or
+/// the process stopped).
+fn ticks(out: &std::path::Path, interval: Duration) -> io::Result<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)?;
+    loop {
+        file.write_all(format!("{}\n", monotonic_ns()).as_bytes())?;
+        std::thread::sleep(interval);
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+// ---- UDP on a timeline ----------------------------------------------------------------------
+
+/// Sleeps until CLOCK_MONOTONIC reads `ns`. An absolute deadline: a late wake-up delays one
+/// datagram, not every one after it.
+fn sleep_until_monotonic(ns: u64) {
+    let due = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: a valid timespec to read; no remainder is asked for with TIMER_ABSTIME.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &due,
+                std::ptr::null_mut(),
+            )
+        };
+        // clock_nanosleep returns the error number itself; a signal only interrupts it.
+        if rc != libc::EINTR {
+            return;
+        }
+    }
+}
+
+fn udp_paced(to: SocketAddr, count: u64, size: usize, interval: Duration) -> io::Result<String> {
+    if size < SEQ_LEN {
+        return Err(io::Error::other(format!(
+            "--size {size} is below the {SEQ_LEN}-byte sequence number"
+        )));
+    }
+    let step = u64::try_from(interval.as_nanos()).map_err(io::Error::other)?;
+    if step == 0 {
+        return Err(io::Error::other("--interval-us must be above zero"));
+    }
+    let socket = udp_socket_for(to)?;
+    let mut buf = vec![0u8; size];
+    let (mut sent, mut errors, mut late_max) = (0u64, 0u64, 0u64);
+    let mut first_error: Option<String> = None;
+    let start = monotonic_ns();
+    for seq in 0..count {
+        let due = start + seq * step;
+        sleep_until_monotonic(due);
+        late_max = late_max.max(monotonic_ns().saturating_sub(due));
+        fill_datagram(&mut buf, seq);
+        // A send the host refuses (a drop at the socket reads as congestion) is counted and
+        // the schedule goes on: the receiver judges what arrived.
+        match socket.send_to(&buf, to) {
+            Ok(n) if n == size => sent += 1,
+            Ok(n) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("short send: {n} of {size} bytes"));
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    Ok(format!(
+        "{{\"attempted\":{count},\"sent\":{sent},\"errors\":{errors},\"first_error\":{},\
+         \"start_ns\":{start},\"interval_ns\":{step},\"late_max_us\":{:.1}}}",
+        json_opt_str(first_error.as_deref()),
+        late_max as f64 / 1e3,
+    ))
+}
+
+fn udp_arrivals(
+    bind: SocketAddr,
+    expect: u64,
+    idle: Duration,
+    rcvbuf: usize,
+) -> io::Result<String> {
+    let socket = UdpSocket::bind(bind)?;
+    set_rcvbuf(&socket, rcvbuf);
+    socket.set_read_timeout(Some(idle))?;
+    let mut seen = vec![false; usize::try_from(expect).map_err(io::Error::other)?];
+    let mut buf = vec![0u8; 65536];
+    // (sequence number, CLOCK_MONOTONIC ns when it was read), first copies in arrival order.
+    let mut arrivals: Vec<(u64, u64)> = Vec::new();
+    let (mut duplicates, mut corrupted) = (0u64, 0u64);
+    loop {
+        let n = match socket.recv_from(&mut buf) {
+            Ok((n, _)) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let now = monotonic_ns();
+        match check_datagram(&buf[..n]).filter(|seq| *seq < expect) {
+            None => corrupted += 1,
+            Some(seq) if seen[seq as usize] => duplicates += 1,
+            Some(seq) => {
+                seen[seq as usize] = true;
+                arrivals.push((seq, now));
+                // The last one sent ends the wait: nothing later is coming.
+                if seq + 1 == expect || arrivals.len() as u64 == expect {
+                    break;
+                }
+            }
+        }
+    }
+    let list: Vec<String> = arrivals
+        .iter()
+        .map(|(seq, at)| format!("[{seq},{at}]"))
+        .collect();
+    Ok(format!(
+        "{{\"expected\":{expect},\"unique\":{},\"duplicates\":{duplicates},\
+         \"corrupted\":{corrupted},\"arrivals\":[{}]}}",
+        arrivals.len(),
+        list.join(",")
+    ))
+}
+
+/// Set by SIGTERM: `udp-tally` reports and exits.
+static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    TERMINATED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn udp_tally(bind: SocketAddr, max: Duration) -> io::Result<String> {
+    // In place before the socket is bound, so a SIGTERM sent once the port shows up always
+    // gets the report.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
+    let socket = UdpSocket::bind(bind)?;
+    // The flag is looked at between reads; glibc's signal() restarts an interrupted read.
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let deadline = Instant::now() + max;
+    let mut from: BTreeMap<std::net::IpAddr, u64> = BTreeMap::new();
+    let mut corrupted = 0u64;
+    let mut buf = vec![0u8; 65536];
+    let mut count = |datagram: &[u8], peer: SocketAddr| match check_datagram(datagram) {
+        Some(_) => *from.entry(peer.ip()).or_default() += 1,
+        None => corrupted += 1,
+    };
+    let quiet = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        )
+    };
+    while !TERMINATED.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => count(&buf[..n], peer),
+            Err(e) if quiet(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Datagrams queued when the signal came still count.
+    socket.set_nonblocking(true)?;
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => count(&buf[..n], peer),
+            Err(e) if quiet(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let received: u64 = from.values().sum();
+    let by_source: Vec<String> = from
+        .iter()
+        .map(|(ip, n)| format!("{}:{n}", json_str(&ip.to_string())))
+        .collect();
+    Ok(format!(
+        "{{\"received\":{received},\"corrupted\":{corrupted},\"from\":{{{}}}}}",
+        by_source.join(",")
+    ))
 }
 
 // ---- output ---------------------------------------------------------------------------------
