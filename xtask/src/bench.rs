@@ -10,6 +10,8 @@
 //!    faulted read after `fault apply` and after an exec inside the target.
 //! 4. Delay through userspace, on this host (no sch_fq): added-delay errors, what the resend
 //!    thread spends per packet, and the goodput of a delayed TCP flow.
+//! 6. Experiments (`bench/gameday.rs`): an untargeted flow beside a flapping step, how
+//!    punctual switches are, and what probes cost the loader.
 //! 5. Delay (`bench/guest-delay.sh`, in the Debian 6.1 guest, which has sch_fq and netem):
 //!    fault's EDT delay side by side with tc-netem on the same veth, and the cost for
 //!    untargeted traffic of fault's rules and of netem's u32 filters.
@@ -22,6 +24,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+mod gameday;
 
 use crate::{
     build, cmd,
@@ -113,6 +117,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         without.push(a);
         with.push(b);
     }
+    println!("== experiments: an untargeted flow beside a flapping step, switches, probes");
+    let experiments = gameday::measure(&fault, &probe, &sb, root)?;
+    print!("{experiments}");
     drop(sb);
     let _ = std::fs::remove_file(&policy);
     let (m0, m1) = (median(&mut without), median(&mut with));
@@ -200,7 +207,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          flow under 100 ms, by each; and the round trip of an untargeted process, with \
          fault's rules installed (a single delay rule already puts fq in place of the veth's \
          noqueue) and with netem steered to chosen destinations by u32 filters.\n\n{delay}\n\
-         {userspace}"
+         {userspace}
+{experiments}"
     );
     // Comparisons across revisions are made by hand (each says how) and kept as they are.
     let kept = std::fs::read_to_string(root.join("BENCHMARKS.md"))

@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod lan;
 mod sandbox;
 mod setup;
 mod test;
