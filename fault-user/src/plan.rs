@@ -185,24 +185,17 @@ impl Plan {
 
     /// The experiment's probes, `from` resolved to the group's first target cgroup.
     pub fn probe_specs(&self) -> Vec<crate::probe::ProbeSpec> {
-        use crate::probe::{Check, ProbeSpec};
+        let from = |g: usize| {
+            let targets = &self.groups.get(g)?.resolved.targets;
+            targets.first().map(|t| t.cgroup.clone())
+        };
         self.policy
             .probes
             .iter()
-            .map(|p| ProbeSpec {
+            .map(|p| crate::probe::ProbeSpec {
                 name: p.name.clone(),
-                check: match &p.check {
-                    policy::ProbeCheck::Tcp(a) => Check::Tcp(*a),
-                    policy::ProbeCheck::Http { url, status } => Check::Http {
-                        url: url.clone(),
-                        status: *status,
-                    },
-                    policy::ProbeCheck::Exec(cmd) => Check::Exec(cmd.clone()),
-                },
-                from: p.from.and_then(|g| {
-                    let targets = &self.groups.get(g)?.resolved.targets;
-                    targets.first().map(|t| t.cgroup.clone())
-                }),
+                check: p.check.clone(),
+                from: p.from.and_then(from),
                 every: p.every,
                 timeout: p.timeout,
             })
@@ -210,26 +203,7 @@ impl Plan {
     }
 
     pub fn abort_rules(&self) -> Vec<crate::probe::AbortRule> {
-        use crate::probe::AbortRule;
-        self.policy
-            .aborts
-            .iter()
-            .map(|a| match a {
-                policy::AbortWhen::Consecutive { probe, failures } => AbortRule::Consecutive {
-                    probe: probe.clone(),
-                    failures: *failures,
-                },
-                policy::AbortWhen::Ratio {
-                    probe,
-                    ratio,
-                    window,
-                } => AbortRule::Ratio {
-                    probe: probe.clone(),
-                    ratio: *ratio,
-                    window: *window,
-                },
-            })
-            .collect()
+        self.policy.aborts.clone()
     }
 
     pub fn build(file: &Path, options: Options) -> Result<Plan, Error> {

@@ -6,13 +6,14 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread::sleep,
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
 
-use crate::{cmd, sandbox::cgroup2_mount};
+use crate::{
+    cmd,
+    sandbox::{cgroup2_mount, remove_cgroup},
+};
 
 /// One host: its namespace, address and cgroup.
 pub struct Host {
@@ -140,13 +141,7 @@ impl Lan {
         for h in &self.hosts {
             // A cgroup left frozen by an interrupted run is thawed before it is emptied.
             let _ = std::fs::write(h.cgroup.join("cgroup.freeze"), "0");
-            let _ = std::fs::write(h.cgroup.join("cgroup.kill"), "1");
-            for _ in 0..100 {
-                if std::fs::remove_dir(&h.cgroup).is_ok() || !h.cgroup.exists() {
-                    break;
-                }
-                sleep(Duration::from_millis(20));
-            }
+            remove_cgroup(&h.cgroup);
         }
         if let Ok(mount) = cgroup2_mount() {
             let _ = std::fs::remove_dir(mount.join(self.parent));

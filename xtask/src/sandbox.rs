@@ -101,13 +101,7 @@ impl Sandbox {
             let _ = a.kill();
             let _ = a.wait();
         }
-        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                break;
-            }
-            sleep(Duration::from_millis(20));
-        }
+        remove_cgroup(&self.cgroup);
         // A nested target cgroup leaves its parent, which is ours too.
         if let Some(parent) = Path::new(self.layout.cgroup).parent() {
             if !parent.as_os_str().is_empty() {
@@ -128,6 +122,18 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// Kills what is left in a cgroup and removes it, waiting up to 2 s for the kernel to let
+/// the directory go.
+pub fn remove_cgroup(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        sleep(Duration::from_millis(20));
     }
 }
 

@@ -10,10 +10,13 @@ use super::document::{ClockRule as RawClockRule, NetworkRule, Probability, Targe
 use super::experiment_document::{self as doc, ExperimentDocument};
 use super::validate::{self, clock_rule, policy_name, rule, rule_name, target, threshold};
 use super::{
-    overlap, partition, AbortWhen, Group, Invalid, Policy, ProbeCheck, ProbeRule, Rule, Step,
-    StepKind, TargetSpec,
+    overlap, partition, AbortWhen, Group, Invalid, Policy, ProbeRule, Rule, Step, StepKind,
+    TargetSpec,
 };
-use crate::timeline::{Flap, Window};
+use crate::{
+    probe::Check,
+    timeline::{Flap, Window},
+};
 
 /// The most groups an experiment may name: each is a class in the programs' lookup key.
 pub const MAX_GROUPS: usize = 32;
@@ -397,9 +400,9 @@ fn probes(raw: Vec<doc::Probe>, groups: &[Group]) -> Result<Vec<ProbeRule>, Inva
     Ok(out)
 }
 
-fn probe_check(p: &doc::Probe, path: &str) -> Result<ProbeCheck, Invalid> {
+fn probe_check(p: &doc::Probe, path: &str) -> Result<Check, Invalid> {
     match (&p.tcp, &p.http, &p.exec) {
-        (Some(addr), None, None) => addr.trim().parse().map(ProbeCheck::Tcp).map_err(|_| {
+        (Some(addr), None, None) => addr.trim().parse().map(Check::Tcp).map_err(|_| {
             Invalid::new(
                 format!("{path}.tcp"),
                 format!(
@@ -417,12 +420,12 @@ fn probe_check(p: &doc::Probe, path: &str) -> Result<ProbeCheck, Invalid> {
                     ),
                 ));
             }
-            Ok(ProbeCheck::Http {
+            Ok(Check::Http {
                 url: h.url.clone(),
                 status: h.status.unwrap_or(200),
             })
         }
-        (None, None, Some(cmd)) if !cmd.is_empty() => Ok(ProbeCheck::Exec(cmd.clone())),
+        (None, None, Some(cmd)) if !cmd.is_empty() => Ok(Check::Exec(cmd.clone())),
         (None, None, Some(_)) => Err(Invalid::new(
             format!("{path}.exec"),
             "expected a command and its arguments, like [pg_isready, -h, 10.0.0.5]",

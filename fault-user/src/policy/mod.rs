@@ -126,37 +126,19 @@ impl StepKind {
     }
 }
 
-/// A steady-state probe, checked.
+/// A steady-state probe, checked; what it checks is in the prober's own terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRule {
     pub name: String,
-    pub check: ProbeCheck,
+    pub check: crate::probe::Check,
     /// Index into `Policy::groups`: run inside that group.
     pub from: Option<usize>,
     pub every: Duration,
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProbeCheck {
-    Tcp(std::net::SocketAddr),
-    Http { url: String, status: u16 },
-    Exec(Vec<String>),
-}
-
-/// A stop condition, checked: the probe it names exists.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AbortWhen {
-    Consecutive {
-        probe: String,
-        failures: u32,
-    },
-    Ratio {
-        probe: String,
-        ratio: f64,
-        window: Duration,
-    },
-}
+/// A stop condition, checked (the probe it names exists).
+pub use crate::probe::AbortRule as AbortWhen;
 
 /// A clock a rule can fault, by its policy name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
