@@ -704,11 +704,9 @@ fn lost_under_seed(h: &fault_tests::Hosts, target: &Cgroup, seed: u64) -> Vec<u6
             "gd-seed",
             "30s",
             &group("a", target),
-            &format!(
-                "    - name: loss\n      at: 0s\n      for: 30s\n      targets: a\n      \
-             network: [{{direction: egress, match: {{protocol: udp, ports: [7431]}}, \
-             drop: {{probability: 30%}}}}]\n"
-            ),
+            "    - name: loss\n      at: 0s\n      for: 30s\n      targets: a\n      \
+             network: [{direction: egress, match: {protocol: udp, ports: [7431]}, \
+             drop: {probability: 30%}}]\n",
         )
         .replace("  groups:", &format!("  seed: {seed}\n  groups:")),
     );
