@@ -1407,3 +1407,53 @@ fn a_clock_step_skews_only_while_it_is_on() {
     }
     assert_no_leftovers();
 }
+
+/// Jepsen's strobe in a clock step: the clock reads 5 s ahead during every other 300 ms and
+/// true time in between, in a process that runs throughout.
+#[test]
+fn a_strobe_flips_the_clock_ahead_and_back() {
+    require_root();
+    programs();
+    {
+        let cgroup = Cgroup::new("clock-strobe");
+        let reader = Reader::c(Some(&cgroup), 0);
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: Experiment\nmetadata: {{name: clock-strobe}}\nspec:\n  \
+             duration: 20s\n  groups:\n    app: [{{cgroup: {}}}]\n  steps:\n    \
+             - {{name: strobe, at: 0s, for: 20s, targets: app, clock: [{{strobe: {{by: 5s, every: 300ms}}}}]}}\n",
+            cgroup.path().display()
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-strobe");
+        apply.wait_ready();
+        let mark = Instant::now();
+        wait(Duration::from_millis(2500));
+        let got: Vec<Reading> = reader
+            .after(mark, 100)
+            .into_iter()
+            .filter(|r| r.label == "c")
+            .collect();
+        // Every reading is either true or 5 s ahead, and both kinds come in runs.
+        let ahead = |r: &Reading| (r.skew() - 5 * SEC).abs() <= 5 * MS;
+        let true_time = |r: &Reading| r.skew().abs() <= 5 * MS;
+        assert!(
+            got.iter().all(|r| ahead(r) || true_time(r)),
+            "readings other than true or +5 s: {:?}",
+            got.iter().map(Reading::skew).collect::<Vec<_>>()
+        );
+        let flips = got
+            .windows(2)
+            .filter(|w| ahead(&w[0]) != ahead(&w[1]))
+            .count();
+        let share = got.iter().filter(|r| ahead(r)).count() as f64 / got.len() as f64;
+        println!(
+            "strobe: {} readings over 2.5 s, {flips} flips, {:.0} % ahead",
+            got.len(),
+            share * 100.0
+        );
+        // 2.5 s of 300 ms intervals: about 8 flips, half the time ahead.
+        assert!((6..=10).contains(&flips), "{flips} flips");
+        assert!((0.35..=0.65).contains(&share), "{share} of readings ahead");
+        drop(apply);
+    }
+    assert_no_leftovers();
+}

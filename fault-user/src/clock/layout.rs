@@ -47,6 +47,8 @@ pub const FLAG_CLAMP: u32 = 2;
 /// A wall clock: its own reading cannot tell whether the deadline (in monotonic time) has
 /// passed if the host's clock was stepped, so the stub also samples the true monotonic clock.
 pub const FLAG_SAMPLE_MONO: u32 = 4;
+/// The jumps are a strobe: `(floor(e / every) mod 2) * by` rather than `floor(e / every) * by`.
+pub const FLAG_STROBE: u32 = 8;
 /// How often a wall-clock read samples the monotonic clock: when its low nanosecond bits are
 /// all zero, so about one read in 64 (one in 8 for gettimeofday's microseconds).
 pub const SAMPLE_MASK: u8 = 63;
@@ -223,6 +225,9 @@ fn params(rule: &ClockRule, clock: ClockId, start_ns: i64, deadline_ns: i64) -> 
         Some(j) => (j.every_ns, u64::MAX / j.every_ns, j.by_ns),
         None => (0, 0, 0),
     };
+    if rule.jumps.is_some_and(|j| j.strobe) {
+        flags |= FLAG_STROBE;
+    }
     ClockParams {
         flags,
         _pad: 0,
@@ -251,7 +256,11 @@ impl ClockParams {
         let jumps = if self.jump_recip == 0 {
             0
         } else {
-            floor_div(e as u64, self.jump_every_ns, self.jump_recip) as i64 * self.jump_by_ns
+            let q = floor_div(e as u64, self.jump_every_ns, self.jump_recip) as i64;
+            match self.flags & FLAG_STROBE {
+                0 => q * self.jump_by_ns,
+                _ => (q & 1) * self.jump_by_ns,
+            }
         };
         self.offset_ns.wrapping_add(drift).wrapping_add(jumps)
     }
@@ -341,6 +350,7 @@ mod tests {
             offset_ns: -2_000_000_000,
             drift_ppm: 500.0,
             jumps: Some(crate::policy::ClockJumps {
+                strobe: false,
                 every_ns: 30_000_000_000,
                 by_ns: -1_000_000_000,
             }),

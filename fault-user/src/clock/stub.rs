@@ -28,8 +28,8 @@ use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoderOptions, IcedError};
 
 use super::layout::{
-    off, CGT, CLOCKS_OFF, CLOCK_SLOTS, CODE_OFF, FLAG_ACTIVE, FLAG_CLAMP, FLAG_SAMPLE_MONO, GTOD,
-    JITTER_MUL, SAMPLE_MASK, TIME, TRAMP_OFF, TRAMP_SLOT,
+    off, CGT, CLOCKS_OFF, CLOCK_SLOTS, CODE_OFF, FLAG_ACTIVE, FLAG_CLAMP, FLAG_SAMPLE_MONO,
+    FLAG_STROBE, GTOD, JITTER_MUL, SAMPLE_MASK, TIME, TRAMP_OFF, TRAMP_SLOT,
 };
 
 const NS: i32 = 1_000_000_000;
@@ -214,6 +214,7 @@ fn emit_apply(a: &mut CodeAssembler, ip: u64, exit: &mut CodeLabel) -> Result<()
     let mut sampled = a.create_label();
     let mut no_jump = a.create_label();
     let mut q_ok = a.create_label();
+    let mut no_strobe = a.create_label();
     let mut no_jitter = a.create_label();
     let mut clamp = a.create_label();
     let mut retry = a.create_label();
@@ -282,6 +283,11 @@ fn emit_apply(a: &mut CodeAssembler, ip: u64, exit: &mut CodeLabel) -> Result<()
     a.ja(q_ok)?;
     a.inc(rdx)?;
     a.set_label(&mut q_ok)?;
+    // a strobe: by during every other interval only
+    a.test(dword_ptr(r10 + off::FLAGS), FLAG_STROBE)?;
+    a.jz(no_strobe)?;
+    a.and(rdx, 1)?;
+    a.set_label(&mut no_strobe)?;
     a.imul_2(rdx, qword_ptr(r10 + off::JUMP_BY))?;
     a.add(r8, rdx)?;
     a.set_label(&mut no_jump)?;
@@ -592,6 +598,36 @@ mod tests {
     }
 
     #[test]
+    fn a_strobe_flips_ahead_and_back() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let m = Mapped::new();
+        let mut r = rule(&[ClockId::Realtime]);
+        r.jumps = Some(ClockJumps {
+            strobe: true,
+            every_ns: 200_000_000,
+            by_ns: 5_000_000_000,
+        });
+        let p = plan(&[r], 3_600_000_000_000);
+        m.set(&p);
+        // Intervals of 200 ms from the start: true, +5 s, true, +5 s, ...
+        for (e, ahead) in [
+            (0i64, false),
+            (199_999_999, false),
+            (200_000_000, true),
+            (399_999_999, true),
+            (400_000_000, false),
+            (600_000_001, true),
+            (10_000_000_000, false),
+            (10_200_000_000, true),
+        ] {
+            set_fake(T0 + e, M0 + e);
+            let want = T0 + e + if ahead { 5_000_000_000 } else { 0 };
+            assert_eq!(m.cgt(0), (0, want), "{e} ns in");
+            assert_eq!(p.clocks[0].steady_fault(T0 + e), want - T0 - e);
+        }
+    }
+
+    #[test]
     fn offset_drift_and_jumps_follow_the_formula() {
         let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let m = Mapped::new();
@@ -599,6 +635,7 @@ mod tests {
         r.offset_ns = -2_000_000_000;
         r.drift_ppm = 500.0;
         r.jumps = Some(ClockJumps {
+            strobe: false,
             every_ns: 30_000_000_000,
             by_ns: -1_000_000_000,
         });

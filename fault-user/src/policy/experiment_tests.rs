@@ -225,16 +225,26 @@ fn partitions_become_the_cuts_of_their_topology() {
 }
 
 #[test]
-fn a_ramp_outside_a_step_and_a_strobe_are_refused_with_a_reason() {
+fn a_ramp_outside_a_step_is_refused_and_a_strobe_flips_back() {
     let policy = "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {name: t}\nspec:\n  duration: 1m\n  \
                   targets: [{pid: 1}]\n  network:\n    - {direction: egress, drop: {probability: {from: 1%, to: 2%}}}\n";
     let e = parse(policy, Path::new(FILE)).expect_err("a ramp in a policy");
     assert!(e.message.contains("only allowed"), "{e}");
+    let p = parse_ok(&with_steps(
+        "    - {name: x, at: 0s, for: 5s, targets: a, clock: [{strobe: {by: 5s, every: 200ms}}]}\n",
+    ));
+    let StepKind::Clock(rules) = &p.steps[0].kind else {
+        panic!("a clock step")
+    };
+    let j = rules[0].jumps.expect("a strobe is jumps that flip back");
+    assert!(j.strobe && j.by_ns == 5_000_000_000 && j.every_ns == 200_000_000);
     let m = parse_err(
-        &with_steps("    - {name: x, at: 0s, for: 5s, targets: a, clock: [{strobe: {by: 5s, every: 200ms}}]}\n"),
+        &with_steps(
+            "    - {name: x, at: 0s, for: 5s, targets: a, clock: [{clocks: [monotonic], strobe: {by: 5s, every: 200ms}}]}\n",
+        ),
         "spec.steps[0].clock[0].strobe",
     );
-    assert!(m.contains("not supported"), "{m}");
+    assert!(m.contains("backwards"), "{m}");
 }
 
 #[test]

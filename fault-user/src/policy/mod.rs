@@ -215,6 +215,9 @@ impl fmt::Display for ClockId {
 pub struct ClockJumps {
     pub every_ns: u64,
     pub by_ns: i64,
+    /// Jepsen's strobe: the clock is `by` off during every other interval and true in
+    /// between, flipping ahead and back, instead of the steps adding up.
+    pub strobe: bool,
 }
 
 /// One clock rule, checked. The fault a reader sees `e` ns after apply is
@@ -248,7 +251,8 @@ impl ClockRule {
         }
         if let Some(j) = self.jumps {
             parts.push(format!(
-                "jumps {} every {}",
+                "{} {} every {}",
+                if j.strobe { "strobe" } else { "jumps" },
                 signed_ns(j.by_ns),
                 humantime::format_duration(Duration::from_nanos(j.every_ns))
             ));

@@ -638,6 +638,7 @@ fn the_clock_example_parses() {
             offset_ns: -2_000_000_000,
             drift_ppm: 500.0,
             jumps: Some(ClockJumps {
+                strobe: false,
                 every_ns: 30_000_000_000,
                 by_ns: -1_000_000_000,
             }),

@@ -618,13 +618,6 @@ pub(super) fn clock_rule(
         Some(name) => rule_name(name, &format!("{path}.name"))?,
         None => format!("clock-{index}"),
     };
-    if raw.strobe.is_some() {
-        return Err(Invalid::new(
-            format!("{path}.strobe"),
-            "strobe is not supported by this build yet; use jumps (a step every interval) \
-             or two flapping clock steps",
-        ));
-    }
     let clocks = clock_list(raw.clocks.as_deref(), &format!("{path}.clocks"))?;
     let offset_ns = match &raw.offset {
         Some(text) => {
@@ -644,9 +637,19 @@ pub(super) fn clock_rule(
         Some(text) => ppm(text, &format!("{path}.drift"))?,
         None => 0.0,
     };
-    let jumps = match &raw.jumps {
-        Some(jumps) => Some(clock_jumps(jumps, &format!("{path}.jumps"), duration)?),
-        None => None,
+    let jumps = match (&raw.jumps, &raw.strobe) {
+        (Some(_), Some(_)) => {
+            return Err(Invalid::new(
+                format!("{path}.strobe"),
+                "expected jumps or strobe, not both: a strobe is jumps that flip back",
+            ))
+        }
+        (Some(jumps), None) => Some(clock_jumps(jumps, &format!("{path}.jumps"), duration)?),
+        (None, Some(strobe)) => Some(ClockJumps {
+            strobe: true,
+            ..clock_jumps(strobe, &format!("{path}.strobe"), duration)?
+        }),
+        (None, None) => None,
     };
     let jitter_ns = match &raw.jitter {
         Some(text) => {
@@ -668,13 +671,16 @@ pub(super) fn clock_rule(
     if offset_ns == 0 && drift_ppm == 0.0 && jumps.is_none() && jitter_ns == 0 {
         return Err(Invalid::new(
             path,
-            "expected at least one of offset, drift, jumps or jitter with a value other than 0",
+            "expected at least one of offset, drift, jumps, strobe or jitter with a value other \
+             than 0",
         ));
     }
     if !raw.allow_backwards {
         if let Some(clock) = clocks.iter().find(|c| c.never_backwards()) {
             let backwards = if offset_ns < 0 {
                 Some(("offset", "a negative offset"))
+            } else if jumps.is_some_and(|j| j.strobe) {
+                Some(("strobe", "a strobe, which flips back every other interval,"))
             } else if jumps.is_some_and(|j| j.by_ns < 0) {
                 Some(("jumps.by", "a backward jump"))
             } else {
@@ -772,7 +778,8 @@ fn clock_jumps(
             "expected a step other than 0, like -1s or 500ms",
         ));
     }
-    // Every jump adds up: the total over the whole run must stay as bounded as an offset.
+    // Every jump adds up: the total over the whole run must stay as bounded as an offset
+    // (a strobe's do not, so this bounds it more than it needs).
     let count = (duration.as_nanos() / every as u128) as u64;
     if u128::from(by_ns.unsigned_abs()) * u128::from(count) > u128::from(MAX_CLOCK_OFFSET_NS) {
         return Err(Invalid::new(
@@ -787,6 +794,7 @@ fn clock_jumps(
     Ok(ClockJumps {
         every_ns: every as u64,
         by_ns,
+        strobe: false,
     })
 }
 

@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use super::{median, transfer};
 use crate::sandbox::{wait_ready, Sandbox};
 
-const ROUNDS: usize = 3;
-const BYTES: u64 = 1 << 30;
+const ROUNDS: usize = 5;
+const BYTES: u64 = 2 << 30;
 const NAME: &str = "bench-gameday";
 /// How long the loader runs for the CPU comparison.
 const CPU_RUN: Duration = Duration::from_secs(10);
@@ -139,14 +139,14 @@ fn probe_cpu(fault: &Path, file: &Path, sb: &Sandbox) -> Result<String> {
         sleep(CPU_RUN);
         let used = cpu_ms(apply.id())? - before;
         let out = finish(apply)?;
-        let checks: f64 = out
+        let checks: u64 = out
             .lines()
             .filter_map(|l| l.trim().strip_prefix("probe "))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum();
-        let per = match checks > 0.0 {
-            true => format!("{:.2}", (used - base) / checks),
-            false => "-".into(),
+        let per = match checks {
+            0 => "-".into(),
+            n => format!("{:.2}", (used - base) / n as f64),
         };
         println!(
             "  probes {label}: {used:.0} ms CPU in {} s ({checks} checks)",
