@@ -98,7 +98,7 @@ impl State {
         std::fs::create_dir_all(STATE_DIR).with_context(|| format!("create {STATE_DIR}"))?;
         let path = state_path(&self.name);
         // Write then rename, so a reader never sees half a file.
-        let tmp = path.with_extension("json.tmp");
+        let tmp = tmp_path(&self.name);
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
@@ -143,14 +143,43 @@ impl State {
         })
     }
 
+    /// Removes the state file, and the half-written copy a loader killed while writing it
+    /// may have left.
     pub fn remove_file(&self) -> anyhow::Result<()> {
-        match std::fs::remove_file(state_path(&self.name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).context("remove the state file")
-            }
-            _ => Ok(()),
-        }
+        remove_if_there(&tmp_path(&self.name))?;
+        remove_if_there(&state_path(&self.name))
     }
+}
+
+fn tmp_path(name: &str) -> PathBuf {
+    state_path(name).with_extension("json.tmp")
+}
+
+fn remove_if_there(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Names whose only record is a half-written state file: a loader killed during its very
+/// first write (with a record beside it, the record's own cleanup removes it).
+pub fn orphan_tmp_names() -> Vec<String> {
+    let entries = std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten();
+    entries
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.strip_suffix(".json.tmp").map(str::to_owned)
+        })
+        .filter(|name| !state_path(name).exists())
+        .collect()
+}
+
+/// Removes the half-written state file of `name`.
+pub fn remove_orphan_tmp(name: &str) -> anyhow::Result<()> {
+    remove_if_there(&tmp_path(name))
 }
 
 /// Removes a policy's pin directory (unpinning its maps) if it exists.

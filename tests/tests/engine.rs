@@ -6,8 +6,8 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use fault_tests::{
-    anchor, assert_no_leftovers, fault, hosts, probe, probe_json, require_root, run_in, spawn_in,
-    write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
+    anchor, assert_no_leftovers, fault, fault_ok, hosts, probe, probe_json, require_root, run_in,
+    spawn_in, write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
 };
 
 fn policy(name: &str, cgroup: &Cgroup, section: &str) -> String {
@@ -315,5 +315,25 @@ fn usage_errors_exit_2_and_apply_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     drop(target);
+    assert_no_leftovers();
+}
+
+/// A loader SIGKILLed while writing its record leaves the half-written copy: `fault stop`
+/// removes it with the rest, also when it is all there is.
+#[test]
+fn stop_removes_a_half_written_record() {
+    require_root();
+    let tmp = std::path::Path::new(STATE_DIR).join("t-half-written.json.tmp");
+    std::fs::create_dir_all(STATE_DIR).expect("create the state directory");
+    std::fs::write(&tmp, b"{\"name\": \"t-half").expect("write a half record");
+    fault_ok(["stop", "t-half-written"]);
+    assert!(!tmp.exists(), "{} is still there", tmp.display());
+    std::fs::write(&tmp, b"{\"na").expect("write a half record");
+    fault_ok(["stop", "--all"]);
+    assert!(
+        !tmp.exists(),
+        "{} is still there after --all",
+        tmp.display()
+    );
     assert_no_leftovers();
 }

@@ -19,7 +19,8 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
         .collect();
     if let (Some(n), true) = (name, chosen.is_empty()) {
         let pins = state::pin_dir(n).map_err(failed("find the pins"))?;
-        if !pins.exists() {
+        let half_written = state::orphan_tmp_names().iter().any(|o| o == n);
+        if !pins.exists() && !half_written {
             return Err(failed("fault stop")(anyhow!("no active policy named {n}")));
         }
     }
@@ -34,6 +35,13 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
         println!("fault: stopped {}", s.name);
     }
     problems.extend(remove_orphan_pins(name, all)?);
+    for n in state::orphan_tmp_names() {
+        if all || Some(n.as_str()) == name {
+            if let Err(e) = state::remove_orphan_tmp(&n) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+    }
     incomplete("stop", problems)
 }
 
