@@ -40,6 +40,8 @@ pub struct ExecWatch {
     lease: Option<ConfigLease>,
     ring: AsyncFd<RingBuf<MapData>>,
     held: HashMap<MapData, u32, u64>,
+    /// Where EXEC_HELD is pinned, for `fault stop` and the watchdog while the hold runs.
+    pin: PathBuf,
     /// Keeps the program loaded (the link holds it too).
     _ebpf: Ebpf,
 }
@@ -117,13 +119,12 @@ impl ExecWatch {
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("create {}", pin_dir.display()))
             .map_err(step(format!("pin {}", maps::EXEC_HELD)))?;
-        held_map
-            .pin(pin_dir.join(maps::EXEC_HELD))
-            .map_err(step(format!(
-                "pin {} in {}",
-                maps::EXEC_HELD,
-                pin_dir.display()
-            )))?;
+        let pin = pin_dir.join(maps::EXEC_HELD);
+        held_map.pin(&pin).map_err(step(format!(
+            "pin {} in {}",
+            maps::EXEC_HELD,
+            pin_dir.display()
+        )))?;
 
         let prog: &mut RawTracePoint = ebpf
             .program_mut(progs::EXEC)
@@ -161,6 +162,7 @@ impl ExecWatch {
             link: Some(link),
             ring,
             held,
+            pin,
             _ebpf: ebpf,
         })
     }
@@ -208,6 +210,9 @@ impl ExecWatch {
         for &pid in &pids {
             self.release(pid);
         }
+        // Nothing is held any more: the pin would only stand in the way of the next hold
+        // of the same run (an experiment's next clock step).
+        let _ = std::fs::remove_file(&self.pin);
         pids
     }
 }
