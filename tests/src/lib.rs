@@ -33,6 +33,18 @@ pub use netns::{enter_netns, Netns, VethPair};
 pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, ChildGuard};
 pub use serve::{serve, Reply, Server};
 
+/// CLOCK_MONOTONIC now, in ns: the clock the tests, fault-probe and the programs share, so
+/// their moments compare across processes.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// Panics unless the test runs as root (the suite needs CAP_SYS_ADMIN and CAP_BPF).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.

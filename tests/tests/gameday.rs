@@ -10,8 +10,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use fault_tests::{
-    anchor, assert_no_leftovers, fault, hosts, mesh, probe, probe_json, require_root, run_in,
-    spawn_in, write_policy, Cgroup, ChildGuard, FaultApply, Mesh, Netns, PolicyFile, STATE_DIR,
+    anchor, assert_no_leftovers, fault, hosts, mesh, monotonic_ns, probe, probe_json, require_root,
+    run_in, spawn_in, write_policy, Cgroup, ChildGuard, FaultApply, Mesh, Netns, PolicyFile,
+    STATE_DIR,
 };
 
 /// The paced streams' period: 200 datagrams a second, so an edge is placed to 5 ms.
@@ -176,17 +177,6 @@ fn ms(ns: u64) -> f64 {
 /// qemu guest's emulation).
 fn first_step_at() -> u64 {
     1
-}
-
-/// CLOCK_MONOTONIC now, in ns, to set the test's own moments against the probes' times.
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: one timespec to write into; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Starts `fault apply` and waits until it is ready; says how long that took.

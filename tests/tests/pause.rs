@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fault_tests::{
-    assert_no_leftovers, cgroup2_mount, enter_cgroup, fault, fault_bin, probe, require_root,
-    spawn_in, write_policy, Cgroup, ChildGuard, FaultApply, PolicyFile, STATE_DIR,
+    assert_no_leftovers, cgroup2_mount, enter_cgroup, fault, fault_bin, monotonic_ns, probe,
+    require_root, spawn_in, write_policy, Cgroup, ChildGuard, FaultApply, PolicyFile, STATE_DIR,
 };
 
 const MS: u64 = 1_000_000;
@@ -35,16 +35,6 @@ fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: one timespec to write into; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * SEC + t.tv_nsec as u64
 }
 
 /// Whether every process of the cgroup is stopped, as `cgroup.events` says.

@@ -13,6 +13,8 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+
+use fault_tests::monotonic_ns;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -620,16 +622,6 @@ fn ticks(out: &std::path::Path, interval: Duration) -> io::Result<String> {
         file.write_all(format!("{}\n", monotonic_ns()).as_bytes())?;
         std::thread::sleep(interval);
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: one timespec to write into; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 // ---- UDP on a timeline ----------------------------------------------------------------------
