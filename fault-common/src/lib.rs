@@ -234,8 +234,37 @@ pub struct RuleCounters {
     pub delayed: u64,
     /// Helper failures; the packet was let through (fail open).
     pub errors: u64,
+    /// The delay given to the `delayed` packets, summed (ns): later departure than the
+    /// packet would have had without the rule.
+    pub delay_ns: u64,
+    /// The same delays by size: bucket i counts those up to [`delay_bucket_bound_ns`]`(i)`,
+    /// the last one those above every bound.
+    pub delay_buckets: [u64; DELAY_BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 56 + 8 * DELAY_BUCKETS);
+
+/// Buckets of the delay histogram: doubling bounds from 250 us to 4.096 s, and one for longer.
+pub const DELAY_BUCKETS: usize = 16;
+const DELAY_BUCKET_FIRST_NS: u64 = 250_000;
+
+/// The upper bound of delay bucket `i` (ns); the last bucket has none (`u64::MAX`).
+pub const fn delay_bucket_bound_ns(i: usize) -> u64 {
+    if i + 1 >= DELAY_BUCKETS {
+        u64::MAX
+    } else {
+        DELAY_BUCKET_FIRST_NS << i
+    }
+}
+
+/// The bucket a delay of `ns` falls in (a bounded loop the verifier takes in full).
+#[inline(always)]
+pub fn delay_bucket(ns: u64) -> usize {
+    let mut i = 0;
+    while i + 1 < DELAY_BUCKETS && ns > DELAY_BUCKET_FIRST_NS << i {
+        i += 1;
+    }
+    i
+}
 
 /// Per-rule, per-CPU loss-model state.
 #[repr(C)]
@@ -370,4 +399,42 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ResendHeader {}
+}
+
+impl RuleCounters {
+    /// Adds another CPU's counters to these.
+    pub fn add(&mut self, o: &RuleCounters) {
+        self.seen += o.seen;
+        self.dropped += o.dropped;
+        self.corrupted += o.corrupted;
+        self.duplicated += o.duplicated;
+        self.delayed += o.delayed;
+        self.errors += o.errors;
+        self.delay_ns += o.delay_ns;
+        for (b, ob) in self.delay_buckets.iter_mut().zip(&o.delay_buckets) {
+            *b += ob;
+        }
+    }
+}
+
+#[cfg(test)]
+mod delay_bucket_tests {
+    use super::*;
+
+    #[test]
+    fn bounds_double_and_the_last_bucket_takes_the_rest() {
+        assert_eq!(delay_bucket(0), 0);
+        assert_eq!(delay_bucket(250_000), 0);
+        assert_eq!(delay_bucket(250_001), 1);
+        assert_eq!(delay_bucket(100_000_000), 9); // 100 ms <= 128 ms
+        assert_eq!(delay_bucket_bound_ns(9), 128_000_000);
+        assert_eq!(delay_bucket(4_096_000_000), 14);
+        assert_eq!(delay_bucket(u64::MAX), DELAY_BUCKETS - 1);
+        assert_eq!(delay_bucket_bound_ns(DELAY_BUCKETS - 1), u64::MAX);
+        for ns in [1, 999_999, 77_000_000, 5_000_000_000] {
+            let i = delay_bucket(ns);
+            assert!(ns <= delay_bucket_bound_ns(i));
+            assert!(i == 0 || ns > delay_bucket_bound_ns(i - 1));
+        }
+    }
 }

@@ -58,11 +58,12 @@ pub fn departure(
     rule: &NetRule,
     state: &mut RuleState,
     pkt: &Packet,
-) -> u64 {
+) -> (u64, u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     // TCP paces by EDT itself: never send earlier than the stack asked.
     let skb_tstamp = unsafe { (*ctx.skb.skb).tstamp };
     let mut depart = if skb_tstamp > now { skb_tstamp } else { now };
+    let base = depart;
 
     // A link of the given rate: the packet leaves when the previous one has been sent.
     // (checked_div: no rate, no pacing, and no division-by-zero path for the verifier.)
@@ -112,7 +113,7 @@ pub fn departure(
         }
     }
 
-    depart
+    (depart, depart - base)
 }
 
 /// Latency plus a jitter draw from the rule's distribution, never below zero.

@@ -13,7 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fault_common::{
-    NetRule, RuleCounters, RuleState, CSUM_FIX, DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP,
+    delay_bucket, NetRule, RuleCounters, RuleState, CSUM_FIX, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
@@ -204,9 +205,9 @@ fn schedule<const RESEND: bool>(
         if !resend::available() {
             return TC_NEXT;
         }
-        let depart = edt::departure(ctx, index, rule, state, pkt);
+        let (depart, added) = edt::departure(ctx, index, rule, state, pkt);
         if resend::hand_off(ctx, depart, pkt) {
-            counters.delayed += 1;
+            count_delay(counters, added);
             return drop_silently();
         }
         counters.errors += 1;
@@ -214,13 +215,13 @@ fn schedule<const RESEND: bool>(
         return TC_NEXT;
     }
 
-    let depart = edt::departure(ctx, index, rule, state, pkt);
+    let (depart, added) = edt::departure(ctx, index, rule, state, pkt);
     if !edt::stamp(ctx, depart) {
         counters.errors += 1;
         events::tell(ctx, Event::StampFailed, index);
         return TC_NEXT;
     }
-    counters.delayed += 1;
+    count_delay(counters, added);
     // While fq holds a packet, it still counts against its socket's send budget (TCP Small
     // Queues allows about 1 ms of data in the qdisc), and a delay much longer than that would
     // cap the flow at a few packets per delay. A clone belongs to no socket, so the clone is
@@ -231,6 +232,17 @@ fn schedule<const RESEND: bool>(
         return drop_silently();
     }
     TC_NEXT
+}
+
+/// Counts a packet given a later departure, and the delay it was given in the histogram
+/// (`fault apply --metrics`).
+#[inline(always)]
+fn count_delay(counters: &mut RuleCounters, added_ns: u64) {
+    counters.delayed += 1;
+    counters.delay_ns += added_ns;
+    if let Some(b) = counters.delay_buckets.get_mut(delay_bucket(added_ns)) {
+        *b += 1;
+    }
 }
 
 /// Sends a clone of the packet out of the same interface. The clone goes through this program

@@ -9,9 +9,17 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     error::{failed, Error},
+    observe::{
+        event::{Reason, Sample},
+        live::LiveView,
+        steps::StepWatch,
+        targets::TargetWatch,
+        Event as Told,
+    },
     plan::Plan,
     probe::Probes,
     state::{self, State},
+    timeline::Switches,
 };
 
 /// A future a kind waits on for events of its own (a process held at exec).
@@ -39,6 +47,8 @@ pub trait Fault {
     fn banner(&self, run: &Run) -> Vec<String>;
     /// The live view's lines, every `--interval`.
     fn live(&self, run: &Run) -> Vec<String>;
+    /// Adds the kind's counters to the sample the event log and the metrics take.
+    fn sample(&self, _run: &Run, _sample: &mut crate::observe::event::Sample) {}
     /// Takes the fault off: lines to print, and the problems met.
     fn stop(&mut self, run: &Run) -> (Vec<String>, Vec<String>);
 }
@@ -55,6 +65,10 @@ pub struct Run {
     /// When the timeline started (once every kind was in place): every step's `at` counts
     /// from here.
     pub started: std::time::Instant,
+    /// The event log and the metrics.
+    pub observer: crate::observe::Shared,
+    /// The live view redraws in place (a terminal): the kinds leave their counters to it.
+    pub live_in_place: bool,
 }
 
 /// The state file and pins of a run; dropping it removes both, so a run that fails to start
@@ -107,6 +121,31 @@ enum End {
     Abort(crate::probe::Abort),
 }
 
+impl End {
+    /// The reason and the words of the `reverted` event (and of the last line).
+    fn reason(&self, policy: &str) -> (Reason, String) {
+        match self {
+            End::Signal(s) if crate::observe::stop_marker(policy).exists() => {
+                (Reason::Stopped, format!("fault stop ({s})"))
+            }
+            End::Signal(s) => (Reason::Signal, s.to_string()),
+            End::Deadline => (Reason::Deadline, "duration elapsed".to_owned()),
+            End::Abort(a) => (
+                Reason::Aborted,
+                format!("stopped by abort_when on probe {}", a.probe),
+            ),
+        }
+    }
+}
+
+/// What the engine keeps an eye on for the event log, the metrics and the live view.
+struct Watchers {
+    steps: StepWatch,
+    targets: TargetWatch,
+    live: LiveView,
+    switches: Switches,
+}
+
 /// Signals that revert: Ctrl-C, SIGTERM and SIGHUP (a closed terminal).
 struct Signals {
     int: Signal,
@@ -150,45 +189,94 @@ pub async fn run(mut run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Resu
     let mut started = 0;
     let result = start_all(&run, &mut kinds, &mut started, &mut records);
     if let Err(e) = result {
-        run.lease.stop();
-        let (_, problems) = stop_all(&run, &mut kinds[..started]);
-        for p in problems {
-            eprintln!("fault: warning: {p}");
-        }
-        return Err(e);
+        return Err(abandon(&run, &mut kinds[..started], e));
     }
     // The timeline starts once everything is in place: a step's `at` counts from here, so
     // a step runs in full however long attaching took (the deadline still counts from the
     // start, and bounds everything).
     run.started = std::time::Instant::now();
+    let mut watchers = applied(&run);
     for k in &kinds {
         for line in k.banner(&run) {
             println!("{line}");
         }
     }
-    let mut probes = match Probes::start(run.plan.probe_specs(), run.plan.abort_rules()) {
+    let mut probes = match Probes::start(
+        run.plan.probe_specs(),
+        run.plan.abort_rules(),
+        &run.observer,
+    ) {
         Ok(p) => p,
-        Err(e) => {
-            run.lease.stop();
-            let (_, problems) = stop_all(&run, &mut kinds);
-            for p in problems {
-                eprintln!("fault: warning: {p}");
-            }
-            return Err(failed("start the probes")(e));
-        }
+        Err(e) => return Err(abandon(&run, &mut kinds, failed("start the probes")(e))),
     };
-    let mut switches = crate::timeline::Switches::default();
+    if let Err(e) = crate::commands::tell_ready(&run) {
+        return Err(abandon(&run, &mut kinds, e));
+    }
     let end = hold(
         &run,
         &mut kinds,
         &mut records,
         &mut signals,
         &mut probes,
-        &mut switches,
+        &mut watchers,
     )
     .await;
     probes.stop();
-    finish(run, kinds, records, end, &probes, &switches)
+    finish(run, kinds, records, end, &probes, watchers)
+}
+
+/// Everything is in place: tells the event log what runs and sets up what watches it.
+fn applied(run: &Run) -> Watchers {
+    let o = &run.observer;
+    o.emit(Told::Applied(Box::new(crate::observe::applied(&run.plan))));
+    if run.plan.net.is_some() {
+        o.metrics
+            .add_packets(run.pin_dir.clone(), crate::observe::rule_labels(&run.plan));
+    }
+    Watchers {
+        steps: StepWatch::new(&run.plan.policy, o),
+        targets: TargetWatch::new(&run.plan.resolved.targets, o),
+        live: LiveView::new(run.plan.options.json),
+        switches: Switches::default(),
+    }
+}
+
+/// Takes off what a run that failed to start had put in place, and logs why.
+fn abandon(run: &Run, started: &mut [Box<dyn Fault>], e: Error) -> Error {
+    run.lease.stop();
+    let (_, problems) = stop_all(run, started);
+    for p in problems {
+        eprintln!("fault: warning: {p}");
+    }
+    run.observer.emit(Told::Reverted {
+        reason: Reason::Failed,
+        detail: e.to_string(),
+        rules: Vec::new(),
+        probes: Vec::new(),
+    });
+    run.observer.close();
+    crate::commands::remove_ready_file(run);
+    e
+}
+
+/// The counters of every kind and probe now.
+fn sample(run: &Run, kinds: &[Box<dyn Fault>], probes: &Probes, steps: &StepWatch) -> Sample {
+    let mut s = Sample::default();
+    for k in kinds {
+        k.sample(run, &mut s);
+    }
+    s.probes = probes
+        .counts()
+        .into_iter()
+        .map(|p| crate::observe::event::ProbeCounts {
+            probe: p.name,
+            ok: p.ok,
+            failed: p.failed,
+            last_latency_ms: p.last_latency_ms,
+        })
+        .collect();
+    s.steps_on = steps.on(&run.plan.policy);
+    s
 }
 
 /// Reverts every kind, removes the records and says why and how it went.
@@ -198,30 +286,44 @@ fn finish(
     records: Records,
     end: End,
     probes: &Probes,
-    switches: &crate::timeline::Switches,
+    mut watchers: Watchers,
 ) -> Result<(), Error> {
     // No renewal during the revert: a revert that stalls still ends within a lease.
     run.lease.stop();
+    let name = run.plan.policy.name.clone();
+    let last = sample(&run, &kinds, probes, &watchers.steps);
+    if let End::Abort(a) = &end {
+        run.observer.emit(Told::Abort {
+            probe: a.probe.clone(),
+            why: a.to_string(),
+        });
+    }
     let (lines, mut problems) = stop_all(&run, &mut kinds);
     drop(kinds);
     problems.extend(records.remove());
-    let reason = match &end {
-        End::Signal(s) => s.to_string(),
-        End::Deadline => "duration elapsed".to_owned(),
-        End::Abort(a) => format!("stopped by abort_when on probe {}", a.probe),
-    };
-    println!("fault: {} reverted ({reason})", run.plan.policy.name);
+    let (reason, detail) = end.reason(&name);
+    let _ = std::fs::remove_file(crate::observe::stop_marker(&name));
+    watchers.live.leave();
+    println!("fault: {name} reverted ({detail})");
+    run.observer.emit(Told::Reverted {
+        reason,
+        detail,
+        rules: last.rules,
+        probes: last.probes,
+    });
+    run.observer.close();
+    crate::commands::remove_ready_file(&run);
     for l in lines
         .into_iter()
         .chain(probes.summary())
-        .chain(switches.summary())
+        .chain(watchers.switches.summary())
     {
         println!("{l}");
     }
     crate::error::incomplete("revert", problems)?;
     match end {
         End::Abort(a) => Err(Error::Aborted {
-            name: run.plan.policy.name.clone(),
+            name,
             why: a.to_string(),
         }),
         _ => Ok(()),
@@ -264,7 +366,7 @@ async fn hold(
     records: &mut Records,
     signals: &mut Signals,
     probes: &mut Probes,
-    switches: &mut crate::timeline::Switches,
+    w: &mut Watchers,
 ) -> End {
     let end = tokio::time::Instant::now() + run.plan.policy.duration;
     let start = std::time::Instant::now();
@@ -274,7 +376,7 @@ async fn hold(
     // within this period.
     let mut rescan = tokio::time::interval(Duration::from_millis(250));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_tick = tick_all(run, kinds, None, switches);
+    let mut next_tick = tick_all(run, kinds, None, w);
     loop {
         let tick_at = next_tick.map(|t| tokio::time::Instant::from_std(run.started + t));
         tokio::select! {
@@ -282,7 +384,7 @@ async fn hold(
             _ = tokio::time::sleep_until(end) => return End::Deadline,
             a = probes.abort() => return End::Abort(a),
             _ = sleep_until_some(tick_at) => {
-                next_tick = tick_all(run, kinds, next_tick, switches);
+                next_tick = tick_all(run, kinds, next_tick, w);
             }
             _ = rescan.tick() => {
                 for k in kinds.iter_mut() {
@@ -290,9 +392,10 @@ async fn hold(
                         eprintln!("fault: warning: following the targets: {e:#}");
                     }
                 }
+                w.targets.update(&run.plan.resolved.targets, &run.observer);
             }
             _ = any_event(run, kinds) => {}
-            _ = live.tick() => print_live(run, kinds, probes, start),
+            _ = live.tick() => show(run, kinds, probes, w, start, end),
         }
         records.update(kinds);
     }
@@ -304,42 +407,51 @@ fn tick_all(
     run: &Run,
     kinds: &mut [Box<dyn Fault>],
     due: Option<Duration>,
-    switches: &mut crate::timeline::Switches,
+    w: &mut Watchers,
 ) -> Option<Duration> {
     let t = run.started.elapsed();
     let next = kinds.iter_mut().map(|k| match k.tick(run, t) {
         Ok(next) => next,
         Err(e) => {
-            eprintln!(
-                "fault: warning: switching at {:.3}s: {e:#}",
-                t.as_secs_f64()
-            );
+            let message = format!("switching at {:.3}s: {e:#}", t.as_secs_f64());
+            eprintln!("fault: warning: {message}");
+            run.observer.emit(Told::Warning { message });
             None
         }
     });
     let next = crate::timeline::earliest(next.collect::<Vec<_>>());
+    w.steps.update(&run.plan.policy, t, &run.observer);
     if let Some(due) = due {
-        switches.record(t.saturating_sub(due), run.started.elapsed() - t);
+        w.switches
+            .record(t.saturating_sub(due), run.started.elapsed() - t);
     }
     next
+}
+
+/// Every `--interval`: a sample for the event log and the metrics, and the live view.
+fn show(
+    run: &Run,
+    kinds: &[Box<dyn Fault>],
+    probes: &Probes,
+    w: &mut Watchers,
+    start: std::time::Instant,
+    end: tokio::time::Instant,
+) {
+    let s = sample(run, kinds, probes, &w.steps);
+    run.observer.metrics.set_clock(&s.clock);
+    let mut lines: Vec<String> = crate::timeline::live(&run.plan.policy, run.started.elapsed());
+    lines.extend(kinds.iter().flat_map(|k| k.live(run)));
+    lines.extend(probes.live());
+    let left = end.saturating_duration_since(tokio::time::Instant::now());
+    w.live
+        .show(&run.plan.policy.name, start.elapsed(), left, &s, lines);
+    run.observer.emit(Told::Sample(s));
 }
 
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-fn print_live(run: &Run, kinds: &[Box<dyn Fault>], probes: &Probes, start: std::time::Instant) {
-    let mut lines: Vec<String> = crate::timeline::live(&run.plan.policy, run.started.elapsed());
-    lines.extend(kinds.iter().flat_map(|k| k.live(run)));
-    lines.extend(probes.live());
-    if !lines.is_empty() {
-        println!("[{:>5}]", start.elapsed().as_secs());
-        for l in lines {
-            println!("{l}");
-        }
     }
 }
 

@@ -31,6 +31,12 @@ pub enum Error {
     /// A stop condition of the experiment was met: everything was reverted.
     #[error("{name} aborted: {why}")]
     Aborted { name: String, why: String },
+    /// A detached loader ended before every fault was in place, with its exit code.
+    #[error("{why} (the loader's log: {})", log.display())]
+    Detached { code: u8, why: String, log: PathBuf },
+    /// A run's event log does not parse (`fault report`): `message` names the line.
+    #[error("{}: {message}", file.display())]
+    BadLog { file: PathBuf, message: String },
     /// The host or the kernel refused a step.
     #[error("{step}: {source:#}")]
     Failed {
@@ -43,10 +49,15 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Policy(_) | Error::Check { .. } | Error::Refused { .. } | Error::Usage(_) => 2,
+            Error::Policy(_)
+            | Error::Check { .. }
+            | Error::Refused { .. }
+            | Error::Usage(_)
+            | Error::BadLog { .. } => 2,
             Error::Target { source, .. } if !source.host => 2,
             Error::Target { .. } | Error::Failed { .. } => 1,
             Error::Aborted { .. } => 3,
+            Error::Detached { code, .. } => *code,
         }
     }
 }

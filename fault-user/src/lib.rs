@@ -5,17 +5,21 @@
 //! in reverse). The kinds are `net` (TC and cgroup_skb programs, qdiscs, the userspace delay
 //! path) and `clock` (vDSO redirection, the exec hold). `target` resolves who a policy
 //! applies to, `sys` wraps what fault asks of the host, `state` records what is active for
-//! `fault status` and `fault stop`, `report` formats counters, `commands` holds the CLI's
+//! `fault status` and `fault stop`, `display` formats counters, `observe` keeps the event log
+//! and serves metrics, `report` draws a run's HTML page, `commands` holds the CLI's
 //! commands and `error` their failures and exit codes.
 
+pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod display;
 pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod groups;
 pub mod lease;
 pub mod net;
+pub mod observe;
 pub mod pause;
 pub mod plan;
 pub mod policy;

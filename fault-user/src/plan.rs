@@ -27,8 +27,14 @@ pub struct Options {
     pub debug_resend: bool,
     /// Print one line per process patched, and the programs' rare events.
     pub verbose: bool,
-    /// How often the live view prints the counters.
+    /// How often the live view prints the counters (and the event log samples them).
     pub interval: Duration,
+    /// `--output json`: the events on stdout, no live view.
+    pub json: bool,
+    /// `--ready-file`: written once every fault is in place.
+    pub ready_file: Option<std::path::PathBuf>,
+    /// The pipe of `fault apply --detach` waiting for "ready".
+    pub ready_fd: Option<i32>,
 }
 
 pub struct Plan {

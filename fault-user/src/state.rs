@@ -132,7 +132,7 @@ impl State {
     /// time), or for a record without one, a process whose program is named `fault`.
     pub fn loader_alive(&self) -> bool {
         if let Some(start) = self.pid_start {
-            return proc::is_same(self.pid, start);
+            return proc::is_running(self.pid, start);
         }
         std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
             c.split(|&b| b == 0).next().is_some_and(|argv0| {

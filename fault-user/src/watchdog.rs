@@ -55,6 +55,7 @@ pub fn watch(name: &str, pid: u32, start: u64) -> std::io::Result<()> {
     let dir = state::pin_dir(name).map_err(std::io::Error::other)?;
     let _ = loader::expire_pinned(&dir);
     let released = clock::exec::release_pinned(&dir);
+    end_log(&s, &dir);
     eprintln!(
         "fault: watchdog: the loader of {name} (pid {pid}) died; its faults are off{}{}; \
          `fault stop {name}` removes what is left",
@@ -68,6 +69,33 @@ pub fn watch(name: &str, pid: u32, start: u64) -> std::io::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Ends the run's event log with the counters the loader left pinned.
+fn end_log(s: &State, pins: &std::path::Path) {
+    let counters = loader::pinned_counters(pins, s.rules.len()).unwrap_or_default();
+    let rules = s
+        .rules
+        .iter()
+        .zip(&counters)
+        .map(|(r, c)| crate::observe::event::RuleCounts {
+            rule: r.name.clone(),
+            seen: c.seen,
+            dropped: c.dropped,
+            corrupted: c.corrupted,
+            duplicated: c.duplicated,
+            delayed: c.delayed,
+        })
+        .collect();
+    crate::observe::append_end(
+        &s.name,
+        crate::observe::Reason::LoaderDied,
+        format!(
+            "the loader (pid {}) died without reverting; the watchdog ended its faults",
+            s.pid
+        ),
+        rules,
+    );
 }
 
 /// Blocks until `pid`, started at `start`, has exited (a pidfd turns readable then).

@@ -61,15 +61,40 @@ pub fn status_rules() -> Vec<serde_json::Value> {
     v[0]["rules"].as_array().cloned().unwrap_or_default()
 }
 
-/// A policy written to a temporary `.yaml` file, deleted on drop.
+/// A policy written to a temporary `.yaml` file, deleted on drop with the run directory
+/// its runs leave (`/run/fault/NAME/`: the event log, a detached loader's log).
 pub struct PolicyFile {
     file: NamedTempFile,
+    name: Option<String>,
 }
 
 impl PolicyFile {
     pub fn path(&self) -> &Path {
         self.file.path()
     }
+
+    /// The run directory of the policy's runs.
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(STATE_DIR).join(self.name.as_deref().unwrap_or("-"))
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        if self.name.is_some() {
+            let _ = std::fs::remove_dir_all(self.run_dir());
+        }
+    }
+}
+
+/// `metadata.name` of a policy, as the tests write them (`metadata: {name: x}` or a
+/// `name:` line below `metadata:`).
+fn policy_name(yaml: &str) -> Option<String> {
+    let after = &yaml[yaml.find("metadata:")? + "metadata:".len()..];
+    let value = &after[after.find("name:")? + "name:".len()..];
+    let end = value.find(['}', ',', '\n']).unwrap_or(value.len());
+    let name = value[..end].trim().trim_matches(['"', '\'']);
+    (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
 }
 
 /// Writes `yaml` to a fresh temporary file.
@@ -81,7 +106,10 @@ pub fn write_policy(yaml: &str) -> PolicyFile {
         .expect("creating a temporary policy file");
     file.write_all(yaml.as_bytes())
         .expect("writing the policy file");
-    PolicyFile { file }
+    PolicyFile {
+        file,
+        name: policy_name(yaml),
+    }
 }
 
 /// `fault apply` running in the background. On drop: SIGTERM, up to 10 s to exit, SIGKILL,

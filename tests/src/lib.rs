@@ -6,6 +6,7 @@
 //!
 //! Tests run one at a time (`--test-threads=1`): they share the host's BPF and cgroup state.
 
+pub mod browser;
 mod cgroup;
 mod container;
 mod fault;
@@ -15,6 +16,7 @@ mod mesh;
 mod netns;
 mod process;
 mod serve;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,6 +34,7 @@ pub use mesh::{mesh, Mesh, MeshHost, Reach};
 pub use netns::{enter_netns, Netns, VethPair};
 pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, ChildGuard};
 pub use serve::{serve, Reply, Server};
+pub use traffic::udp;
 
 /// CLOCK_MONOTONIC now, in ns: the clock the tests, fault-probe and the programs share, so
 /// their moments compare across processes.

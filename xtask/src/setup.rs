@@ -43,6 +43,11 @@ const STEPS: &[Step] = &[
         install: install_bpf_linker,
     },
     Step {
+        what: "check-jsonschema (PyPI)",
+        check: check_jsonschema,
+        install: install_jsonschema,
+    },
+    Step {
         what: "/etc/containers/containers.conf",
         check: check_containers_conf,
         install: install_containers_conf,
@@ -157,7 +162,9 @@ const APT_PACKAGES: &[&str] = &[
 /// Installed without recommends: runc's pull in criu and python3-protobuf, which we don't use.
 /// runc rather than crun because crun refuses the hybrid cgroup layout of these machines.
 /// qemu's recommends are GUI and firmware packages `cargo xtask vm` does not use.
-const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &["runc", "qemu-system-x86"];
+/// promtool (the metrics test) comes with Debian's prometheus, whose recommends are the
+/// exporters; chromium renders `fault report`'s page in the report test.
+const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &["runc", "qemu-system-x86", "prometheus", "chromium"];
 
 fn missing_packages(wanted: &[&str]) -> Vec<String> {
     // dpkg-query exits non-zero when a package is unknown but still prints the known ones.
@@ -268,6 +275,36 @@ default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 "#;
+
+// ---- check-jsonschema -------------------------------------------------------------------------
+
+/// The independent validator the schema test checks `fault schema` with.
+const JSONSCHEMA: &str = "check-jsonschema==0.39.0";
+
+fn check_jsonschema() -> Result<State> {
+    let found = Command::new("python3")
+        .args(["-m", "check_jsonschema", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    Ok(match found {
+        true => State::Done,
+        false => State::Missing(JSONSCHEMA.into()),
+    })
+}
+
+fn install_jsonschema() -> Result<()> {
+    cmd::run(&mut cmd::new(
+        "python3",
+        [
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            JSONSCHEMA,
+        ],
+    ))
+}
 
 fn check_containers_conf() -> Result<State> {
     Ok(match fs::read_to_string(CONTAINERS_CONF_PATH) {

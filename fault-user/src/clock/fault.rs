@@ -104,8 +104,17 @@ impl ClockFault {
     }
 
     /// Per-process lines are details (`-v`); refusals are always told.
-    fn tell(run: &Run, told: &[Told]) {
+    fn tell(run: &Run, told: &[Told], at_exec: bool) {
         for t in told {
+            let (pid, comm) = (t.pid, t.comm.clone());
+            run.observer.emit(match t.refused {
+                false => crate::observe::Event::ProcessPatched { pid, comm, at_exec },
+                true => crate::observe::Event::ProcessRefused {
+                    pid,
+                    comm,
+                    why: t.why.clone(),
+                },
+            });
             if run.plan.options.verbose || t.refused {
                 println!("fault: {}", t.text);
             }
@@ -149,7 +158,7 @@ impl ClockFault {
             for t in &mut told {
                 t.text = format!("{}; held {held_ms:.2} ms", t.text);
             }
-            Self::tell(run, &told);
+            Self::tell(run, &told, true);
         }
     }
 }
@@ -176,7 +185,7 @@ impl Fault for ClockFault {
 
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
         let lines = self.engine.follow(&self.targets);
-        Self::tell(run, &lines);
+        Self::tell(run, &lines, false);
         self.sync_pages();
         Ok(())
     }
@@ -220,6 +229,13 @@ impl Fault for ClockFault {
             run.plan.policy.name,
             humantime::format_duration(run.plan.policy.duration),
         )]
+    }
+
+    fn sample(&self, _run: &Run, sample: &mut crate::observe::event::Sample) {
+        let (patched, refused) = self.engine.counts();
+        sample.clock.patched += patched as u64;
+        sample.clock.refused += refused as u64;
+        sample.clock.held_at_exec += self.at_exec as u64;
     }
 
     fn live(&self, _run: &Run) -> Vec<String> {

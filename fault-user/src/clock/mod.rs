@@ -75,6 +75,11 @@ pub struct Told {
     pub text: String,
     /// It could not be patched (a detail otherwise: the process was patched).
     pub refused: bool,
+    pub pid: u32,
+    /// The process's name, for the event log.
+    pub comm: String,
+    /// Why it was refused (the error alone, without the advice of `text`).
+    pub why: String,
 }
 
 /// The clock faults of one apply.
@@ -178,6 +183,9 @@ impl Engine {
                 Some(Told {
                     text: line,
                     refused: false,
+                    pid,
+                    comm: inject::comm(pid),
+                    why: String::new(),
                 })
             }
             // A process that ended while being patched is no failure.
@@ -185,10 +193,13 @@ impl Engine {
             Err(e) => {
                 let text = format!("{:#}", anyhow::Error::from(e));
                 let line = format!("clock: warning: {text}; its clocks are not faulted");
-                self.refused.insert((pid, start), text);
+                self.refused.insert((pid, start), text.clone());
                 Some(Told {
                     text: line,
                     refused: true,
+                    pid,
+                    comm: inject::comm(pid),
+                    why: text,
                 })
             }
         }

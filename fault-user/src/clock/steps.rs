@@ -148,6 +148,12 @@ impl Fault for ClockSteps {
             .collect()
     }
 
+    fn sample(&self, run: &Run, sample: &mut crate::observe::event::Sample) {
+        for f in self.slots.iter().filter_map(|s| s.on.as_ref()) {
+            f.sample(run, sample);
+        }
+    }
+
     fn live(&self, run: &Run) -> Vec<String> {
         self.slots
             .iter()

@@ -6,20 +6,38 @@ use anyhow::anyhow;
 
 use super::cleanup::cleanup_dead;
 use crate::{
+    cli::{ApplyArgs, Output},
     clock::{ClockFault, ClockSteps},
     engine::{self, Fault, Run},
     error::{failed, Error},
     lease::Lease,
     net::NetFault,
+    observe::{Observer, Sinks},
     pause::PauseFault,
     plan::{Options, Plan},
     state::{self, RuleInfo, State},
     sys::{proc, time},
 };
 
-pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), Error> {
-    let plan = Plan::build(file, options)?;
-    if dry_run {
+/// What the command line asks of a run.
+fn options(args: &ApplyArgs) -> Options {
+    Options {
+        tc_mode: args.tc_mode,
+        delay_path: args.delay_path,
+        debug_resend: args.debug_resend,
+        verbose: args.verbose,
+        interval: args.interval,
+        json: args.output == Output::Json,
+        ready_file: args.ready_file.clone(),
+        ready_fd: args.ready_fd,
+    }
+}
+
+pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
+    super::detach::keep_ready_fd_private(args.ready_fd);
+    let file = args.file.as_path();
+    let plan = Plan::build(file, options(&args))?;
+    if args.dry_run {
         plan.print();
         return Ok(());
     }
@@ -29,6 +47,17 @@ pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), E
         )));
     }
     take_over(&plan.policy.name)?;
+    let sinks = Sinks {
+        events: args.events.clone(),
+        stdout: plan.options.json,
+        metrics: args.metrics,
+    };
+    let observer =
+        Observer::open(&plan.policy.name, &sinks).map_err(failed("start the event log"))?;
+    if let Some(addr) = observer.metrics_addr() {
+        eprintln!("fault: metrics at http://{addr}/metrics");
+    }
+    let live_in_place = crate::observe::live::in_place(plan.options.json);
     for w in plan.net.iter().flat_map(|n| &n.warnings) {
         eprintln!("warning: {w}");
     }
@@ -37,6 +66,8 @@ pub async fn apply(file: &Path, dry_run: bool, options: Options) -> Result<(), E
         deadline_ns: time::monotonic_ns() + plan.policy.duration.as_nanos() as u64,
         lease: Lease::start().map_err(failed("start the heartbeat thread"))?,
         started: std::time::Instant::now(),
+        observer,
+        live_in_place,
         plan,
     };
     let state = new_state(&run, file);
@@ -71,6 +102,7 @@ fn take_over(name: &str) -> Result<(), Error> {
             eprintln!("warning: cleaning up an earlier run of {name}: {p}");
         }
     }
+    let _ = std::fs::remove_file(crate::observe::stop_marker(name));
     state::remove_pins(name).map_err(failed("remove stale pins"))
 }
 

@@ -5,10 +5,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::{
-    clock,
+    clock, display,
     error::{failed, Error},
     net::{attach::Mode, loader},
-    report,
     state::{self, State},
     sys::time::unix_now,
     target,
@@ -26,7 +25,7 @@ struct StatusEntry<'a> {
     attachments: usize,
     /// What of it still acts on the targets, in words.
     in_force: Vec<String>,
-    rules: Vec<report::RuleReport>,
+    rules: Vec<display::RuleReport>,
     clock_rules: &'a [clock::RuleStatus],
     clock_processes: usize,
 }
@@ -105,7 +104,7 @@ pub fn status(json: bool) -> Result<(), Error> {
             targets: &s.targets,
             attachments: s.attachments.len(),
             in_force: in_force(s, alive, seconds_left),
-            rules: report::rule_reports(&s.rules, &counters),
+            rules: display::rule_reports(&s.rules, &counters),
             clock_rules: &s.clock_rules,
             clock_processes: s.clock_processes.len(),
         });
@@ -147,10 +146,10 @@ fn print_entry(e: &StatusEntry) {
     for t in e.targets {
         println!("  target {} (cgroup id {})", t.label, t.cgroup_id);
     }
-    for l in report::counter_lines(&e.rules) {
+    for l in display::counter_lines(&e.rules) {
         println!("{l}");
     }
-    for l in report::clock_lines(e.clock_rules, e.clock_processes) {
+    for l in display::clock_lines(e.clock_rules, e.clock_processes) {
         println!("{l}");
     }
 }

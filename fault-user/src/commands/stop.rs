@@ -8,6 +8,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use super::cleanup::cleanup_dead;
 use crate::{
     error::{failed, incomplete, Error},
+    observe,
     state::{self, State},
 };
 
@@ -27,10 +28,20 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
     let mut problems = Vec::new();
     for s in chosen {
         if s.loader_alive() {
+            mark_stop(&s.name);
             end_loader(s)?;
         }
         if state::state_path(&s.name).exists() {
             problems.extend(cleanup_dead(s));
+            observe::append_end(
+                &s.name,
+                observe::Reason::LoaderDied,
+                format!(
+                    "the loader (pid {}) died without reverting; fault stop removed what it left",
+                    s.pid
+                ),
+                Vec::new(),
+            );
         }
         println!("fault: stopped {}", s.name);
     }
@@ -43,6 +54,15 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
         }
     }
     incomplete("stop", problems)
+}
+
+/// Tells the loader the SIGTERM it is about to get is `fault stop`'s, for its event log.
+fn mark_stop(name: &str) {
+    let marker = observe::stop_marker(name);
+    if let Some(dir) = marker.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&marker, format!("{}\n", std::process::id()));
 }
 
 /// Asks the loader to revert (it knows the most about what it holds), and kills it if it

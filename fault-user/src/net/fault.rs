@@ -14,9 +14,9 @@ use super::{
     DelayPath, Direction, NetPlan,
 };
 use crate::{
+    display,
     engine::{Event, Fault, Run},
     program_log::LogReader,
-    report,
     state::{RuleInfo, State},
     target::{self, Netns},
 };
@@ -141,10 +141,10 @@ impl NetFault {
         Ok(())
     }
 
-    fn counters(&self, run: &Run) -> Option<Vec<report::RuleReport>> {
+    fn counters(&self, run: &Run) -> Option<Vec<display::RuleReport>> {
         let ebpf = self.ebpf.as_ref()?;
         let c = loader::live_counters(ebpf, run.plan.policy.rules.len()).ok()?;
-        Some(report::rule_reports(&self.rules, &c))
+        Some(display::rule_reports(&self.rules, &c))
     }
 }
 
@@ -293,9 +293,29 @@ impl Fault for NetFault {
         lines
     }
 
+    fn sample(&self, run: &Run, sample: &mut crate::observe::event::Sample) {
+        let Some(reports) = self.counters(run) else {
+            return;
+        };
+        sample.rules = reports
+            .into_iter()
+            .map(|r| crate::observe::event::RuleCounts {
+                rule: r.name,
+                seen: r.seen,
+                dropped: r.dropped,
+                corrupted: r.corrupted,
+                duplicated: r.duplicated,
+                delayed: r.delayed,
+            })
+            .collect();
+    }
+
     fn live(&self, run: &Run) -> Vec<String> {
+        if run.live_in_place {
+            return Vec::new(); // the live view draws the rules' rates itself
+        }
         self.counters(run)
-            .map(|c| report::counter_lines(&c))
+            .map(|c| display::counter_lines(&c))
             .unwrap_or_default()
     }
 
@@ -303,13 +323,13 @@ impl Fault for NetFault {
         let mut lines = Vec::new();
         if let Some(c) = self.counters(run) {
             lines.push("final counters:".to_string());
-            lines.extend(report::counter_lines(&c));
+            lines.extend(display::counter_lines(&c));
         }
         let mut problems = std::mem::take(&mut self.attached).detach();
         problems.extend(self.fq.iter_mut().filter_map(|f| f.take_down().err()));
         self.fq.clear();
         match self.resender.take().map(Resender::finish) {
-            Some(Ok(r)) => lines.push(report::resend_line(&r)),
+            Some(Ok(r)) => lines.push(display::resend_line(&r)),
             Some(Err(e)) => problems.push(format!("userspace delay path: {e:#}")),
             None => {}
         }

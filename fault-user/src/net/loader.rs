@@ -239,16 +239,10 @@ pub fn counters(m: &Map, rules: usize) -> anyhow::Result<Vec<RuleCounters>> {
     (0..rules as u32)
         .map(|i| {
             let per_cpu = arr.get(&i, 0).context("read COUNTERS")?;
-            Ok(per_cpu
-                .iter()
-                .fold(RuleCounters::default(), |a, c| RuleCounters {
-                    seen: a.seen + c.seen,
-                    dropped: a.dropped + c.dropped,
-                    corrupted: a.corrupted + c.corrupted,
-                    duplicated: a.duplicated + c.duplicated,
-                    delayed: a.delayed + c.delayed,
-                    errors: a.errors + c.errors,
-                }))
+            Ok(per_cpu.iter().fold(RuleCounters::default(), |mut a, c| {
+                a.add(c);
+                a
+            }))
         })
         .collect()
 }

@@ -9,6 +9,7 @@
 //!
 //! `compile` then turns the rules into LPM trie entries ([`lpm_entries`]). Clock rules
 //! ([`ClockRule`]) are compiled by `crate::clock` into the parameter page its stub reads.
+//! `schema` describes the documents of step 1 as a JSON Schema ([`policy_schema`]).
 
 mod compile;
 mod document;
@@ -16,6 +17,7 @@ mod experiment;
 mod experiment_document;
 mod overlap;
 mod partition;
+mod schema;
 mod validate;
 
 #[cfg(test)]
@@ -33,6 +35,7 @@ use serde::Deserialize;
 
 pub use compile::{lpm_entries, lpm_entries_of, MAX_LPM_ENTRIES};
 pub use partition::Cut;
+pub use schema::{policy_schema, SCHEMA_ID};
 
 use crate::timeline::Window;
 
@@ -291,7 +294,7 @@ pub enum TargetSpec {
 }
 
 /// The transport a rule matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Any IP packet; with ports, TCP and UDP.

@@ -133,7 +133,11 @@ impl Probes {
     /// Starts every probe on its schedule as tasks on the current tokio runtime; the first
     /// check of each runs at once. Refuses rules that name no probe, and probes that could
     /// never check anything (a zero `every` or `timeout`, an empty command).
-    pub fn start(specs: Vec<ProbeSpec>, rules: Vec<AbortRule>) -> anyhow::Result<Probes> {
+    pub fn start(
+        specs: Vec<ProbeSpec>,
+        rules: Vec<AbortRule>,
+        observer: &crate::observe::Shared,
+    ) -> anyhow::Result<Probes> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("probes run on a tokio runtime, and there is none")?;
         validate(&specs, &rules)?;
@@ -150,6 +154,7 @@ impl Probes {
                 .cloned()
                 .collect();
             let board = Arc::new(Mutex::new(Board::new(&spec.name, &mine)));
+            observer.metrics.add_probe(&spec.name);
             let task = task::Task {
                 spec,
                 rules: mine,
@@ -157,6 +162,7 @@ impl Probes {
                 abort: tx.clone(),
                 started,
                 children: children.clone(),
+                observer: observer.clone(),
             };
             tasks.push(runtime.spawn(task.run()));
             boards.push(board);
@@ -262,6 +268,10 @@ fn validate(specs: &[ProbeSpec], rules: &[AbortRule]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn none() -> crate::observe::Shared {
+        crate::observe::Observer::none("probe-tests")
+    }
+
     fn spec(name: &str, check: Check, every_ms: u64) -> ProbeSpec {
         ProbeSpec {
             name: name.into(),
@@ -286,7 +296,7 @@ mod tests {
             probe: "down".into(),
             failures: 3,
         };
-        let mut probes = Probes::start(vec![up, down], vec![rule]).unwrap();
+        let mut probes = Probes::start(vec![up, down], vec![rule], &none()).unwrap();
         let begun = Instant::now();
         let mut polls = 0;
         // The engine's shape: abort() raced against a faster branch, dropped each time.
@@ -326,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn without_rules_abort_never_resolves() {
         let down = spec("down", Check::Tcp(closed_port()), 10);
-        let mut probes = Probes::start(vec![down], vec![]).unwrap();
+        let mut probes = Probes::start(vec![down], vec![], &none()).unwrap();
         let waited = tokio::time::timeout(Duration::from_millis(100), probes.abort()).await;
         assert!(
             waited.is_err(),
@@ -346,7 +356,7 @@ mod tests {
             1000,
         );
         slow.timeout = Duration::from_secs(5);
-        let mut probes = Probes::start(vec![slow], vec![]).unwrap();
+        let mut probes = Probes::start(vec![slow], vec![], &none()).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         probes.stop();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -370,9 +380,13 @@ mod tests {
             window: Duration::from_secs(10),
         };
         let up = spec("up", Check::Tcp(closed_port()), 1000);
-        let e = Probes::start(vec![up.clone()], vec![rule]).err().unwrap();
+        let e = Probes::start(vec![up.clone()], vec![rule], &none())
+            .err()
+            .unwrap();
         assert_eq!(e.to_string(), "abort_when: no probe is named nope");
-        let e = Probes::start(vec![up.clone(), up], vec![]).err().unwrap();
+        let e = Probes::start(vec![up.clone(), up], vec![], &none())
+            .err()
+            .unwrap();
         assert_eq!(e.to_string(), "probe up: the name is used twice");
     }
 

@@ -43,6 +43,8 @@ pub(super) struct Task {
     /// When the probes started: results are timed from here.
     pub started: Instant,
     pub children: Arc<Children>,
+    /// Each result goes to the metrics, each change of result to the event log.
+    pub observer: crate::observe::Shared,
 }
 
 impl Task {
@@ -69,7 +71,9 @@ impl Task {
     fn record(&self, outcome: &Outcome) -> Option<Abort> {
         let at = self.started.elapsed();
         let mut board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+        let was_ok = (board.tally.ok + board.tally.failed > 0).then_some(board.tally.streak == 0);
         board.tally.record(outcome);
+        self.observe(outcome, was_ok);
         board.history.record(at, outcome.error.is_none());
         let found = self.rules.iter().find_map(|r| board.history.judge(r, at))?;
         let last = board.tally.last_error.as_deref().unwrap_or("none");
@@ -77,6 +81,22 @@ impl Task {
             probe: self.spec.name.clone(),
             why: format!("{found}{LAST}{last}"),
         })
+    }
+
+    /// Tells the metrics of the check, and the event log when the result changed (or is
+    /// the first).
+    fn observe(&self, outcome: &Outcome, was_ok: Option<bool>) {
+        let ok = outcome.error.is_none();
+        let o = &self.observer;
+        o.metrics.probe_check(&self.spec.name, ok, outcome.latency);
+        if was_ok != Some(ok) {
+            o.emit(crate::observe::Event::ProbeChanged {
+                probe: self.spec.name.clone(),
+                ok,
+                latency_ms: outcome.latency.as_secs_f64() * 1e3,
+                error: outcome.error.clone().unwrap_or_default(),
+            });
+        }
     }
 
     /// One check, bounded by the timeout from its start, spawning included.
@@ -191,6 +211,7 @@ mod tests {
             abort: Arc::new(tx),
             started: Instant::now(),
             children: Arc::default(),
+            observer: crate::observe::Observer::none("task-tests"),
         };
         (t, rx)
     }

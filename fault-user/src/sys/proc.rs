@@ -14,6 +14,21 @@ pub fn is_same(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start)
 }
 
+/// Whether `pid` is still the process that started at `start` and has not exited: a zombie
+/// (exited, not reaped by its parent yet) runs no more.
+pub fn is_running(pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let started = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+    started == Some(start) && !matches!(state, Some("Z" | "X"))
+}
+
 /// Whether `pid` was started before `monotonic_ns` (CLOCK_MONOTONIC, the clock BPF programs
 /// stamp events with): a process that got the pid of one recorded at that time was started
 /// after it. Start times count in clock ticks of CLOCK_BOOTTIME, hence the conversion and the
