@@ -608,3 +608,53 @@ fn the_report_of_a_real_experiment_renders_in_chromium() {
     }
     assert_no_leftovers();
 }
+
+/// On a terminal the live view redraws one block in place (cursor up, clear), with the time
+/// left and a line of rates per rule; into a pipe it prints plain lines.
+#[test]
+fn the_live_view_redraws_in_place_on_a_terminal() {
+    require_root();
+    {
+        let target = Cgroup::new("live");
+        let h = hosts("live", "10.81", 16);
+        let _anchor = anchor(&target, &h.a);
+        let rules =
+            "    - name: udp-loss\n      direction: egress\n      match: {protocol: udp}\n      \
+                     drop: {probability: 10%}\n";
+        let file = write_policy(&policy("t-live", &target, "2s", rules));
+        // script(1) gives fault a pseudo-terminal as its stdout.
+        let line = format!(
+            "{} apply --interval 300ms {}",
+            fault_bin().display(),
+            file.path().display()
+        );
+        let out = Command::new("script")
+            .args(["-qfec", &line, "/dev/null"])
+            .output()
+            .expect("script (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let redraws = text.matches("\x1b[").count();
+        tell(&format!("terminal: {redraws} redraws in 2 s at 300 ms"));
+        assert!(redraws >= 4, "redrawn in place: {text:?}");
+        assert!(text.contains("left)") && text.contains("pkt/s"), "{text:?}");
+        assert!(
+            !text.contains("[    1]"),
+            "no plain lines on a terminal: {text:?}"
+        );
+        // Into a pipe: plain lines, no escapes.
+        let file = write_policy(&policy("t-live-pipe", &target, "1s", rules));
+        let out = Command::new(fault_bin())
+            .args(["apply", "--interval", "300ms"])
+            .arg(file.path())
+            .output()
+            .expect("fault apply");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            !text.contains('\x1b') && text.contains("udp-loss  seen"),
+            "{text}"
+        );
+    }
+    assert_no_leftovers();
+}

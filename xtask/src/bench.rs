@@ -217,6 +217,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .unwrap_or_default();
     std::fs::write(root.join("BENCHMARKS.md"), format!("{text}\n{kept}"))?;
     println!("written to BENCHMARKS.md");
+    // The runs' event logs (/run/fault/NAME/): the bench keeps its figures here instead.
+    for name in ["bench", gameday::NAME, US_POLICY] {
+        let _ = std::fs::remove_dir_all(Path::new("/run/fault").join(name));
+    }
     Ok(())
 }
 

@@ -93,8 +93,17 @@ fn show(root: &Path, fault: &Path, lan: &mut Lan) -> Result<()> {
         bail!("fault apply exited with {status}");
     }
 
-    heading("3. afterwards: fault status (nothing is left)");
+    heading("3. afterwards: fault status (nothing is left) and the run's report");
     cmd::run(Command::new(fault).arg("status"))?;
+    let page = crate::target_dir(root).join("demo-report.html");
+    cmd::run(
+        Command::new(fault)
+            .arg("report")
+            .arg(Path::new("/run/fault").join(POLICY_NAME))
+            .arg("-o")
+            .arg(&page),
+    )?;
+    println!("Open it in a browser: the steps on the timeline, the drops, the probes' failures.");
     println!("\nThe demo's namespaces, cgroups and servers are removed next.");
     Ok(())
 }

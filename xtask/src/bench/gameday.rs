@@ -20,7 +20,7 @@ use crate::sandbox::{wait_ready, Sandbox};
 
 const ROUNDS: usize = 5;
 const BYTES: u64 = 2 << 30;
-const NAME: &str = "bench-gameday";
+pub const NAME: &str = "bench-gameday";
 /// How long the loader runs for the CPU comparison.
 const CPU_RUN: Duration = Duration::from_secs(10);
 
