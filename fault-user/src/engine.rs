@@ -379,13 +379,18 @@ async fn hold(
     let mut next_tick = tick_all(run, kinds, None, w);
     loop {
         let tick_at = next_tick.map(|t| tokio::time::Instant::from_std(run.started + t));
+        // In this order when several are ready: ending, switching on time and letting a
+        // held process go come before following the targets and the live view.
         tokio::select! {
+            biased;
             s = signals.next() => return End::Signal(s),
             _ = tokio::time::sleep_until(end) => return End::Deadline,
             a = probes.abort() => return End::Abort(a),
             _ = sleep_until_some(tick_at) => {
                 next_tick = tick_all(run, kinds, next_tick, w);
             }
+            // A process held at exec waits for this.
+            _ = any_event(run, kinds) => {}
             _ = rescan.tick() => {
                 for k in kinds.iter_mut() {
                     if let Err(e) = k.follow(run) {
@@ -394,7 +399,6 @@ async fn hold(
                 }
                 w.targets.update(&run.plan.resolved.targets, &run.observer);
             }
-            _ = any_event(run, kinds) => {}
             _ = live.tick() => show(run, kinds, probes, w, start, end),
         }
         records.update(kinds);

@@ -26,6 +26,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod gameday;
+mod observe;
 
 use crate::{
     build, cmd,
@@ -52,8 +53,12 @@ const US_TCP_ROUNDS: usize = 3;
 const US_POLICY: &str = "bench-userspace";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    if let Some(a) = args.first() {
-        bail!("cargo xtask bench takes no arguments, got {a}");
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("observe") => return observe_only(root),
+        Some(a) => {
+            bail!("cargo xtask bench takes no argument but `observe` (that section alone), got {a}")
+        }
     }
     setup::ensure()?;
     let fault = build::fault(root)?;
@@ -79,25 +84,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "== throughput of an untargeted TCP flow, {ROUNDS} rounds of {} MiB",
         BYTES >> 20
     );
-    let sb = Sandbox::create(
-        &fault,
-        Layout {
-            ns: ["fault-bench-a", "fault-bench-b"],
-            dev: ["fbench0", "fbench1"],
-            addr: ["10.67.0.1/24", "10.67.0.2/24"],
-            cgroup: "fault-bench",
-        },
-    )?;
+    let sb = Sandbox::create(&fault, layout())?;
     let policy = root.join("target/bench-policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: bench}}\nspec:\n  \
-             duration: 10m\n  targets: [{{cgroup: {}}}]\n  network:\n    - direction: both\n      \
-             match: {{protocol: tcp}}\n      drop: {{probability: 1%}}\n",
-            sb.cgroup.display()
-        ),
-    )?;
+    std::fs::write(&policy, bench_policy(&sb))?;
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let a = transfer(&sb, sb.on_host(0, &probe), &probe, BYTES)? / 1e9;
@@ -120,6 +109,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("== experiments: an untargeted flow beside a flapping step, switches, probes");
     let experiments = gameday::measure(&fault, &probe, &sb, root)?;
     print!("{experiments}");
+    println!("== observability: the loader's CPU when its metrics are scraped");
+    let observability = observe::measure(&fault, &policy)?;
+    print!("{observability}");
     drop(sb);
     let _ = std::fs::remove_file(&policy);
     let (m0, m1) = (median(&mut without), median(&mut with));
@@ -208,7 +200,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          fault's rules installed (a single delay rule already puts fq in place of the veth's \
          noqueue) and with netem steered to chosen destinations by u32 filters.\n\n{delay}\n\
          {userspace}
-{experiments}"
+{experiments}
+{observability}"
     );
     // Comparisons across revisions are made by hand (each says how) and kept as they are.
     let kept = std::fs::read_to_string(root.join("BENCHMARKS.md"))
@@ -222,6 +215,58 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let _ = std::fs::remove_dir_all(Path::new("/run/fault").join(name));
     }
     Ok(())
+}
+
+/// `cargo xtask bench observe`: the observability section alone, put in place of its
+/// section of BENCHMARKS.md.
+fn observe_only(root: &Path) -> Result<()> {
+    setup::ensure()?;
+    let fault = build::fault(root)?;
+    let sb = Sandbox::create(&fault, layout())?;
+    let policy = root.join("target/bench-policy.yaml");
+    std::fs::write(&policy, bench_policy(&sb))?;
+    let section = observe::measure(&fault, &policy);
+    drop(sb);
+    let _ = std::fs::remove_file(&policy);
+    let _ = std::fs::remove_dir_all(Path::new("/run/fault/bench"));
+    let section = section?;
+    print!("{section}");
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = match old.find("## Observability") {
+        Some(at) => {
+            let rest = &old[at + 2..];
+            let end = rest.find("\n## ").map_or(old.len(), |e| at + 2 + e + 1);
+            format!("{}{section}\n{}", &old[..at], &old[end..])
+        }
+        None => match old.find(KEPT_HEADING) {
+            Some(at) => format!("{}{section}\n{}", &old[..at], &old[at..]),
+            None => format!("{old}\n{section}"),
+        },
+    };
+    std::fs::write(&path, text)?;
+    println!("written to BENCHMARKS.md (the Observability section; `cargo xtask bench observe`)");
+    Ok(())
+}
+
+/// The bench's two hosts and target.
+fn layout() -> Layout {
+    Layout {
+        ns: ["fault-bench-a", "fault-bench-b"],
+        dev: ["fbench0", "fbench1"],
+        addr: ["10.67.0.1/24", "10.67.0.2/24"],
+        cgroup: "fault-bench",
+    }
+}
+
+/// The throughput section's policy: 1 % TCP loss both ways on the sandbox's target.
+fn bench_policy(sb: &Sandbox) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: bench}}\nspec:\n  \
+         duration: 10m\n  targets: [{{cgroup: {}}}]\n  network:\n    - direction: both\n      \
+         match: {{protocol: tcp}}\n      drop: {{probability: 1%}}\n",
+        sb.cgroup.display()
+    )
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -76,7 +76,7 @@ fn finish(apply: std::process::Child) -> Result<String> {
 }
 
 /// CPU time (user + system) the process has used, in ms.
-fn cpu_ms(pid: u32) -> Result<f64> {
+pub fn cpu_ms(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rsplit_once(')')
