@@ -37,7 +37,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// How often to print the counters (and to record them in the event log).
-    #[arg(long, default_value = "1s", value_parser = positive_duration)]
+    #[arg(long, default_value = "1s", value_parser = interval)]
     pub interval: Duration,
     /// Attach egress programs with tcx or as clsact filters (default: tcx where the
     /// kernel has it).
@@ -126,9 +126,12 @@ pub enum Cmd {
     ProbeOnce(crate::probe::OnceArgs),
 }
 
-fn positive_duration(text: &str) -> Result<Duration, String> {
+/// The live view's period: 10 ms to a day (a shorter one only floods the terminal).
+fn interval(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
-        Ok(d) if d.is_zero() => Err("expected a duration above zero, like 1s or 500ms".into()),
+        Ok(d) if d < Duration::from_millis(10) || d > Duration::from_secs(86_400) => {
+            Err("expected a duration from 10ms to 24h, like 1s or 500ms".into())
+        }
         Ok(d) => Ok(d),
         Err(e) => Err(format!("expected a duration like 1s or 500ms: {e}")),
     }

@@ -209,6 +209,10 @@ pub async fn run(mut run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Resu
         Ok(p) => p,
         Err(e) => return Err(abandon(&run, &mut kinds, failed("start the probes")(e))),
     };
+    // Ready once everything is in place and told: the record says so last, so whoever
+    // waits on it (`fault status`, scripts, the tests) finds the banners printed.
+    records.state.ready = true;
+    records.update(&kinds);
     if let Err(e) = crate::commands::tell_ready(&run) {
         return Err(abandon(&run, &mut kinds, e));
     }
@@ -342,7 +346,6 @@ fn start_all(
         *started += 1;
         k.start(run).map_err(failed("apply"))?;
     }
-    records.state.ready = true;
     records.update(kinds);
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod groups;
+pub mod guard;
 pub mod lease;
 pub mod net;
 pub mod observe;

@@ -214,6 +214,7 @@ impl Plan {
 
     pub fn build(file: &Path, options: Options) -> Result<Plan, Error> {
         let (mut policy, mut lpm) = compile(file)?;
+        crate::guard::check_pids(&policy)?;
         let (resolved, found) = match policy.is_experiment() {
             true => experiment(&mut policy, &mut lpm)?,
             false => {
@@ -225,6 +226,7 @@ impl Plan {
                 (resolved, Vec::new())
             }
         };
+        crate::guard::check(&policy, &resolved)?;
         let net = match policy.rules.is_empty() {
             true => None,
             false => Some(NetPlan::build(&policy, &resolved, &options)?),

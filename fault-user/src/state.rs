@@ -121,11 +121,30 @@ impl State {
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "json") {
-                out.push(Self::read(&p)?);
+                // One damaged record must not hide the others: it is told, and `fault stop`
+                // removes it.
+                match Self::read(&p) {
+                    Ok(s) => out.push(s),
+                    Err(e) => eprintln!(
+                        "fault: warning: {e:#}; skipped (`fault stop {}` removes it)",
+                        p.file_stem().unwrap_or_default().to_string_lossy()
+                    ),
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Names whose record does not parse.
+    pub fn unreadable() -> Vec<String> {
+        let entries = std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten();
+        entries
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| Self::read(p).is_err())
+            .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+            .collect()
     }
 
     /// Whether the loader that wrote this is still running: the same process (by start

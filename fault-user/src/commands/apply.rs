@@ -47,6 +47,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
         )));
     }
     take_over(&plan.policy.name)?;
+    tell_reach(&plan);
     let sinks = Sinks {
         events: args.events.clone(),
         stdout: plan.options.json,
@@ -87,6 +88,18 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
         kinds.push(Box::new(PauseFault::new(pauses)));
     }
     engine::run(run, kinds, state).await
+}
+
+/// What the run will touch, said before it touches anything.
+fn tell_reach(plan: &Plan) {
+    let r = &plan.resolved;
+    let netns = if r.empty { 0 } else { r.netns.len() };
+    eprintln!(
+        "fault: {} will fault {} process(es) in {} target cgroup(s), in {netns} network namespace(s)",
+        plan.policy.name,
+        crate::target::pids(&r.targets).len(),
+        r.targets.len(),
+    );
 }
 
 /// Refuses a policy whose loader still runs; cleans up after one that died.

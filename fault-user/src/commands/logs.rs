@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub fn logs(name: &str, follow: bool) -> Result<(), Error> {
+    crate::policy::check_name(name).map_err(|why| Error::Usage(format!("fault logs: {why}")))?;
     let path = log_path(name);
     let mut file = std::fs::File::open(&path).map_err(|e| {
         failed("fault logs")(anyhow!(

@@ -13,19 +13,33 @@ use crate::{
 };
 
 pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
+    if let Some(n) = name {
+        crate::policy::check_name(n).map_err(|why| Error::Usage(format!("fault stop: {why}")))?;
+    }
     let states = State::all().map_err(failed("read the state files"))?;
     let chosen: Vec<&State> = states
         .iter()
         .filter(|s| all || Some(s.name.as_str()) == name)
         .collect();
+    let unreadable: Vec<String> = State::unreadable()
+        .into_iter()
+        .filter(|n| all || Some(n.as_str()) == name)
+        .collect();
     if let (Some(n), true) = (name, chosen.is_empty()) {
         let pins = state::pin_dir(n).map_err(failed("find the pins"))?;
         let half_written = state::orphan_tmp_names().iter().any(|o| o == n);
-        if !pins.exists() && !half_written {
+        if !pins.exists() && !half_written && unreadable.is_empty() {
             return Err(failed("fault stop")(anyhow!("no active policy named {n}")));
         }
     }
     let mut problems = Vec::new();
+    for n in &unreadable {
+        // Nothing in it can be trusted: what it recorded is left as it is; its pins go below.
+        match std::fs::remove_file(state::state_path(n)) {
+            Ok(()) => println!("fault: removed the unreadable record of {n}"),
+            Err(e) => problems.push(format!("remove the record of {n}: {e}")),
+        }
+    }
     for s in chosen {
         if s.loader_alive() {
             mark_stop(&s.name);

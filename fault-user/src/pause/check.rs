@@ -2,9 +2,12 @@
 //! fault included if it is one of them, and a frozen fault thaws nothing: neither at the
 //! step's end nor at the run's, and its watchdog (in the same cgroup) is frozen with it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use crate::sys::mounts;
+use crate::{
+    guard::{holds_fault, normal, own_cgroup},
+    sys::mounts,
+};
 
 /// Refuses cgroups that must never be frozen: the cgroup2 root, fault's own cgroup, and any
 /// ancestor of fault's own cgroup (freezing it freezes fault). Err(message naming the cgroup
@@ -24,55 +27,9 @@ pub fn check_cgroups(cgroups: &[PathBuf]) -> Result<(), String> {
 
 /// Why `cgroup` must not be frozen, if it must not; all three paths are normal.
 fn refusal(cgroup: &Path, mount: &Path, own: &Path) -> Option<String> {
-    if cgroup == mount {
-        return Some(
-            "it is the cgroup2 root, which holds every process on the host (and the kernel \
-             cannot freeze it)"
-                .into(),
-        );
-    }
-    if cgroup == own {
-        return Some(
-            "it is fault's own cgroup: fault would freeze itself, and nothing would thaw it".into(),
-        );
-    }
-    own.starts_with(cgroup).then(|| {
-        format!(
-            "it holds fault's own cgroup {}: fault would freeze itself, and nothing would \
-             thaw it",
-            own.display()
-        )
+    holds_fault(cgroup, mount, own).map(|why| {
+        format!("{why}: a frozen fault thaws nothing, neither at the step's end nor at the run's")
     })
-}
-
-/// fault's own cgroup directory, from the cgroup2 line of /proc/self/cgroup (`0::/path`).
-fn own_cgroup(mount: &Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("cannot read fault's own cgroup from /proc/self/cgroup: {e}"))?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or("fault itself is in no cgroup2 cgroup (/proc/self/cgroup has no 0:: line)")?;
-    Ok(normal(&mount.join(rel.trim_start_matches('/'))))
-}
-
-/// The path with symbolic links resolved where it exists, and `.` and `..` taken out
-/// either way, so that two spellings of one cgroup compare equal.
-fn normal(path: &Path) -> PathBuf {
-    if let Ok(real) = std::fs::canonicalize(path) {
-        return real;
-    }
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -86,6 +86,11 @@ pub(super) struct Spec {
     /// Clock rules; a clock takes one rule.
     #[serde(default)]
     pub clock: Vec<ClockRule>,
+    /// Fault targets that reach the whole host (the cgroup2 root, pid 1, kernel threads,
+    /// fault's own cgroup or its ancestors, a cgroup with most of the host's processes),
+    /// which fault otherwise refuses.
+    #[serde(default)]
+    pub allow_host_wide: bool,
 }
 
 /// A duration as written (`30s`); only strings, because a bare `30` has no unit.

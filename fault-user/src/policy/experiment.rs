@@ -69,6 +69,7 @@ pub(super) fn experiment(document: ExperimentDocument, file: &Path) -> Result<Po
         rules,
         clock: Vec::new(),
         seed: spec.seed,
+        allow_host_wide: spec.allow_host_wide,
         groups,
         steps,
         probes,

@@ -49,6 +49,11 @@ pub(super) struct ExperimentSpec {
     pub duration: HumanDuration,
     /// Draw the per-packet decisions from this seed, the same on every run.
     pub seed: Option<u64>,
+    /// Fault targets that reach the whole host (the cgroup2 root, pid 1, kernel threads,
+    /// fault's own cgroup or its ancestors, a cgroup with most of the host's processes),
+    /// which fault otherwise refuses.
+    #[serde(default)]
+    pub allow_host_wide: bool,
     /// Group name -> its targets; sorted by name, which is also the order classes get.
     #[schemars(
         description = "Named sets of targets, by name; a target belongs to one group.",

@@ -62,6 +62,9 @@ pub struct Policy {
     pub clock: Vec<ClockRule>,
     /// Experiments only: per-packet decisions drawn from this seed, reproducible run to run.
     pub seed: Option<u64>,
+    /// `spec.allow_host_wide`: the blast-radius guards (`crate::guard`) let host-wide targets
+    /// through.
+    pub allow_host_wide: bool,
     /// Experiments only: named sets of targets. Group `i`'s packets carry class `i + 1` (a
     /// policy's targets share class 0).
     pub groups: Vec<Group>,
@@ -576,8 +579,16 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     parse(&text, path)
 }
 
+/// Whether `name` could be a policy's `metadata.name` (for the commands that take one):
+/// the reason when it could not.
+pub fn check_name(name: &str) -> Result<(), String> {
+    validate::policy_name(name).map(drop).map_err(|e| e.message)
+}
+
 /// Checks a policy given as text; `file` is only used in messages and kept in the result.
 pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+    // Editors on some systems start a UTF-8 file with a byte-order mark; YAML allows it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // The header first: a policy for another apiVersion would otherwise fail on the first
     // field this version does not know, which hides the real problem.
     let header: document::Header = deserialize(text, file)?;

@@ -25,7 +25,7 @@ use super::{ClockId, API_VERSION, KIND, KIND_EXPERIMENT};
 pub const SCHEMA_ID: &str = "urn:fault:policy-schema:fault-v1";
 
 /// `metadata.name`, as `validate::policy_name` takes it.
-pub(super) const POLICY_NAME: &str = "^[a-z0-9-]{1,40}$";
+pub(super) const POLICY_NAME: &str = "^[a-z0-9][a-z0-9-]{0,39}$";
 /// Names of rules, steps, probes and groups, as `validate::rule_name` takes them.
 pub(super) const RULE_NAME: &str = "^[A-Za-z0-9_.-]{1,32}$";
 /// The most steps `experiment` takes (its MAX_STEPS).

@@ -897,3 +897,48 @@ fn readme_examples_parse() {
         lpm_entries(&policy.rules).unwrap_or_else(|err| panic!("{err}"));
     }
 }
+
+const SMALL: &str = "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {name: NAME}\nspec:\n  \
+                     duration: 1m\n  targets: [TARGET]\n  network: [{direction: egress, drop: \
+                     {probability: 1%}}]\n";
+
+fn small(name: &str, target: &str) -> String {
+    SMALL.replace("NAME", name).replace("TARGET", target)
+}
+
+#[test]
+fn a_byte_order_mark_does_not_make_a_valid_policy_fail() {
+    let text = format!("\u{feff}{}", small("bom", "{cgroup: app}"));
+    assert_eq!(parse_ok(&text).name, "bom");
+}
+
+#[test]
+fn names_that_read_as_options_are_refused() {
+    for name in ["-", "--all", "-f"] {
+        let e = parse_err(
+            &small(&format!("\"{name}\""), "{cgroup: app}"),
+            "metadata.name",
+        );
+        assert!(e.message.contains("not starting with \"-\""), "{name}: {e}");
+        assert!(check_name(name).is_err(), "{name}");
+    }
+    assert!(check_name("..").is_err() && check_name("a/b").is_err());
+    assert_eq!(check_name("db-1"), Ok(()));
+}
+
+#[test]
+fn a_container_name_that_reads_as_an_option_is_refused() {
+    let e = parse_err(
+        &small("c", "{container: \"--latest\"}"),
+        "spec.targets[0].container",
+    );
+    assert!(e.message.contains("never starts with \"-\""), "{e}");
+}
+
+#[test]
+fn host_wide_targets_are_allowed_only_when_the_policy_says_so() {
+    assert!(!parse_ok(&small("a", "{cgroup: app}")).allow_host_wide);
+    let text =
+        small("a", "{cgroup: app}").replace("  duration:", "  allow_host_wide: true\n  duration:");
+    assert!(parse_ok(&text).allow_host_wide);
+}

@@ -101,6 +101,7 @@ pub(super) fn policy(document: Document, file: &Path) -> Result<Policy, Invalid>
         rules,
         clock,
         seed: None,
+        allow_host_wide: spec.allow_host_wide,
         groups: Vec::new(),
         steps: Vec::new(),
         probes: Vec::new(),
@@ -109,7 +110,9 @@ pub(super) fn policy(document: Document, file: &Path) -> Result<Policy, Invalid>
 }
 
 pub(super) fn policy_name(name: &str) -> Result<String, Invalid> {
+    // A leading "-" would read as an option (`fault stop --all`, `fault logs -f`).
     let valid = (1..=MAX_POLICY_NAME).contains(&name.len())
+        && !name.starts_with('-')
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -119,8 +122,8 @@ pub(super) fn policy_name(name: &str) -> Result<String, Invalid> {
         Err(Invalid::new(
             "metadata.name",
             format!(
-                "expected 1 to {MAX_POLICY_NAME} characters from a-z, 0-9 and \"-\" \
-                 (it names a directory), got {name:?}"
+                "expected 1 to {MAX_POLICY_NAME} characters from a-z, 0-9 and \"-\", not \
+                 starting with \"-\" (it names a directory), got {name:?}"
             ),
         ))
     }
@@ -175,6 +178,14 @@ pub(super) fn target(target: Target, path: &str) -> Result<TargetSpec, Invalid> 
                 return Err(Invalid::new(
                     format!("{path}.container"),
                     "expected a container name or id, got an empty one",
+                ));
+            }
+            // podman and docker would read it as an option (`--latest`: whoever's container
+            // was created last).
+            if name.starts_with('-') {
+                return Err(Invalid::new(
+                    format!("{path}.container"),
+                    format!("expected a container name or id, which never starts with \"-\", got {name:?}"),
                 ));
             }
             Ok(TargetSpec::Container(name))
