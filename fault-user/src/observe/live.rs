@@ -97,14 +97,17 @@ impl LiveView {
     }
 }
 
-/// `fault: replica-loss  12s of 1m  (48s left)`.
+/// `fault: replica-loss  12s of 1m  (48s left)`: whole seconds that add up to the run's
+/// length.
 fn header(name: &str, elapsed: Duration, left: Duration) -> String {
-    let secs = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+    let total = (elapsed + left).as_secs_f64().round() as u64;
+    let done = elapsed.as_secs().min(total);
+    let secs = |s: u64| humantime::format_duration(Duration::from_secs(s));
     format!(
         "fault: {name}  {} of {}  ({} left)",
-        secs(elapsed),
-        secs(elapsed + left),
-        secs(left)
+        secs(done),
+        secs(total),
+        secs(total - done)
     )
 }
 
@@ -174,7 +177,17 @@ mod tests {
 
     #[test]
     fn the_header_tells_the_time_left() {
-        let h = header("p", Duration::from_millis(12_400), Duration::from_secs(48));
+        let h = header(
+            "p",
+            Duration::from_millis(12_400),
+            Duration::from_millis(47_600),
+        );
         assert_eq!(h, "fault: p  12s of 1m  (48s left)");
+        let h = header(
+            "p",
+            Duration::from_millis(3_100),
+            Duration::from_millis(900),
+        );
+        assert_eq!(h, "fault: p  3s of 4s  (1s left)");
     }
 }
