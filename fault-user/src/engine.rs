@@ -240,7 +240,7 @@ fn applied(run: &Run) -> Watchers {
     Watchers {
         steps: StepWatch::new(&run.plan.policy, o),
         targets: TargetWatch::new(&run.plan.resolved.targets, o),
-        live: LiveView::new(run.plan.options.json),
+        live: LiveView::new(run.plan.options.json, run.live_in_place),
         switches: Switches::default(),
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::{
     error::Error,
     policy::{Policy, TargetSpec},
-    sys::mounts,
+    sys::{mounts, proc},
     target::Resolved,
 };
 
@@ -71,14 +71,10 @@ pub fn check(policy: &Policy, resolved: &Resolved) -> Result<(), Error> {
 /// Why `pid` may not be a target: always when it is exiting, unless `allow` when it is the
 /// host's init or a kernel thread.
 fn check_pid(pid: u32, allow: bool) -> Result<(), String> {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(stat) = proc::stat(pid) else {
         return Ok(()); // gone: resolving says so
     };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Ok(());
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first(), Some(&("Z" | "X" | "x"))) {
+    if stat.is_dead() {
         return Err(format!(
             "target pid {pid}: the process has exited (a zombie) and has nothing left to fault"
         ));
@@ -91,8 +87,7 @@ fn check_pid(pid: u32, allow: bool) -> Result<(), String> {
             "target pid 1: it is the host's init, and its cgroup holds the host; {OVERRIDE}"
         ));
     }
-    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
-    if flags & PF_KTHREAD != 0 {
+    if stat.flags & PF_KTHREAD != 0 {
         return Err(format!(
             "target pid {pid}: it is a kernel thread, whose cgroup is the host's root; {OVERRIDE}"
         ));
@@ -106,7 +101,7 @@ fn host_wide(cgroup: &Path, mount: &Path, own: &Path, host: usize) -> Option<Str
     if let Some(why) = holds_fault(cgroup, mount, own) {
         return Some(why);
     }
-    let inside = subtree_processes(cgroup);
+    let inside = crate::target::subtree_pids(cgroup).len();
     let share = inside as f64 / host.max(1) as f64;
     (host >= HOST_SHARE_MIN && share > HOST_SHARE).then(|| {
         format!(
@@ -139,20 +134,6 @@ pub fn holds_fault(cgroup: &Path, mount: &Path, own: &Path) -> Option<String> {
             own.display()
         )
     })
-}
-
-/// Processes in `cgroup` and below.
-fn subtree_processes(cgroup: &Path) -> usize {
-    let mut n =
-        std::fs::read_to_string(cgroup.join("cgroup.procs")).map_or(0, |t| t.lines().count());
-    if let Ok(entries) = std::fs::read_dir(cgroup) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                n += subtree_processes(&e.path());
-            }
-        }
-    }
-    n
 }
 
 /// Processes on the host (every numeric entry of /proc).

@@ -110,41 +110,38 @@ impl State {
         serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
     }
 
-    /// All recorded states, sorted by name.
+    /// All recorded states, sorted by name. One damaged record must not hide the others:
+    /// it is told and skipped (`fault stop` removes it).
     pub fn all() -> anyhow::Result<Vec<Self>> {
-        let mut out = Vec::new();
+        let (states, damaged) = Self::scan()?;
+        for (name, e) in &damaged {
+            warn_damaged(name, e);
+        }
+        Ok(states)
+    }
+
+    /// The records that parse, sorted by name, and the names of those that do not, with why.
+    pub fn scan() -> anyhow::Result<(Vec<Self>, Vec<Damaged>)> {
+        let (mut states, mut damaged) = (Vec::new(), Vec::new());
         let entries = match std::fs::read_dir(STATE_DIR) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((states, damaged)),
             Err(e) => return Err(e).context(format!("read {STATE_DIR}")),
         };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                // One damaged record must not hide the others: it is told, and `fault stop`
-                // removes it.
-                match Self::read(&p) {
-                    Ok(s) => out.push(s),
-                    Err(e) => eprintln!(
-                        "fault: warning: {e:#}; skipped (`fault stop {}` removes it)",
-                        p.file_stem().unwrap_or_default().to_string_lossy()
-                    ),
+        for p in entries.flatten().map(|e| e.path()) {
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match Self::read(&p) {
+                Ok(s) => states.push(s),
+                Err(e) => {
+                    let name = p.file_stem().unwrap_or_default().to_string_lossy();
+                    damaged.push((name.into_owned(), e));
                 }
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
-
-    /// Names whose record does not parse.
-    pub fn unreadable() -> Vec<String> {
-        let entries = std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten();
-        entries
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter(|p| Self::read(p).is_err())
-            .filter_map(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
-            .collect()
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((states, damaged))
     }
 
     /// Whether the loader that wrote this is still running: the same process (by start
@@ -168,6 +165,14 @@ impl State {
         remove_if_there(&tmp_path(&self.name))?;
         remove_if_there(&state_path(&self.name))
     }
+}
+
+/// A record that does not parse: its name, and why.
+pub type Damaged = (String, anyhow::Error);
+
+/// Tells of a record that does not parse, and how to remove it.
+pub fn warn_damaged(name: &str, e: &anyhow::Error) {
+    eprintln!("fault: warning: {e:#}; skipped (`fault stop {name}` removes it)");
 }
 
 fn tmp_path(name: &str) -> PathBuf {

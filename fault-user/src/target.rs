@@ -259,12 +259,16 @@ pub fn netns_classes(targets: &[ResolvedTarget]) -> BTreeMap<u64, u8> {
 pub fn pids(targets: &[ResolvedTarget]) -> Vec<u32> {
     let mut out: Vec<u32> = targets
         .iter()
-        .flat_map(|t| walk(&t.cgroup))
-        .flat_map(|dir| procs(&dir))
+        .flat_map(|t| subtree_pids(&t.cgroup))
         .collect();
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// The processes in `cgroup` and its descendants.
+pub fn subtree_pids(cgroup: &Path) -> Vec<u32> {
+    walk(cgroup).iter().flat_map(|dir| procs(dir)).collect()
 }
 
 fn scan_one(cgroup: &Path, ids: &mut Vec<u64>, netns: &mut BTreeMap<u64, Netns>) {

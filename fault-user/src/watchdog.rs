@@ -78,14 +78,7 @@ fn end_log(s: &State, pins: &std::path::Path) {
         .rules
         .iter()
         .zip(&counters)
-        .map(|(r, c)| crate::observe::event::RuleCounts {
-            rule: r.name.clone(),
-            seen: c.seen,
-            dropped: c.dropped,
-            corrupted: c.corrupted,
-            duplicated: c.duplicated,
-            delayed: c.delayed,
-        })
+        .map(|(r, c)| crate::observe::event::RuleCounts::of(&r.name, c))
         .collect();
     crate::observe::append_end(
         &s.name,

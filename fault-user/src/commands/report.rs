@@ -6,18 +6,12 @@ use crate::error::{failed, Error};
 use crate::observe::event::parse_log;
 use crate::report::{render, ReportError};
 
-/// The log's name inside a run's directory (`/run/fault/NAME`).
-const EVENTS: &str = "events.jsonl";
 const PAGE: &str = "report.html";
 
 /// Reads the run's event log (`run` is the file or the directory that holds `events.jsonl`),
 /// writes the page to `output` or `report.html` beside the log, and prints where.
 pub fn report(run: &Path, output: Option<&Path>) -> Result<(), Error> {
-    let events = if run.is_dir() {
-        run.join(EVENTS)
-    } else {
-        run.to_path_buf()
-    };
+    let events = crate::observe::events_of(run);
     let text = std::fs::read_to_string(&events)
         .map_err(failed(format!("read the event log {}", events.display())))?;
     let records = parse_log(&text).map_err(|message| Error::BadLog {

@@ -16,15 +16,18 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
     if let Some(n) = name {
         crate::policy::check_name(n).map_err(|why| Error::Usage(format!("fault stop: {why}")))?;
     }
-    let states = State::all().map_err(failed("read the state files"))?;
+    let (states, damaged) = State::scan().map_err(failed("read the state files"))?;
     let chosen: Vec<&State> = states
         .iter()
         .filter(|s| all || Some(s.name.as_str()) == name)
         .collect();
-    let unreadable: Vec<String> = State::unreadable()
-        .into_iter()
-        .filter(|n| all || Some(n.as_str()) == name)
-        .collect();
+    let mut unreadable = Vec::new();
+    for (n, e) in damaged {
+        match all || Some(n.as_str()) == name {
+            true => unreadable.push(n),
+            false => state::warn_damaged(&n, &e),
+        }
+    }
     if let (Some(n), true) = (name, chosen.is_empty()) {
         let pins = state::pin_dir(n).map_err(failed("find the pins"))?;
         let half_written = state::orphan_tmp_names().iter().any(|o| o == n);

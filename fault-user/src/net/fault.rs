@@ -294,19 +294,17 @@ impl Fault for NetFault {
     }
 
     fn sample(&self, run: &Run, sample: &mut crate::observe::event::Sample) {
-        let Some(reports) = self.counters(run) else {
+        let Some(ebpf) = self.ebpf.as_ref() else {
             return;
         };
-        sample.rules = reports
-            .into_iter()
-            .map(|r| crate::observe::event::RuleCounts {
-                rule: r.name,
-                seen: r.seen,
-                dropped: r.dropped,
-                corrupted: r.corrupted,
-                duplicated: r.duplicated,
-                delayed: r.delayed,
-            })
+        let Ok(counters) = loader::live_counters(ebpf, run.plan.policy.rules.len()) else {
+            return;
+        };
+        sample.rules = self
+            .rules
+            .iter()
+            .zip(&counters)
+            .map(|(r, c)| crate::observe::event::RuleCounts::of(&r.name, c))
             .collect();
     }
 

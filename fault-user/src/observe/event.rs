@@ -172,6 +172,20 @@ pub struct RuleCounts {
     pub delayed: u64,
 }
 
+impl RuleCounts {
+    /// The counters of rule `rule` as the programs keep them (summed over CPUs).
+    pub fn of(rule: &str, c: &fault_common::RuleCounters) -> RuleCounts {
+        RuleCounts {
+            rule: rule.to_owned(),
+            seen: c.seen,
+            dropped: c.dropped,
+            corrupted: c.corrupted,
+            duplicated: c.duplicated,
+            delayed: c.delayed,
+        }
+    }
+}
+
 /// The clock fault's processes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClockCounts {

@@ -29,9 +29,9 @@ pub fn in_place(json: bool) -> bool {
 }
 
 impl LiveView {
-    /// In place when stdout is a terminal, plain lines when not, off when `json`.
-    pub fn new(json: bool) -> LiveView {
-        let mode = match (json, std::io::stdout().is_terminal()) {
+    /// Off when `json`, else in place when [`in_place`] said so, plain lines otherwise.
+    pub fn new(json: bool, in_place: bool) -> LiveView {
+        let mode = match (json, in_place) {
             (true, _) => Mode::Off,
             (false, true) => Mode::InPlace,
             (false, false) => Mode::Lines,
@@ -41,10 +41,6 @@ impl LiveView {
             drawn: 0,
             last: None,
         }
-    }
-
-    pub fn in_place(&self) -> bool {
-        self.mode == Mode::InPlace
     }
 
     /// Shows the run `elapsed` into it with `left` to go: `sample`'s counters (as rates on a

@@ -97,11 +97,6 @@ impl Observer {
             s.stop();
         }
     }
-
-    /// Where the run's own event log is.
-    pub fn events_file(policy: &str) -> PathBuf {
-        events_path(policy)
-    }
 }
 
 impl Record {
@@ -115,7 +110,7 @@ impl Record {
     }
 }
 
-/// Whether `path` looks like a run directory or an events file of one.
+/// The event log of `run`: a run's directory (`/run/fault/NAME`), or the events file itself.
 pub fn events_of(run: &Path) -> PathBuf {
     if run.is_dir() {
         run.join(log::EVENTS_FILE)

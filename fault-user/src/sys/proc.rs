@@ -1,12 +1,40 @@
 //! Processes as /proc shows them. A pid alone is no identity: pids are reused, so wherever
 //! fault remembers a process it remembers its start time too.
 
+/// What fault reads of a process's /proc/PID/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// The state letter (field 3): `R`, `S`, `Z` (exited, not reaped), `X` (dying), ...
+    pub state: char,
+    /// The kernel's per-task flags (field 9).
+    pub flags: u64,
+    /// The start time in clock ticks since boot (field 22).
+    pub start: u64,
+}
+
+impl Stat {
+    /// Exited or exiting: it runs no more.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// `pid`'s stat, if it is there. The command (field 2) may hold spaces and parentheses, so
+/// the fields are counted from its last `)`.
+pub fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        flags: fields.get(6)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
 /// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // After the command: state is field 3, starttime field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat(pid).map(|s| s.start)
 }
 
 /// Whether `pid` is still the process that started at `start`.
@@ -17,16 +45,7 @@ pub fn is_same(pid: u32, start: u64) -> bool {
 /// Whether `pid` is still the process that started at `start` and has not exited: a zombie
 /// (exited, not reaped by its parent yet) runs no more.
 pub fn is_running(pid: u32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next();
-    let started = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
-    started == Some(start) && !matches!(state, Some("Z" | "X"))
+    stat(pid).is_some_and(|s| s.start == start && !s.is_dead())
 }
 
 /// Whether `pid` was started before `monotonic_ns` (CLOCK_MONOTONIC, the clock BPF programs
