@@ -63,7 +63,10 @@ impl NetFault {
     fn load(&mut self, run: &Run) -> anyhow::Result<()> {
         let plan = Self::plan(run);
         let rules = &run.plan.policy.rules;
-        let t = run.started.elapsed();
+        // The timeline begins once every kind is in place (see `crate::engine`): until then
+        // only the steps on at its zero are in the trie. Counting from the start of apply
+        // here switched a later step on for as long as the rest took to attach.
+        let t = std::time::Duration::ZERO;
         let actions: Vec<_> = rules.iter().map(|r| switch::action_at(r, t)).collect();
         let on = switch::on_at(rules, t);
         let initial = switch::entries(rules, &on)?;

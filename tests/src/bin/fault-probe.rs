@@ -112,6 +112,15 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
     },
+    /// Print `<realtime ns through the vDSO> <realtime ns by the raw system call>` as a line
+    /// every interval, until killed: each line carries its own clock skew
+    ClockPair {
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// Threads in all: the others only sleep
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+    },
     /// Send numbered UDP datagrams on a fixed schedule, datagram k at start + k x interval
     /// however long each send takes, and report the start (CLOCK_MONOTONIC ns): with it a
     /// receiver's arrival times can be set against send times
@@ -200,6 +209,10 @@ fn main() -> ExitCode {
         ),
         Cmd::Echo { bind } => echo(bind),
         Cmd::Ticks { out, interval_ms } => ticks(&out, Duration::from_millis(interval_ms)),
+        Cmd::ClockPair {
+            interval_ms,
+            threads,
+        } => clock_pair(Duration::from_millis(interval_ms), threads),
         Cmd::UdpPaced {
             to,
             count,
@@ -624,6 +637,31 @@ fn ticks(out: &std::path::Path, interval: Duration) -> io::Result<String> {
     }
 }
 
+fn clock_pair(interval: Duration, threads: u32) -> io::Result<String> {
+    for _ in 1..threads {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(1));
+        });
+    }
+    let mut out = io::stdout().lock();
+    loop {
+        let mut raw = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write; the raw system call never goes through the vDSO.
+        unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut raw) };
+        let seen = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(io::Error::other)?
+            .as_nanos();
+        let truth = raw.tv_sec as i128 * 1_000_000_000 + raw.tv_nsec as i128;
+        writeln!(out, "{seen} {truth}")?;
+        out.flush()?;
+        std::thread::sleep(interval);
+    }
+}
+
 // ---- UDP on a timeline ----------------------------------------------------------------------
 
 /// Sleeps until CLOCK_MONOTONIC reads `ns`. An absolute deadline: a late wake-up delays one
@@ -664,11 +702,18 @@ fn udp_paced(to: SocketAddr, count: u64, size: usize, interval: Duration) -> io:
     let mut buf = vec![0u8; size];
     let (mut sent, mut errors, mut late_max) = (0u64, 0u64, 0u64);
     let mut first_error: Option<String> = None;
+    // The datagrams that left 1 ms or more behind their schedule, as "[seq,late_ns]": a
+    // stalled sender moves them, and the receiver's judge needs their real send times.
+    let mut late_ones: Vec<String> = Vec::new();
     let start = monotonic_ns();
     for seq in 0..count {
         let due = start + seq * step;
         sleep_until_monotonic(due);
-        late_max = late_max.max(monotonic_ns().saturating_sub(due));
+        let late = monotonic_ns().saturating_sub(due);
+        late_max = late_max.max(late);
+        if late >= 1_000_000 && late_ones.len() < 100_000 {
+            late_ones.push(format!("[{seq},{late}]"));
+        }
         fill_datagram(&mut buf, seq);
         // A send the host refuses (a drop at the socket reads as congestion) is counted and
         // the schedule goes on: the receiver judges what arrived.
@@ -686,9 +731,10 @@ fn udp_paced(to: SocketAddr, count: u64, size: usize, interval: Duration) -> io:
     }
     Ok(format!(
         "{{\"attempted\":{count},\"sent\":{sent},\"errors\":{errors},\"first_error\":{},\
-         \"start_ns\":{start},\"interval_ns\":{step},\"late_max_us\":{:.1}}}",
+         \"start_ns\":{start},\"interval_ns\":{step},\"late_max_us\":{:.1},\"late\":[{}]}}",
         json_opt_str(first_error.as_deref()),
         late_max as f64 / 1e3,
+        late_ones.join(","),
     ))
 }
 
