@@ -121,6 +121,10 @@ pub enum Cmd {
     /// Started by `fault apply`: acts when the loader dies without reverting.
     #[command(hide = true)]
     Watchdog { name: String, pid: u32, start: u64 },
+    /// Started by `fault apply` for clock faults: patches and reverts processes for the
+    /// loader, so that its death cannot leave one half patched.
+    #[command(hide = true)]
+    Injector,
     /// Started by `fault apply` inside a group: one tcp or http check of a probe.
     #[command(hide = true)]
     ProbeOnce(crate::probe::OnceArgs),

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Cmd::Watchdog { name, pid, start } => {
             fault::watchdog::watch(&name, pid, start).map_err(failed("watch the loader"))
         }
+        Cmd::Injector => {
+            fault::clock::injector::serve().map_err(failed("serve the loader's patches"))
+        }
         Cmd::ProbeOnce(args) => fault::probe::once(args),
     };
     match result {

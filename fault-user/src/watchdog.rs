@@ -18,6 +18,9 @@ use crate::{
     sys::proc,
 };
 
+/// When the watchdog looks at the exec hold's entries again.
+const LATE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Starts the watchdog of the run `name` whose loader is this process. It runs in a session
 /// of its own, so the terminal's signals (Ctrl-C, a hang-up) reach the loader only.
 pub fn spawn(name: &str) -> std::io::Result<()> {
@@ -54,7 +57,11 @@ pub fn watch(name: &str, pid: u32, start: u64) -> std::io::Result<()> {
     }
     let dir = state::pin_dir(name).map_err(std::io::Error::other)?;
     let _ = loader::expire_pinned(&dir);
-    let released = clock::exec::release_pinned(&dir);
+    let mut released = clock::exec::release_pinned(&dir);
+    // The program's link went with the loader's files, before the exit this saw; a run of
+    // it still under way on another CPU then may add an entry: a second look lets it go.
+    std::thread::sleep(LATE);
+    released.extend(clock::exec::release_pinned(&dir));
     end_log(&s, &dir);
     eprintln!(
         "fault: watchdog: the loader of {name} (pid {pid}) died; its faults are off{}{}; \

@@ -79,14 +79,14 @@ fn vm_stage(root: &Path, fault: &Path, probe: &Path) -> Result<Option<i32>> {
     if binaries.is_empty() {
         bail!("cargo reported no test binaries for fault-tests");
     }
-    // The clock suite checks readings to the millisecond; under TCG emulation the guest's
+    // The clock and kills suites check readings to the millisecond; under TCG emulation the guest's
     // own timing is coarser than that, so it runs on the host kernel only. The observe and
     // report suites check fault's own output with host tools the guest image lacks
     // (promtool, chromium); nothing in them depends on the kernel beyond what the other
     // suites cover there.
     binaries.retain(|(name, _)| {
         let why = match name.as_str() {
-            "clock" => "millisecond timing checks do not hold under emulation",
+            "clock" | "kills" => "millisecond timing checks do not hold under emulation",
             "observe" | "report" => {
                 "it checks fault's output with promtool and chromium, which the guest lacks"
             }

@@ -276,9 +276,12 @@ pub fn release_pinned(pin_dir: &Path) -> Vec<u32> {
     let entries: Vec<(u32, u64)> = held.iter().flatten().collect();
     let mut pids = Vec::new();
     for (pid, stopped_ns) in entries {
-        // Continued only if it is still the process the program stopped: stopped, and
-        // started before the stop (a pid reused since belongs to someone else).
-        if crate::sys::proc::state(pid) == Some('T')
+        // Continued if it is still the process the program stopped (started before the
+        // stop: a pid reused since is someone else's), in any state but gone: stopped, `t`
+        // while fault's injector still patches it (the SIGCONT ends the stop it returns to
+        // when let go), or not stopped yet (the SIGSTOP is delivered on its way back to
+        // user space; a SIGCONT discards it while pending).
+        if !matches!(crate::sys::proc::state(pid), None | Some('Z' | 'X'))
             && crate::sys::proc::started_before(pid, stopped_ns)
         {
             cont(pid);

@@ -20,9 +20,10 @@ use crate::{
     target::ResolvedTarget,
 };
 
-/// fault's own mappings of the patched processes' clock pages, by (pid, start time), for the
-/// heartbeat to move their deadlines forward.
-type Pages = Arc<Mutex<BTreeMap<(u32, u64), Shared>>>;
+/// fault's own mappings of the patched processes' clock pages, by (pid, start time, patch
+/// serial), for the heartbeat to move their deadlines forward. The serial tells a process
+/// patched again after an exec (same pid and start time, a new page) from its old self.
+type Pages = Arc<Mutex<BTreeMap<(u32, u64, u64), Shared>>>;
 
 pub struct ClockFault {
     engine: Engine,
@@ -87,16 +88,15 @@ impl ClockFault {
     /// Brings the heartbeat's pages in line with the patched processes; a new one is
     /// renewed at once, so it never runs on the policy's deadline alone.
     fn sync_pages(&mut self) {
-        let records = self.engine.records();
+        let leased = self.engine.leased();
         let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        pages.retain(|key, _| records.iter().any(|r| (r.pid, r.start_time) == *key));
+        pages.retain(|key, _| leased.iter().any(|(k, _)| k == key));
         let until = (monotonic_ns() + LEASE_NS) as i64;
-        for r in &records {
-            let key = (r.pid, r.start_time);
+        for &(key, base) in &leased {
             if pages.contains_key(&key) {
                 continue;
             }
-            if let Ok(page) = Shared::open(r.pid, r.base) {
+            if let Ok(page) = Shared::open(key.0, base) {
                 page.renew(self.engine.plan(), until);
                 pages.insert(key, page);
             }

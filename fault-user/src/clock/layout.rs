@@ -205,6 +205,49 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The same parameters, acting until `until_mono` (CLOCK_MONOTONIC ns) at the latest:
+    /// each active clock's deadline becomes its true reading that much later, never past
+    /// its own (see `crate::lease`).
+    pub fn leased(&self, until_mono: i64) -> Plan {
+        let ahead = until_mono - now_ns(libc::CLOCK_MONOTONIC as u32);
+        let mut out = self.clone();
+        for (i, c) in out.clocks.iter_mut().enumerate() {
+            if c.flags & FLAG_ACTIVE != 0 {
+                c.deadline_ns = c.deadline_ns.min(now_ns(i as u32).saturating_add(ahead));
+            }
+        }
+        out.mono_deadline_ns = self.mono_deadline_ns.min(until_mono);
+        out
+    }
+
+    /// The plan as bytes, for fault's injector process: the deadline, then each clock's
+    /// parameters as the page holds them.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.mono_deadline_ns.to_le_bytes().to_vec();
+        for c in &self.clocks {
+            out.extend_from_slice(bytes_of(c));
+        }
+        out
+    }
+
+    /// The plan [`Plan::encode`] made; `None` for bytes of another size.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let size = size_of::<ClockParams>();
+        if bytes.len() != 8 + CLOCK_SLOTS * size {
+            return None;
+        }
+        let mut clocks = [ClockParams::default(); CLOCK_SLOTS];
+        for (i, c) in clocks.iter_mut().enumerate() {
+            *c = read_at(bytes, 8 + i * size)?;
+        }
+        Some(Plan {
+            mono_deadline_ns: i64::from_le_bytes(bytes[..8].try_into().ok()?),
+            clocks,
+        })
+    }
+}
+
 fn params(rule: &ClockRule, clock: ClockId, start_ns: i64, deadline_ns: i64) -> ClockParams {
     let guarded = clock.never_backwards() && !rule.allow_backwards;
     let mut flags = FLAG_ACTIVE;
@@ -316,6 +359,17 @@ pub fn read_at<T: Copy>(bytes: &[u8], offset: usize) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_crosses_to_the_injector_unchanged() {
+        let mut plan = Plan::new(&[], 5_000_000_000, |id| 1_000 + i64::from(id));
+        plan.clocks[3].deadline_ns = -7;
+        plan.clocks[15].deadline_ns = i64::MAX;
+        let bytes = plan.encode();
+        assert_eq!(Plan::decode(&bytes), Some(plan));
+        assert_eq!(Plan::decode(&bytes[1..]), None);
+        assert_eq!(Plan::decode(&[]), None);
+    }
 
     #[test]
     fn floor_div_by_reciprocal_is_exact() {

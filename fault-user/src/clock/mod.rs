@@ -28,6 +28,7 @@
 pub mod exec;
 mod fault;
 pub mod inject;
+pub mod injector;
 pub mod layout;
 pub mod patch;
 pub mod reloc;
@@ -89,6 +90,10 @@ pub struct Engine {
     patched: BTreeMap<u32, Patched>,
     /// Processes that could not be patched, by (pid, start time), so each is reported once.
     refused: BTreeMap<(u32, u64), String>,
+    /// The helper that holds the targets under ptrace, started at the first patch.
+    injector: Option<injector::Injector>,
+    /// How many patches this engine made: each one's serial.
+    serial: u64,
 }
 
 impl Engine {
@@ -100,6 +105,8 @@ impl Engine {
             plan: Plan::new(rules, remaining, layout::now_ns),
             patched: BTreeMap::new(),
             refused: BTreeMap::new(),
+            injector: None,
+            serial: 0,
         }
     }
 
@@ -162,9 +169,38 @@ impl Engine {
         self.patch_one(pid, start, " at exec").into_iter().collect()
     }
 
+    /// The running helper, started (or started again, if it died) on first use.
+    fn injector(&mut self) -> std::io::Result<&mut injector::Injector> {
+        if self.injector.is_none() {
+            self.injector = Some(injector::Injector::spawn()?);
+        }
+        Ok(self.injector.as_mut().expect("just started"))
+    }
+
     fn patch_one(&mut self, pid: u32, start: u64, when: &str) -> Option<Told> {
-        match patch::patch(pid, &self.plan) {
-            Ok(p) => {
+        // Leased like every page (see `crate::lease`): a patch the injector finishes after
+        // the loader died ends within a lease, not at the policy's deadline.
+        let until = layout::now_ns(libc::CLOCK_MONOTONIC as u32)
+            .saturating_add(crate::lease::LEASE_NS as i64);
+        let plan = self.plan.leased(until);
+        let done = match self.injector() {
+            Ok(helper) => helper.patch(pid, &plan),
+            Err(e) => Err(patch::ProcessError {
+                pid,
+                comm: inject::comm(pid),
+                kind: patch::PatchError::Injector(e),
+            }),
+        };
+        if done
+            .as_ref()
+            .is_err_and(|e| matches!(e.kind, patch::PatchError::Injector(_)))
+        {
+            self.injector = None; // gone: the next patch starts another
+        }
+        match done {
+            Ok(mut p) => {
+                self.serial += 1;
+                p.serial = self.serial;
                 let line = if p.adopted {
                     format!(
                         "clock: process {pid} ({}) was patched already (forked from a \
@@ -216,6 +252,14 @@ impl Engine {
             .collect()
     }
 
+    /// Each patched process's page to lease, by (pid, start time, serial), with its base.
+    pub fn leased(&self) -> Vec<((u32, u64, u64), u64)> {
+        self.patched
+            .values()
+            .map(|p| ((p.pid, p.start_time, p.serial), p.base))
+            .collect()
+    }
+
     /// How many processes are patched and how many were refused.
     pub fn counts(&self) -> (usize, usize) {
         (self.patched.len(), self.refused.len())
@@ -233,10 +277,27 @@ impl Engine {
         }
         let mut problems = Vec::new();
         for (_, p) in std::mem::take(&mut self.patched) {
-            if let Err(e) = patch::revert_patched(&p) {
+            let done = match self.injector() {
+                Ok(helper) => helper.revert(&p),
+                Err(e) => Err(patch::ProcessError {
+                    pid: p.pid,
+                    comm: inject::comm(p.pid),
+                    kind: patch::PatchError::Injector(e),
+                }),
+            };
+            let done = match done {
+                // Without a helper this loader stops the threads itself.
+                Err(e) if matches!(e.kind, patch::PatchError::Injector(_)) => {
+                    self.injector = None;
+                    patch::revert_patched(&p)
+                }
+                other => other,
+            };
+            if let Err(e) = done {
                 problems.push(format!("{:#}", anyhow::Error::from(e)));
             }
         }
+        self.injector = None;
         problems
     }
 }
@@ -258,6 +319,17 @@ fn rule_status(rules: &[ClockRule], plan: &Plan) -> Vec<RuleStatus> {
                 },
             }
         })
+        .collect()
+}
+
+/// Reverts what a loader that is gone left patched in its targets beyond its record: a
+/// patch its injector finished after it died. Returns the problems.
+pub fn revert_unrecorded(targets: &[ResolvedTarget], records: &[Record]) -> Vec<String> {
+    target::pids(targets)
+        .into_iter()
+        .filter(|pid| !records.iter().any(|r| r.pid == *pid))
+        .filter_map(|pid| patch::revert_found(pid).err())
+        .map(|e| format!("{:#}", anyhow::Error::from(e)))
         .collect()
 }
 

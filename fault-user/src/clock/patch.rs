@@ -26,9 +26,8 @@ use std::sync::OnceLock;
 
 use super::inject::{self, comm, InjectError, Stopped};
 use super::layout::{
-    bytes_of, now_ns, off, read_at, ClockParams, Entry, Header, Plan, CLOCKS_OFF, CODE_OFF,
-    ENTRY_NAMES, FLAG_ACTIVE, MAGIC, MAP_SIZE, MEMFD_NAME, PAGE, STATE_OFF, TRAMP_OFF, TRAMP_SLOT,
-    VERSION,
+    bytes_of, off, read_at, ClockParams, Entry, Header, Plan, CLOCKS_OFF, CODE_OFF, ENTRY_NAMES,
+    FLAG_ACTIVE, MAGIC, MAP_SIZE, MEMFD_NAME, PAGE, STATE_OFF, TRAMP_OFF, TRAMP_SLOT, VERSION,
 };
 use super::reloc::{self, RelocError};
 use super::seccomp;
@@ -86,6 +85,11 @@ pub enum PatchError {
     Incompatible { found: u32 },
     #[error("the stub")]
     Stub(#[from] StubError),
+    /// What fault's injector process said went wrong (see `super::injector`).
+    #[error("{0}")]
+    Relayed(String),
+    #[error("asking fault's injector process")]
+    Injector(#[source] io::Error),
 }
 
 fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> PatchError {
@@ -217,18 +221,17 @@ impl Shared {
     /// deadlines: each active clock's deadline becomes its true reading that much later.
     /// One aligned 8-byte store per clock, which the stub reads in one load.
     pub fn renew(&self, plan: &Plan, until_mono: i64) {
-        let ahead = until_mono - now_ns(libc::CLOCK_MONOTONIC as u32);
-        for (i, c) in plan.clocks.iter().enumerate() {
+        let leased = plan.leased(until_mono);
+        for (i, c) in leased.clocks.iter().enumerate() {
             if c.flags & FLAG_ACTIVE == 0 {
                 continue;
             }
-            let deadline = c.deadline_ns.min(now_ns(i as u32).saturating_add(ahead));
             self.store_i64(
                 CLOCKS_OFF + i * size_of::<ClockParams>() + off::DEADLINE,
-                deadline,
+                c.deadline_ns,
             );
         }
-        self.store_i64(off::MONO_DEADLINE, plan.mono_deadline_ns.min(until_mono));
+        self.store_i64(off::MONO_DEADLINE, leased.mono_deadline_ns);
     }
 
     fn store_i64(&self, at: usize, value: i64) {
@@ -273,12 +276,41 @@ pub struct Patched {
     /// How long its threads were stopped (0 when adopted).
     pub stopped_us: u64,
     pub threads: usize,
+    /// Which patch of the run this is (see `super::Engine`); 0 until the engine numbers it.
+    pub serial: u64,
     shared: Shared,
 }
 
 impl Patched {
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// The loader's view of a process another process (the injector) patched: the same
+    /// parameter page, opened again through `/proc/PID/map_files`.
+    pub fn reopen(
+        pid: u32,
+        start_time: u64,
+        base: u64,
+        adopted: bool,
+        stopped_us: u64,
+        threads: usize,
+    ) -> Result<Self, ProcessError> {
+        let shared = Shared::open(pid, base).map_err(|e| ProcessError {
+            pid,
+            comm: comm(pid),
+            kind: io_err("opening its fault-clock mapping")(e),
+        })?;
+        Ok(Patched {
+            pid,
+            start_time,
+            base,
+            adopted,
+            stopped_us,
+            threads,
+            serial: 0,
+            shared,
+        })
     }
 }
 
@@ -377,6 +409,7 @@ fn patch_inner(pid: u32, plan: &Plan) -> Result<Patched, PatchError> {
                 adopted: true,
                 stopped_us: 0,
                 threads: 0,
+                serial: 0,
                 shared,
             });
         }
@@ -436,6 +469,7 @@ fn complete(
         adopted: false,
         stopped_us: started.elapsed().as_micros() as u64,
         threads,
+        serial: 0,
         shared,
     })
 }
@@ -617,6 +651,10 @@ fn map_stub(
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let placeholder = sys(world, "mmap", SYS_MMAP, [base, size, rw, anon, u64::MAX, 0])?;
+    if let Some(hold) = super::injector::test_hold() {
+        // The test hook: every thread stopped, signals blocked, one call made.
+        std::thread::sleep(hold);
+    }
     if placeholder as u64 != base {
         // A kernel without MAP_FIXED_NOREPLACE took it as a hint.
         let _ = world.syscall(t, insn, SYS_MUNMAP, [placeholder as u64, size, 0, 0, 0, 0]);
@@ -737,6 +775,19 @@ pub fn revert(pid: u32, start_time: u64, base: u64) -> Result<bool, ProcessError
 }
 
 /// [`revert`] for a process this run holds.
+/// Restores `pid` if it holds a fault-clock mapping whose entries still jump to it,
+/// whoever patched it (a patch a dead loader's injector finished after the loader died is
+/// on no record). False when there was nothing to restore.
+pub fn revert_found(pid: u32) -> Result<bool, ProcessError> {
+    let Ok(maps) = vdso::maps(pid) else {
+        return Ok(false); // gone
+    };
+    let (Some(m), Some(start)) = (maps.iter().find(|m| ours(m)), start_time(pid)) else {
+        return Ok(false);
+    };
+    revert(pid, start, m.start)
+}
+
 pub fn revert_patched(p: &Patched) -> Result<bool, ProcessError> {
     revert_inner(p.pid, p.start_time, p.base, Some(&p.shared)).map_err(|kind| ProcessError {
         pid: p.pid,

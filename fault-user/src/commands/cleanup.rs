@@ -19,6 +19,9 @@ pub fn cleanup_dead(s: &State) -> Vec<String> {
         clock::exec::release_pinned(&dir);
     }
     problems.extend(clock::revert_recorded(&s.clock_processes));
+    // The record may predate the first patch: the targets' processes are looked at all the
+    // same (reading a process's maps is all it costs when there is nothing to restore).
+    problems.extend(clock::revert_unrecorded(&s.targets, &s.clock_processes));
     problems.extend(clsact::remove_recorded(&s.attachments, &s.qdiscs));
     problems.extend(fq::restore_recorded(&s.fq));
     if let Err(e) = state::remove_pins(&s.name) {
