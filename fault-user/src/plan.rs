@@ -214,6 +214,14 @@ impl Plan {
 
     pub fn build(file: &Path, options: Options) -> Result<Plan, Error> {
         let (mut policy, mut lpm) = compile(file)?;
+        // Before the targets are looked at: resolving them reads other users' processes, and
+        // a missing capability is better named than met as EACCES on the way.
+        let needed = crate::sys::caps::for_apply(&policy);
+        if let Some(why) = crate::sys::caps::refusal("fault apply", &needed) {
+            return Err(crate::error::failed(policy.name.clone())(anyhow::anyhow!(
+                why
+            )));
+        }
         crate::guard::check_pids(&policy)?;
         let (resolved, found) = match policy.is_experiment() {
             true => experiment(&mut policy, &mut lpm)?,

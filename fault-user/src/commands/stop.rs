@@ -35,6 +35,11 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
             return Err(failed("fault stop")(anyhow!("no active policy named {n}")));
         }
     }
+    if !chosen.is_empty() || !unreadable.is_empty() || name.is_some() {
+        if let Some(why) = crate::sys::caps::refusal("fault stop", &crate::sys::caps::for_stop()) {
+            return Err(failed("fault stop")(anyhow!(why)));
+        }
+    }
     let mut problems = Vec::new();
     for n in &unreadable {
         // Nothing in it can be trusted: what it recorded is left as it is; its pins go below.

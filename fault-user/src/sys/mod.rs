@@ -1,5 +1,6 @@
 //! What fault asks of the host, apart from BPF: namespaces, mounts, clocks and processes.
 
+pub mod caps;
 pub mod mounts;
 pub mod netns;
 pub mod proc;
