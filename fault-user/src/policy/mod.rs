@@ -11,6 +11,7 @@
 //! ([`ClockRule`]) are compiled by `crate::clock` into the parameter page its stub reads.
 //! `schema` describes the documents of step 1 as a JSON Schema ([`policy_schema`]).
 
+mod bounds;
 mod compile;
 mod document;
 mod experiment;
@@ -496,7 +497,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 
 /// Why a policy was refused. Every one means "invalid policy"; the fields say where.
 #[derive(Debug, thiserror::Error)]
-#[error("{}{}{message}{}", FilePrefix(.file), PathPrefix(.path), LineSuffix(*.line))]
+#[error("{}{}{}{}", FilePrefix(.file), PathPrefix(.path), bounds::shorten(.message), LineSuffix(*.line))]
 pub struct PolicyError {
     /// The policy file; empty when the rules did not come from a file.
     pub file: PathBuf,
@@ -570,12 +571,7 @@ impl Invalid {
 
 /// Reads and checks a policy file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|err| PolicyError {
-        file: path.to_owned(),
-        path: String::new(),
-        line: None,
-        message: format!("cannot read the policy: {err}"),
-    })?;
+    let text = bounds::read(path)?;
     parse(&text, path)
 }
 
@@ -589,6 +585,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
     // Editors on some systems start a UTF-8 file with a byte-order mark; YAML allows it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    bounds::check_depth(text, file)?;
     // The header first: a policy for another apiVersion would otherwise fail on the first
     // field this version does not know, which hides the real problem.
     let header: document::Header = deserialize(text, file)?;
