@@ -146,15 +146,18 @@ struct Watchers {
     switches: Switches,
 }
 
-/// Signals that revert: Ctrl-C, SIGTERM and SIGHUP (a closed terminal).
-struct Signals {
+/// Signals that revert: Ctrl-C, SIGTERM and SIGHUP (a closed terminal). `fault apply`
+/// installs them first thing, so one that comes while it reads the policy or attaches is
+/// kept, and acted on (everything put in place is reverted) instead of killing the loader
+/// halfway with its default action.
+pub struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
 }
 
 impl Signals {
-    fn install() -> Result<Self, Error> {
+    pub fn install() -> Result<Self, Error> {
         let on = |kind| signal(kind).map_err(failed("install the signal handlers"));
         Ok(Signals {
             int: on(SignalKind::interrupt())?,
@@ -173,9 +176,12 @@ impl Signals {
 }
 
 /// Runs `kinds` over `run` until the deadline or a signal; `state` is the record to keep.
-pub async fn run(mut run: Run, kinds: Vec<Box<dyn Fault>>, state: State) -> Result<(), Error> {
-    // Caught from here on, so a Ctrl-C while attaching still reverts.
-    let mut signals = Signals::install()?;
+pub async fn run(
+    mut run: Run,
+    kinds: Vec<Box<dyn Fault>>,
+    state: State,
+    mut signals: Signals,
+) -> Result<(), Error> {
     let mut records = Records {
         state,
         written: Vec::new(),

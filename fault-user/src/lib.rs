@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod collide;
 pub mod commands;
 pub mod display;
 pub mod dist;

@@ -58,6 +58,10 @@ pub struct State {
     /// the loader's death, the watchdog and `fault stop` thaw them (see `crate::pause`).
     #[serde(default)]
     pub frozen: Vec<PathBuf>,
+    /// What kinds of fault this run gives which cgroups: another run may not give them the
+    /// same kind (see `crate::collide`).
+    #[serde(default)]
+    pub claims: Vec<crate::collide::Claim>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -337,3 +337,70 @@ fn stop_removes_a_half_written_record() {
     );
     assert_no_leftovers();
 }
+
+/// Ctrl-C at moments from the first millisecond of `fault apply` to after it is in place:
+/// each time the loader ends and leaves nothing of fault's (no record, pin or BPF object),
+/// with no `fault stop` after it. Before its handlers are installed the signal's default
+/// action ends a loader that has put nothing in place; from then on it reverts.
+#[test]
+fn a_ctrl_c_at_any_moment_of_apply_leaves_nothing_behind() {
+    require_root();
+    {
+        let h = hosts("early", "10.79", 9);
+        let target = Cgroup::new("early");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-early",
+            &target,
+            "  network:\n    - direction: egress\n      drop: {probability: 10%}\n  \
+             clock:\n    - name: ahead\n      offset: 1s\n",
+        ));
+        let run_dir = format!("{STATE_DIR}/t-early");
+        let mut ends = Vec::new();
+        for after_ms in [0u64, 1, 2, 5, 10, 20, 40, 80, 160, 320] {
+            let mut child = Command::new(fault_tests::fault_bin())
+                .arg("apply")
+                .arg(file.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start fault apply");
+            std::thread::sleep(Duration::from_millis(after_ms));
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(s) = child.try_wait().expect("wait") {
+                    break s;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "fault apply ignored a Ctrl-C {after_ms} ms after its start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            ends.push(format!("{after_ms} ms: {status}"));
+            // The test's own namespaces and cgroup are still there; the run's event log is
+            // kept on purpose.
+            let ours = || -> Vec<String> {
+                fault_tests::leftovers()
+                    .into_iter()
+                    .filter(|l| !l.starts_with("network namespace") && !l.starts_with("cgroup "))
+                    .filter(|l| !l.contains(&run_dir))
+                    .collect()
+            };
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while !ours().is_empty() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(
+                ours(),
+                Vec::<String>::new(),
+                "a Ctrl-C {after_ms} ms after the start of fault apply ({status}) left these"
+            );
+        }
+        eprintln!("ends: {}", ends.join(", "));
+    }
+    assert_no_leftovers();
+}

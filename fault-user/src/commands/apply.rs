@@ -38,10 +38,15 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
     let file = args.file.as_path();
     let plan = Plan::build(file, options(&args))?;
     if args.dry_run {
+        drop(crate::collide::claim(&plan)?);
         plan.print();
         return Ok(());
     }
+    // Before anything is put in place: a Ctrl-C from here on reverts what is by then
+    // (earlier, its default action ends a loader that has done nothing yet).
+    let signals = crate::engine::Signals::install()?;
     take_over(&plan.policy.name)?;
+    let claim = crate::collide::claim(&plan)?;
     tell_reach(&plan);
     let sinks = Sinks {
         events: args.events.clone(),
@@ -67,6 +72,9 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
         plan,
     };
     let state = new_state(&run, file);
+    // Written under the claim's lock, so another apply sees what this one claims.
+    state.write().map_err(failed("write the state file"))?;
+    drop(claim);
     let mut kinds: Vec<Box<dyn Fault>> = Vec::new();
     if run.plan.net.is_some() {
         kinds.push(Box::new(NetFault::new(&run)));
@@ -82,7 +90,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
     if !pauses.is_empty() {
         kinds.push(Box::new(PauseFault::new(pauses)));
     }
-    engine::run(run, kinds, state).await
+    engine::run(run, kinds, state, signals).await
 }
 
 /// What the run will touch, said before it touches anything.
@@ -137,5 +145,6 @@ fn new_state(run: &Run, file: &Path) -> State {
         clock_rules: Vec::new(),
         clock_processes: Vec::new(),
         frozen: Vec::new(),
+        claims: crate::collide::of(plan),
     }
 }
