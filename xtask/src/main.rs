@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod lan;
 mod sandbox;
 mod setup;
@@ -42,6 +43,12 @@ enum Command {
         /// Passed through to the demo
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Fuzz parse, validate and compile of both kinds (cargo-fuzz, nightly)
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 60)]
+        time: u64,
     },
     /// Run the benchmarks
     Bench {
@@ -93,6 +100,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test => test::run(&root),
         Command::Demo { args } => demo::run(&root, &args),
         Command::Bench { args } => bench::run(&root, &args),
+        Command::Fuzz { time } => fuzz::run(&root, time),
         Command::Vm {
             kernel,
             mem,

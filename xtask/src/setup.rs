@@ -43,6 +43,11 @@ const STEPS: &[Step] = &[
         install: install_bpf_linker,
     },
     Step {
+        what: "cargo-fuzz 0.13",
+        check: check_cargo_fuzz,
+        install: install_cargo_fuzz,
+    },
+    Step {
         what: "check-jsonschema (PyPI)",
         check: check_jsonschema,
         install: install_jsonschema,
@@ -258,6 +263,24 @@ fn install_bpf_linker() -> Result<()> {
         eprintln!("setup: {err:#}; retrying without --locked");
         install(false)
     })
+}
+
+// ---- cargo-fuzz ------------------------------------------------------------------------------
+
+/// libFuzzer's driver for `cargo xtask fuzz` (fault-user/fuzz).
+fn check_cargo_fuzz() -> Result<State> {
+    let version = cmd::stdout_of(&mut cmd::new("cargo-fuzz", ["--version"]));
+    Ok(match version {
+        Some(v) if v.trim().starts_with("cargo-fuzz 0.13.") => State::Done,
+        Some(v) => State::Missing(format!("found {}", v.trim())),
+        None => State::Missing("not installed".into()),
+    })
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    let mut c = crate::cmd::cargo();
+    c.args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]);
+    cmd::run(&mut c)
 }
 
 // ---- containers.conf ------------------------------------------------------------------------

@@ -8,6 +8,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::{build, cmd, setup};
 
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SECONDS: u64 = 20;
+
 pub fn run(root: &Path) -> Result<()> {
     // Checked first so nothing is built for a run that cannot finish: the suite creates
     // network namespaces, cgroups and BPF links.
@@ -31,6 +34,16 @@ pub fn run(root: &Path) -> Result<()> {
     unit.current_dir(root)
         .args(["test", "--workspace", "--exclude", "fault-tests"]);
     stages.push(("unit tests", exit_code(&mut unit)?));
+
+    // Stage 1b: a short fuzzing run of each target (`cargo xtask fuzz` runs longer ones).
+    let fuzzed = crate::fuzz::run(root, FUZZ_SECONDS).map_or_else(
+        |err| {
+            eprintln!("xtask test: fuzzing: {err:#}");
+            Some(1)
+        },
+        |()| None,
+    );
+    stages.push(("fuzzing", fuzzed));
 
     // Stage 2: real attachments on namespaces and cgroups, one test at a time because they
     // share the host's BPF and cgroup state.
