@@ -32,7 +32,7 @@ pub use hosts::{anchor, hosts, Hosts};
 pub use leftovers::{assert_no_leftovers, leftovers};
 pub use mesh::{mesh, Mesh, MeshHost, Reach};
 pub use netns::{enter_netns, Netns, VethPair};
-pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, ChildGuard};
+pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, vdso_of, ChildGuard};
 pub use serve::{serve, Reply, Server};
 pub use traffic::udp;
 

@@ -228,3 +228,27 @@ pub fn probe_json(out: &Output) -> serde_json::Value {
     serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("probe printed `{last}`, not JSON ({e}); stderr: {stderr}"))
 }
+
+/// The vDSO image of `pid`, read from its memory.
+pub fn vdso_of(pid: u32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt as _;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with("[vdso]"))
+        .expect("a vDSO mapping");
+    let (lo, hi) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let lo = u64::from_str_radix(lo, 16).unwrap();
+    let hi = u64::from_str_radix(hi, 16).unwrap();
+    let mut buf = vec![0; (hi - lo) as usize];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .expect("mem")
+        .read_exact_at(&mut buf, lo)
+        .expect("read the vDSO");
+    buf
+}

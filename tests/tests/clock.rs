@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use fault_tests::{
     assert_no_leftovers, fault, fault_ok, podman_available, probe, probe_json, require_root,
-    run_in, spawn_in, write_policy, Cgroup, ChildGuard, Container, FaultApply, Netns, IMAGE_PYTHON,
+    run_in, spawn_in, vdso_of, write_policy, Cgroup, ChildGuard, Container, FaultApply, Netns,
+    IMAGE_PYTHON,
 };
 
 const SEC: i64 = 1_000_000_000;
@@ -462,30 +463,6 @@ fn policy(name: &str, cgroup: &Cgroup, duration: &str, rules: &str) -> String {
          duration: {duration}\n  targets:\n    - cgroup: {}\n  clock:\n{rules}",
         cgroup.path().display()
     )
-}
-
-/// The vDSO image of `pid`, read from its memory.
-fn vdso_of(pid: u32) -> Vec<u8> {
-    use std::os::unix::fs::FileExt as _;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let line = maps
-        .lines()
-        .find(|l| l.ends_with("[vdso]"))
-        .expect("a vDSO mapping");
-    let (lo, hi) = line
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .split_once('-')
-        .unwrap();
-    let lo = u64::from_str_radix(lo, 16).unwrap();
-    let hi = u64::from_str_radix(hi, 16).unwrap();
-    let mut buf = vec![0; (hi - lo) as usize];
-    std::fs::File::open(format!("/proc/{pid}/mem"))
-        .expect("mem")
-        .read_exact_at(&mut buf, lo)
-        .expect("read the vDSO");
-    buf
 }
 
 fn has_stub(pid: u32) -> bool {

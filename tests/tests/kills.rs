@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fault_tests::{
-    assert_no_leftovers, fault_ok, probe, require_root, spawn_in, write_policy, Cgroup, ChildGuard,
-    FaultApply, PolicyFile,
+    assert_no_leftovers, fault_ok, probe, require_root, spawn_in, vdso_of, write_policy, Cgroup,
+    ChildGuard, FaultApply, PolicyFile,
 };
 
 const HOLD_ENV: &str = "FAULT_TEST_PATCH_HOLD_MS";
@@ -163,26 +163,6 @@ fn sleeper(cgroup: &Cgroup) -> ChildGuard {
     let mut cmd = Command::new("sleep");
     cmd.arg("600");
     spawn_in(Some(cgroup), None, cmd)
-}
-
-/// The vDSO image of `pid`, read from its memory.
-fn vdso_of(pid: u32) -> Vec<u8> {
-    use std::os::unix::fs::FileExt as _;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let range = maps
-        .lines()
-        .find(|l| l.ends_with("[vdso]"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|r| r.split_once('-'))
-        .expect("a vDSO mapping");
-    let lo = u64::from_str_radix(range.0, 16).unwrap();
-    let hi = u64::from_str_radix(range.1, 16).unwrap();
-    let mut buf = vec![0; (hi - lo) as usize];
-    std::fs::File::open(format!("/proc/{pid}/mem"))
-        .expect("mem")
-        .read_exact_at(&mut buf, lo)
-        .expect("read the vDSO");
-    buf
 }
 
 #[track_caller]
