@@ -115,7 +115,8 @@ pub struct ClaimLock {
 /// Refuses `plan` if a live run of another name claims what it claims; otherwise returns
 /// the lock to hold until this run's record (with its claims) is written.
 pub fn claim(plan: &Plan) -> Result<ClaimLock, Error> {
-    std::fs::create_dir_all(STATE_DIR).map_err(failed(format!("create {STATE_DIR}")))?;
+    crate::sys::private::dir(std::path::Path::new(STATE_DIR))
+        .map_err(failed("make the state directory"))?;
     // The directory itself is the lock: no file of its own to leave behind.
     let file = std::fs::File::open(STATE_DIR).map_err(failed(format!("open {STATE_DIR}")))?;
     // SAFETY: flock on a descriptor this function owns; it is released when the file closes.

@@ -15,7 +15,7 @@ use crate::{
     clock,
     net::{attach::Record, clsact::QdiscRecord, fq::FqRecord},
     policy::Policy,
-    sys::{mounts as sysfs, proc},
+    sys::{mounts as sysfs, private, proc},
     target::ResolvedTarget,
 };
 
@@ -93,18 +93,25 @@ pub fn pin_root() -> anyhow::Result<PathBuf> {
         .join("fault"))
 }
 
+/// Makes a run's pin directory, and the root it is in, for root alone.
+pub fn create_pin_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Some(root) = dir.parent() {
+        private::dir(root)?;
+    }
+    private::dir(dir)
+}
+
 pub fn pin_dir(name: &str) -> anyhow::Result<PathBuf> {
     Ok(pin_root()?.join(name))
 }
 
 impl State {
     pub fn write(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(STATE_DIR).with_context(|| format!("create {STATE_DIR}"))?;
+        private::dir(Path::new(STATE_DIR))?;
         let path = state_path(&self.name);
         // Write then rename, so a reader never sees half a file.
         let tmp = tmp_path(&self.name);
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("write {}", tmp.display()))?;
+        private::write(&tmp, &serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
         Ok(())
     }

@@ -146,3 +146,90 @@ fn an_unprivileged_stop_is_refused_and_the_run_goes_on() {
     }
     assert_no_leftovers();
 }
+
+/// Mode (permission bits) and owner of `path`.
+fn mode_of(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    (m.mode() & 0o7777, m.uid())
+}
+
+/// What a run writes (its record, its event log, its pins) is root's alone: directories
+/// 0700, files 0600, whatever they were before and whatever the umask.
+#[test]
+fn a_runs_records_and_pins_are_roots_alone() {
+    require_root();
+    {
+        let ns = Netns::new("privmode");
+        let cgroup = Cgroup::new("privmode");
+        let _anchor = anchor(&cgroup, &ns);
+        // An older version left the directory open to all: the run tightens it.
+        std::fs::create_dir_all(STATE_DIR).unwrap();
+        std::fs::set_permissions(STATE_DIR, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = policy("privs-mode", &cgroup, &format!("{NETWORK}{CLOCK}"));
+        let mut apply = FaultApply::start(file.path(), "privs-mode");
+        apply.wait_ready();
+        let run = Path::new(STATE_DIR).join("privs-mode");
+        let pins = Path::new("/sys/fs/bpf/fault");
+        let mut cases = vec![
+            (Path::new(STATE_DIR).to_path_buf(), 0o700),
+            (Path::new(STATE_DIR).join("privs-mode.json"), 0o600),
+            (run.clone(), 0o700),
+            (run.join("events.jsonl"), 0o600),
+            (pins.to_path_buf(), 0o700),
+            (pins.join("privs-mode"), 0o700),
+        ];
+        let pinned = std::fs::read_dir(pins.join("privs-mode")).expect("the run's pins");
+        cases.extend(pinned.flatten().map(|e| (e.path(), 0o600)));
+        assert!(cases.len() > 7, "maps are pinned: {cases:?}");
+        for (path, mode) in cases {
+            assert_eq!(
+                mode_of(&path),
+                (mode, 0),
+                "{}: mode {mode:o}, owned by root",
+                path.display()
+            );
+        }
+        // Nobody can read the record.
+        let state = Path::new(STATE_DIR).join("privs-mode.json");
+        let out = Command::new("setpriv")
+            .args(NOBODY)
+            .arg("cat")
+            .arg(&state)
+            .output()
+            .expect("run setpriv");
+        assert!(!out.status.success(), "nobody read {}", state.display());
+        drop(apply);
+    }
+    assert_no_leftovers();
+}
+
+/// A name that would leave /run/fault or the pin directory, or is too long for one file
+/// name, is refused with exit 2, in a policy and on the command line.
+#[test]
+fn a_name_cannot_escape_fault_directories() {
+    let long = "a".repeat(201);
+    for name in ["../x", "/etc", "a/b", "\"a\\0b\"", "..", long.as_str()] {
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+             duration: 60s\n  targets:\n    - cgroup: /x\n{NETWORK}"
+        ));
+        let out = Command::new(fault_bin())
+            .args(["check", file.path().to_str().unwrap()])
+            .output()
+            .expect("run fault check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "name {name}: {err}");
+        assert!(err.contains("metadata.name"), "name {name}: {err}");
+    }
+    for name in ["../x", "..", "/etc/passwd", "a\u{1}b", long.as_str()] {
+        for cmd in ["stop", "logs"] {
+            let out = Command::new(fault_bin())
+                .args([cmd, name])
+                .output()
+                .expect("run fault");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "fault {cmd} {name:?}: {err}");
+        }
+    }
+}

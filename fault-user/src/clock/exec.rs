@@ -116,9 +116,7 @@ impl ExecWatch {
             .map(maps::EXEC_HELD)
             .context("map missing from the object")
             .map_err(step(maps::EXEC_HELD))?;
-        std::fs::create_dir_all(pin_dir)
-            .with_context(|| format!("create {}", pin_dir.display()))
-            .map_err(step(format!("pin {}", maps::EXEC_HELD)))?;
+        crate::state::create_pin_dir(pin_dir).map_err(step(format!("pin {}", maps::EXEC_HELD)))?;
         let pin = pin_dir.join(maps::EXEC_HELD);
         held_map.pin(&pin).map_err(step(format!(
             "pin {} in {}",

@@ -17,6 +17,7 @@ use crate::{
     engine::Run,
     error::{failed, Error},
     observe,
+    sys::private,
 };
 
 /// The log file of a detached run.
@@ -29,10 +30,10 @@ pub fn detach(args: &ApplyArgs) -> Result<(), Error> {
     let (policy, _) = crate::plan::compile(&args.file)?;
     let name = policy.name;
     let dir = observe::run_dir(&name);
-    std::fs::create_dir_all(&dir).map_err(failed(format!("create {}", dir.display())))?;
     let log_file = log_path(&name);
-    let log = std::fs::File::create(&log_file)
-        .map_err(failed(format!("create {}", log_file.display())))?;
+    let log = private::dir(&dir)
+        .and_then(|()| private::create(&log_file))
+        .map_err(failed("make the run's log"))?;
     let (ready_r, ready_w) = nix::unistd::pipe().map_err(failed("make the ready pipe"))?;
     let mut cmd = Command::new(std::env::current_exe().map_err(failed("find fault"))?);
     cmd.args(std::env::args_os().skip(1).filter(|a| a != "--detach"))

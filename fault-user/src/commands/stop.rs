@@ -16,7 +16,13 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
     if let Some(n) = name {
         crate::policy::check_name(n).map_err(|why| Error::Usage(format!("fault stop: {why}")))?;
     }
-    let (states, damaged) = State::scan().map_err(failed("read the state files"))?;
+    // /run/fault is root's alone: a user who may not read it is told what is missing.
+    let (states, damaged) = State::scan().map_err(|e| {
+        match crate::sys::caps::refusal("fault stop", &crate::sys::caps::for_stop()) {
+            Some(why) => failed("fault stop")(anyhow!(why)),
+            None => failed("read the state files")(e),
+        }
+    })?;
     let chosen: Vec<&State> = states
         .iter()
         .filter(|s| all || Some(s.name.as_str()) == name)
@@ -82,9 +88,9 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
 fn mark_stop(name: &str) {
     let marker = observe::stop_marker(name);
     if let Some(dir) = marker.parent() {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::sys::private::dir(dir);
     }
-    let _ = std::fs::write(&marker, format!("{}\n", std::process::id()));
+    let _ = crate::sys::private::write(&marker, format!("{}\n", std::process::id()).as_bytes());
 }
 
 /// Asks the loader to revert (it knows the most about what it holds), and kills it if it

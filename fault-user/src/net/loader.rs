@@ -223,7 +223,7 @@ fn set_config(m: &mut Map, c: Config) -> anyhow::Result<()> {
 
 /// Pins the maps that `fault status` and `fault stop` need into `dir`.
 pub fn pin(ebpf: &Ebpf, dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    crate::state::create_pin_dir(dir)?;
     for name in [maps::COUNTERS, maps::CONFIG] {
         ebpf.map(name)
             .with_context(|| format!("map {name} missing"))?

@@ -42,12 +42,9 @@ impl EventLog {
     /// (appended to, so one file can collect several runs).
     pub fn open(policy: &str, extra: Option<&Path>, stdout: bool) -> anyhow::Result<EventLog> {
         let dir = run_dir(policy);
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        crate::sys::private::dir(&dir)?;
         let own = events_path(policy);
-        let mut files = vec![(
-            own.clone(),
-            File::create(&own).with_context(|| format!("create {}", own.display()))?,
-        )];
+        let mut files = vec![(own.clone(), crate::sys::private::create(&own)?)];
         if let Some(p) = extra {
             let f = OpenOptions::new()
                 .create(true)

@@ -77,7 +77,7 @@ pub fn for_stop() -> Vec<(Cap, &'static str)> {
 fn not_root() -> Option<(Cap, &'static str)> {
     (!nix::unistd::geteuid().is_root()).then_some((
         Cap::DacOverride,
-        "writing /run/fault and the targets' cgroup files",
+        "reading and writing /run/fault and the targets' cgroup files",
     ))
 }
 

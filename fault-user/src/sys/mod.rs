@@ -3,6 +3,7 @@
 pub mod caps;
 pub mod mounts;
 pub mod netns;
+pub mod private;
 pub mod proc;
 pub mod rtnl;
 pub mod time;
