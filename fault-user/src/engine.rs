@@ -69,6 +69,10 @@ pub struct Run {
     pub observer: crate::observe::Shared,
     /// The live view redraws in place (a terminal): the kinds leave their counters to it.
     pub live_in_place: bool,
+    /// The targets found under another cgroup since the kinds last followed (a container
+    /// started again with a new id): `plan` already has them where they are now, and the
+    /// kinds that keep cgroups of their own move them.
+    pub moved: Vec<crate::churn::Move>,
 }
 
 /// The state file and pins of a run; dropping it removes both, so a run that fails to start
@@ -223,7 +227,7 @@ pub async fn run(
         return Err(abandon(&run, &mut kinds, e));
     }
     let end = hold(
-        &run,
+        &mut run,
         &mut kinds,
         &mut records,
         &mut signals,
@@ -370,7 +374,7 @@ fn stop_all(run: &Run, kinds: &mut [Box<dyn Fault>]) -> (Vec<String>, Vec<String
 
 /// Follows the targets and serves the kinds' events until a signal or the deadline.
 async fn hold(
-    run: &Run,
+    run: &mut Run,
     kinds: &mut [Box<dyn Fault>],
     records: &mut Records,
     signals: &mut Signals,
@@ -386,7 +390,9 @@ async fn hold(
     let mut rescan = tokio::time::interval(Duration::from_millis(250));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_tick = tick_all(run, kinds, None, w);
+    let mut churn = crate::churn::Churn::default();
     loop {
+        let mut rescan_due = false;
         let tick_at = next_tick.map(|t| tokio::time::Instant::from_std(run.started + t));
         // In this order when several are ready: ending, switching on time and letting a
         // held process go come before following the targets and the live view.
@@ -400,18 +406,38 @@ async fn hold(
             }
             // A process held at exec waits for this.
             _ = any_event(run, kinds) => {}
-            _ = rescan.tick() => {
-                for k in kinds.iter_mut() {
-                    if let Err(e) = k.follow(run) {
-                        eprintln!("fault: warning: following the targets: {e:#}");
-                    }
-                }
-                w.targets.update(&run.plan.resolved.targets, &run.observer);
-            }
+            _ = rescan.tick() => rescan_due = true,
             _ = live.tick() => show(run, kinds, probes, w, start, end),
+        }
+        if rescan_due {
+            follow_all(run, kinds, &mut churn, w);
         }
         records.update(kinds);
     }
+}
+
+/// Finds the targets again (a container started again under its name) and lets every kind
+/// cover what appeared in them.
+fn follow_all(
+    run: &mut Run,
+    kinds: &mut [Box<dyn Fault>],
+    churn: &mut crate::churn::Churn,
+    w: &mut Watchers,
+) {
+    run.moved = churn.follow(&mut run.plan);
+    for m in &run.moved {
+        println!(
+            "fault: {} is back under another cgroup, {}; following it there",
+            m.label,
+            m.to.display()
+        );
+    }
+    for k in kinds.iter_mut() {
+        if let Err(e) = k.follow(run) {
+            eprintln!("fault: warning: following the targets: {e:#}");
+        }
+    }
+    w.targets.update(&run.plan.resolved.targets, &run.observer);
 }
 
 /// Tells every kind where the timeline is (`due` is when it was meant to be, for the

@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     policy::{Policy, TargetSpec},
     sys::{mounts, proc},
-    target::Resolved,
+    target::{Resolved, ResolvedTarget},
 };
 
 /// A cgroup holding more than this share of the host's processes is host-wide.
@@ -50,6 +50,11 @@ pub fn check_pids(policy: &Policy) -> Result<(), Error> {
 /// Refuses the policy's resolved targets that reach the whole host or fault itself (naming
 /// the target and why), unless allowed.
 pub fn check(policy: &Policy, resolved: &Resolved) -> Result<(), Error> {
+    check_targets(policy, &resolved.targets)
+}
+
+/// [`check`] on some targets: those resolved at the start, or one found again later.
+pub fn check_targets(policy: &Policy, targets: &[ResolvedTarget]) -> Result<(), Error> {
     let refuse = refuse(policy);
     if policy.allow_host_wide {
         return Ok(());
@@ -59,7 +64,7 @@ pub fn check(policy: &Policy, resolved: &Resolved) -> Result<(), Error> {
     let mount = normal(&mount);
     let own = own_cgroup(&mount).map_err(&refuse)?;
     let host = process_count(Path::new("/proc"));
-    for t in &resolved.targets {
+    for t in targets {
         let cgroup = normal(&t.cgroup);
         if let Some(why) = host_wide(&cgroup, &mount, &own, host) {
             return Err(refuse(format!("target {}: {why}; {OVERRIDE}", t.label)));

@@ -9,6 +9,7 @@
 //! and serves metrics, `report` draws a run's HTML page, `commands` holds the CLI's
 //! commands and `error` their failures and exit codes.
 
+pub mod churn;
 pub mod cli;
 pub mod clock;
 pub mod collide;

@@ -102,6 +102,10 @@ pub struct ResolvedTarget {
     /// an experiment's.
     #[serde(default)]
     pub class: u8,
+    /// The container name it was found by: a container removed and started again under
+    /// that name is looked up again (see `crate::churn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +146,10 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
     let mut ids = Vec::new();
     let mut netns = BTreeMap::new();
     for (index, spec) in targets.iter().enumerate() {
+        let container = match spec {
+            TargetSpec::Container(name) => Some(name.clone()),
+            _ => None,
+        };
         let (label, cgroup) = match spec {
             TargetSpec::Cgroup(path) => (
                 format!("cgroup {}", path.display()),
@@ -194,6 +202,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
             cgroup,
             cgroup_id,
             class: 0,
+            container,
         });
     }
     ids.sort_unstable();
@@ -215,6 +224,19 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
         netns: netns.into_values().collect(),
         empty,
     })
+}
+
+/// Where a container target is now, looked up again by its name: its cgroup and that
+/// cgroup's id. `Ok(None)` for a target that is no container.
+pub fn relocate(t: &ResolvedTarget) -> Result<Option<(PathBuf, u64)>, String> {
+    let Some(name) = &t.container else {
+        return Ok(None);
+    };
+    let mount = sysfs::cgroup2_mount().map_err(|e| format!("no cgroup2 mount: {e}"))?;
+    let pid = container_pid(name).map_err(|(message, _)| message)?;
+    let cgroup = pid_cgroup(&mount, pid)?;
+    let id = inode(&cgroup)?;
+    Ok(Some((cgroup, id)))
 }
 
 /// The targets' cgroup ids (with descendants) and network namespaces as they are now:

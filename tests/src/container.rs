@@ -42,6 +42,18 @@ impl Container {
     /// Like [`Container::run`], with extra `podman run` options before the image (`-v`, `-p`).
     pub fn run_with(name_prefix: &str, podman_opts: &[&str], image: &str, args: &[&str]) -> Self {
         let name = format!("{CONTAINER_PREFIX}{}", unique_name(name_prefix));
+        Self::start(name, podman_opts, image, args)
+    }
+
+    /// Removes this container and starts another under its name, as someone recreating it
+    /// would (`podman rm -f NAME; podman run --name NAME ...`): same name, new id.
+    pub fn recreate(self, podman_opts: &[&str], image: &str, args: &[&str]) -> Self {
+        let name = self.name.clone();
+        drop(self);
+        Self::start(name, podman_opts, image, args)
+    }
+
+    fn start(name: String, podman_opts: &[&str], image: &str, args: &[&str]) -> Self {
         let id = check(
             Command::new("podman")
                 .args(["run", "-d", "--name", &name])

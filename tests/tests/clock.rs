@@ -1088,6 +1088,58 @@ fn a_podman_container_reads_the_skew() {
     assert_no_leftovers();
 }
 
+/// A container removed and started again under its name while the run goes on (a new id,
+/// a new cgroup) reads the skew again: the run follows it to its new cgroup.
+#[test]
+fn a_container_started_again_under_its_name_reads_the_skew_again() {
+    require_root();
+    programs();
+    assert!(
+        podman_available(),
+        "podman is missing: `cargo xtask setup` installs it"
+    );
+    {
+        let volume = format!("{}:/p:ro", programs().dir.display());
+        let opts = ["-v", volume.as_str()];
+        let args = ["/p/clockread", "0", "20"];
+        let c = Container::run_with("clockagain", &opts, IMAGE_PYTHON, &args);
+        let text = format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: clock-again\n\
+             spec:\n  duration: 60s\n  targets:\n    - container: {}\n  clock:\n    \
+             - name: behind\n      offset: -2s\n",
+            c.name()
+        );
+        let file = write_policy(&text);
+        let mut apply = FaultApply::start(file.path(), "clock-again");
+        apply.wait_ready();
+        let c = c.recreate(&opts, IMAGE_PYTHON, &args);
+        let begun = std::time::Instant::now();
+        let skewed = |r: &(i64, i64)| (r.0 - r.1 + 2 * SEC).abs() < 5 * MS;
+        // Followed within a second or so; then every reading of the new one is skewed.
+        loop {
+            let r = container_readings(&c);
+            if r.iter().rev().take(5).filter(|r| skewed(r)).count() == 5 {
+                break;
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "the new container reads no skew 10 s on: {:?}\n{}",
+                r.iter().rev().take(5).collect::<Vec<_>>(),
+                apply.log()
+            );
+            wait(Duration::from_millis(50));
+        }
+        eprintln!(
+            "the recreated container read the skew {} ms after podman run returned",
+            begun.elapsed().as_millis()
+        );
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+        assert!(log.contains("following it there"), "{log}");
+    }
+    assert_no_leftovers();
+}
+
 fn wall_ns() -> i64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

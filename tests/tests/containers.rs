@@ -1,7 +1,7 @@
 //! A real container, named as users name it: podman with runc, the probe bind-mounted in.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fault_tests::{
     assert_no_leftovers, check, podman_available, probe, probe_bin, probe_json, require_root,
@@ -162,6 +162,122 @@ fn ingress_delay_holds_packets_on_their_way_into_a_container() {
             (ping() - base).abs() < 2.0,
             "the delay ends with the policy"
         );
+    }
+    assert_no_leftovers();
+}
+
+/// The loss one container's datagrams meet on their way to `host`:`port`.
+fn loss_from(container: &Container, host: &str, port: u16, count: u64) -> f64 {
+    let mut receiver = spawn_in(
+        None,
+        None,
+        probe(&[
+            "udp-recv",
+            "--bind",
+            &format!("0.0.0.0:{port}"),
+            "--expect",
+            &count.to_string(),
+            "--timeout-ms",
+            "1500",
+        ]),
+    );
+    receiver.wait_listening(port);
+    let sent = probe_json(&container.exec(&[
+        "/probe",
+        "udp-send",
+        "--to",
+        &format!("{host}:{port}"),
+        "--count",
+        &count.to_string(),
+        "--interval-us",
+        "50",
+    ]));
+    assert_eq!(sent["errors"], 0, "{}: {sent}", container.name());
+    let got = probe_json(&receiver.wait_output(Duration::from_secs(60)));
+    1.0 - got["unique"].as_f64().unwrap() / count as f64
+}
+
+/// The `target_*` events of a run's log so far: (type, cgroup).
+fn target_events(file: &fault_tests::PolicyFile) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(file.run_dir().join("events.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("target_")))
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("type"), s("cgroup"))
+        })
+        .collect()
+}
+
+/// Chaos Mesh's #1884: a container removed and started again under its name (a new id, a
+/// new cgroup, a new network namespace) while the run goes on is faulted again, and the
+/// event log tells it leaving its old cgroup and joining the new.
+#[test]
+fn a_container_started_again_under_its_name_is_faulted_again() {
+    require_root();
+    if !podman_here() {
+        return;
+    }
+    {
+        let mount = format!("{}:/probe:ro", probe_bin().display());
+        let opts = ["-v", mount.as_str()];
+        let args = ["sleep", "600"];
+        let target = Container::run_with("again", &opts, IMAGE_PYTHON, &args);
+        let host = bridge_address();
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata: {{name: t-again}}\nspec:\n  \
+             duration: 2m\n  targets: [{{container: {}}}]\n  network:\n    - direction: egress\n      \
+             match: {{protocol: udp}}\n      drop: {{probability: 50%}}\n",
+            target.name()
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-again");
+        apply.wait_ready();
+        let (count, port) = (4000u64, 9203u16);
+        let first = loss_from(&target, &host, port, count);
+        let (old_id, old_cgroup) = (target.id().to_owned(), target.cgroup_path());
+        let target = target.recreate(&opts, IMAGE_PYTHON, &args);
+        assert_ne!(
+            target.id(),
+            old_id,
+            "podman gave the new container a new id"
+        );
+        let new_cgroup = target.cgroup_path();
+        // The run looks a gone container up once a second: it follows within about that.
+        let begun = Instant::now();
+        while !apply.log().contains("following it there") {
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "not followed in 10 s:\n{}",
+                apply.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let followed = begun.elapsed();
+        // Attaching in the new namespace comes with the same rescan; give it one more.
+        std::thread::sleep(Duration::from_millis(300));
+        let again = loss_from(&target, &host, port, count);
+        eprintln!(
+            "loss {:.1} % before, {:.1} % after the container was recreated; followed {} ms \
+             after podman run returned",
+            first * 100.0,
+            again * 100.0,
+            followed.as_millis()
+        );
+        for loss in [first, again] {
+            assert!((loss - 0.5).abs() <= 0.04, "loss {:.1} %", loss * 100.0);
+        }
+        let events = target_events(&file);
+        let (old, new) = (
+            old_cgroup.display().to_string(),
+            new_cgroup.display().to_string(),
+        );
+        let told = |t: &str, c: &str| events.iter().position(|e| e.0 == t && e.1 == c);
+        let left = told("target_left", &old).unwrap_or_else(|| panic!("{events:?}"));
+        let joined = told("target_joined", &new).unwrap_or_else(|| panic!("{events:?}"));
+        assert!(left < joined, "left, then joined: {events:?}");
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
     }
     assert_no_leftovers();
 }

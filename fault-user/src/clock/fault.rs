@@ -184,6 +184,10 @@ impl Fault for ClockFault {
     }
 
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
+        for m in &run.moved {
+            let moved = self.targets.iter_mut().filter(|t| t.cgroup == m.from);
+            moved.for_each(|t| t.cgroup = m.to.clone());
+        }
         let lines = self.engine.follow(&self.targets);
         Self::tell(run, &lines, false);
         self.sync_pages();

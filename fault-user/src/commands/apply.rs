@@ -70,6 +70,7 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Error> {
         observer,
         live_in_place,
         plan,
+        moved: Vec::new(),
     };
     let state = new_state(&run, file);
     // Written under the claim's lock, so another apply sees what this one claims.

@@ -1,11 +1,15 @@
 //! Targets joining and leaving, as the event log tells them: a target's cgroup that goes
-//! away (a container stopped) and one that comes back.
+//! away (a container stopped), one that comes back, and a target found under another cgroup
+//! (a container started again with a new id: it leaves its old cgroup and joins the new).
+
+use std::path::PathBuf;
 
 use super::{event::Event, Observer};
 use crate::target::ResolvedTarget;
 
 pub struct TargetWatch {
-    present: Vec<bool>,
+    /// The cgroup each target was last told present in.
+    told: Vec<Option<PathBuf>>,
 }
 
 impl TargetWatch {
@@ -15,25 +19,27 @@ impl TargetWatch {
             observer.emit(joined(t));
         }
         TargetWatch {
-            present: vec![true; targets.len()],
+            told: targets.iter().map(|t| Some(t.cgroup.clone())).collect(),
         }
     }
 
-    /// Tells the targets whose cgroup went or came back since the last look.
+    /// Tells the targets whose cgroup went, came back or changed since the last look.
     pub fn update(&mut self, targets: &[ResolvedTarget], observer: &Observer) {
-        for (t, was) in targets.iter().zip(&mut self.present) {
-            let now = t.cgroup.exists();
-            if now == *was {
+        for (t, told) in targets.iter().zip(&mut self.told) {
+            let now = t.cgroup.exists().then(|| t.cgroup.clone());
+            if now == *told {
                 continue;
             }
-            *was = now;
-            observer.emit(match now {
-                true => joined(t),
-                false => Event::TargetLeft {
+            if let Some(old) = told.take() {
+                observer.emit(Event::TargetLeft {
                     target: t.label.clone(),
-                    cgroup: t.cgroup.display().to_string(),
-                },
-            });
+                    cgroup: old.display().to_string(),
+                });
+            }
+            if now.is_some() {
+                observer.emit(joined(t));
+            }
+            *told = now;
         }
     }
 }

@@ -185,8 +185,22 @@ impl Fault for PauseFault {
         Ok(())
     }
 
-    /// Nothing to follow: the freezer covers the processes and cgroups that join a target.
-    fn follow(&mut self, _run: &Run) -> anyhow::Result<()> {
+    /// The freezer covers the processes and cgroups that join a target; a target found
+    /// under another cgroup (a container started again) is frozen there instead.
+    fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
+        if run.moved.is_empty() {
+            return Ok(());
+        }
+        for m in &run.moved {
+            for s in &mut self.steps {
+                let moved = s.spec.cgroups.iter_mut().filter(|c| **c == m.from);
+                moved.for_each(|c| *c = m.to.clone());
+            }
+            self.cgroups.remove(&m.from);
+            self.cgroups.insert(m.to.clone(), false);
+        }
+        // A step in a pause freezes the new cgroup now, not at its next change.
+        self.switch_cgroups();
         Ok(())
     }
 

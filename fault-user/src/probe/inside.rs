@@ -42,6 +42,7 @@ impl Place {
             cgroup: cgroup.to_path_buf(),
             cgroup_id: 0,
             class: 0,
+            container: None,
         };
         let (pid, netns) = target::pids(&[group])
             .into_iter()

@@ -1,0 +1,103 @@
+//! Targets that come back somewhere else. A container removed and started again under the
+//! same name (`podman rm -f db; podman run --name db ...`, a unit's container recreated)
+//! has a new id, so a new cgroup and a new network namespace: the run looks a container
+//! target up again by its name while its cgroup is gone, and follows it to the new one.
+//! The kinds then cover it as they cover processes that join a target (see
+//! [`crate::engine::Fault::follow`]); the event log tells it as the target leaving and
+//! joining again, under its new cgroup.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{plan::Plan, target::ResolvedTarget};
+
+/// A container is looked up at most this often while it is gone (each look asks podman).
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A target found again under another cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub label: String,
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
+#[derive(Default)]
+pub struct Churn {
+    /// When each gone container (by label) was last looked up.
+    tried: BTreeMap<String, Instant>,
+}
+
+impl Churn {
+    /// Looks up again each container target whose cgroup is gone (once a [`RETRY`] each),
+    /// and moves the plan's targets, groups included, to where each is now. A cgroup the
+    /// blast-radius guards refuse is not followed.
+    pub fn follow(&mut self, plan: &mut Plan) -> Vec<Move> {
+        let now = Instant::now();
+        let mut found = Vec::new();
+        for t in &plan.resolved.targets {
+            if t.container.is_none() || t.cgroup.exists() {
+                self.tried.remove(&t.label);
+                continue;
+            }
+            if self.tried.get(&t.label).is_some_and(|at| now - *at < RETRY) {
+                continue;
+            }
+            self.tried.insert(t.label.clone(), now);
+            found.extend(look_up(plan, t));
+        }
+        for m in &found {
+            apply(plan, m);
+        }
+        found.into_iter().map(|(m, _)| m).collect()
+    }
+}
+
+/// Where `t` is now, if it is running again under another cgroup that may be faulted.
+fn look_up(plan: &Plan, t: &ResolvedTarget) -> Option<(Move, u64)> {
+    let (to, id) = match crate::target::relocate(t) {
+        Ok(found) => found?,
+        Err(_) => return None, // not running again yet
+    };
+    if to == t.cgroup {
+        return None;
+    }
+    let moved = ResolvedTarget {
+        cgroup: to.clone(),
+        cgroup_id: id,
+        ..t.clone()
+    };
+    if let Err(e) = crate::guard::check_targets(&plan.policy, std::slice::from_ref(&moved)) {
+        eprintln!("fault: warning: not following {}: {e}", t.label);
+        return None;
+    }
+    Some((
+        Move {
+            label: t.label.clone(),
+            from: t.cgroup.clone(),
+            to,
+        },
+        id,
+    ))
+}
+
+/// Points every target of the plan that `m` names (in the run and in its groups) at the
+/// new cgroup.
+fn apply(plan: &mut Plan, (m, id): &(Move, u64)) {
+    let groups = plan.groups.iter_mut().map(|g| &mut g.resolved.targets);
+    for targets in std::iter::once(&mut plan.resolved.targets).chain(groups) {
+        for t in targets
+            .iter_mut()
+            .filter(|t| t.label == m.label && t.cgroup == m.from)
+        {
+            t.cgroup = m.to.clone();
+            t.cgroup_id = *id;
+        }
+    }
+    if !plan.resolved.cgroup_ids.contains(id) {
+        plan.resolved.cgroup_ids.push(*id);
+    }
+}
