@@ -827,6 +827,16 @@ fn bad_timing_is_refused_with_its_limit() {
         "spec.network[0].rate",
     );
     assert!(err.message.contains("10mbit"), "{err}");
+    // An absurd rate is refused, not cut to what a u64 holds.
+    for absurd in ["1001gbit", "99999999999999999999999999999gbit"] {
+        let err = parse_err(
+            &with_rule(&format!("direction: egress\nrate: {absurd}")),
+            "spec.network[0].rate",
+        );
+        assert!(err.message.contains("limit of 1000gbit"), "{err}");
+    }
+    let policy = parse_ok(&with_rule("direction: egress\nrate: 1000gbit"));
+    assert_eq!(policy.rules[0].action.rate_bytes, 125_000_000_000);
     let err = parse_err(
         &with_rule("direction: egress\nrate: 1mbit\nreorder: {probability: 5%}"),
         "spec.network[0].reorder",

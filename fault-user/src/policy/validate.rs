@@ -465,15 +465,19 @@ fn timing(raw: &NetworkRule, path: &str, action: &mut NetRule) -> Result<(), Inv
         }
     }
     if let Some(rate) = &raw.rate {
-        action.rate_bytes = rate_bytes(&rate.0).ok_or_else(|| {
-            Invalid::new(
-                format!("{path}.rate"),
-                format!(
-                    "expected a rate above zero like 10mbit, 1gbit or 500kbps, got {:?}",
-                    rate.0
-                ),
-            )
-        })?;
+        action.rate_bytes = match rate_bytes(&rate.0) {
+            Some(bytes) if bytes <= MAX_RATE_BYTES => bytes,
+            parsed => {
+                let why = match parsed {
+                    Some(_) => "over the limit of 1000gbit (no link is that fast)",
+                    None => "expected a rate above zero like 10mbit, 1gbit or 500kbps",
+                };
+                return Err(Invalid::new(
+                    format!("{path}.rate"),
+                    format!("{why}, got {:?}", rate.0),
+                ));
+            }
+        };
     }
     if let Some(reorder) = &raw.reorder {
         if action.delay_ns == 0 && action.jitter_ns == 0 {
@@ -496,6 +500,10 @@ fn timing_duration(raw: &Scalar, path: &str) -> Result<Duration, Invalid> {
     })
 }
 
+/// The fastest rate a rule may give: 1000 Gbit/s, past any link, so a typo of many digits is
+/// refused rather than cut to what a u64 holds.
+const MAX_RATE_BYTES: u64 = 125_000_000_000;
+
 /// Bytes per second from tc's notation: `bit`, `kbit`, `mbit`, `gbit` (bits, decimal
 /// prefixes) or `bps`, `kbps`, `mbps`, `gbps` (bytes).
 fn rate_bytes(text: &str) -> Option<u64> {
@@ -515,7 +523,8 @@ fn rate_bytes(text: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = number * scale / if bits { 8.0 } else { 1.0 };
-    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes.round() as u64)
+    // Past u64 the cast would saturate: such a rate is refused above as over the limit.
+    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes.min(u64::MAX as f64).round() as u64)
 }
 
 /// A probability as the kernel's threshold out of [`PROB_ONE`].
