@@ -257,6 +257,21 @@ impl Attached {
         Ok(())
     }
 
+    /// Lets go of what was attached in a namespace that is gone while its inode number now
+    /// names another: its filters and qdiscs went with it, and taking them down now would
+    /// reach into the new one. A tcx link's descriptor stays open until the run ends.
+    pub fn forget_netns(&mut self, inode: u64) {
+        let gone = |ns: &Netns| ns.inode == inode;
+        for l in self.links.iter_mut().filter(|l| gone(&l.record.netns)) {
+            std::mem::forget(l.link.take());
+        }
+        self.links.retain(|l| !gone(&l.record.netns));
+        for q in self.qdiscs.iter_mut().filter(|q| gone(&q.record.netns)) {
+            q.forget();
+        }
+        self.qdiscs.retain(|q| !gone(&q.record.netns));
+    }
+
     /// The interfaces the TC programs are on, as `name@netns`.
     pub fn interfaces(&self) -> Vec<String> {
         self.links

@@ -28,6 +28,11 @@ pub struct Clsact {
 }
 
 impl Clsact {
+    /// Lets go without removing anything: the qdisc went with its namespace.
+    pub fn forget(&mut self) {
+        self.present = false;
+    }
+
     /// Adds clsact to `ifname` in this thread's namespace (`ns`); `None` if it was there.
     pub fn ensure(ns: &Netns, ifname: &str) -> anyhow::Result<Option<Clsact>> {
         match tc::qdisc_add_clsact(ifname) {

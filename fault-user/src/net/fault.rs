@@ -1,6 +1,6 @@
 //! The network kind of fault, as the engine runs it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use aya::Ebpf;
@@ -31,9 +31,12 @@ pub struct NetFault {
     /// The programs' rare events (`fault apply -v`).
     log: Option<LogReader>,
     ebpf: Option<Ebpf>,
-    /// Cgroup ids and namespaces covered so far.
+    /// Cgroup ids covered so far.
     ids: BTreeSet<u64>,
-    netns: BTreeSet<u64>,
+    /// Namespaces covered so far, by inode, with the cookie each had (see
+    /// [`crate::sys::netns::cookie`]; a new namespace may get a gone one's inode number)
+    /// and a process that was in it.
+    netns: BTreeMap<u64, (Option<u64>, u32)>,
     rules: Vec<RuleInfo>,
     /// Which rules are on (experiments switch them along the timeline).
     switch: Switch,
@@ -109,7 +112,10 @@ impl NetFault {
     /// the far ends, the resender's sockets, fq.
     fn cover(&mut self, run: &Run, netns: &[Netns], peers: &[peer::Peer]) -> anyhow::Result<()> {
         let plan = Self::plan(run);
-        self.netns.extend(netns.iter().map(|n| n.inode));
+        let cookies = netns
+            .iter()
+            .map(|n| (n.inode, (crate::sys::netns::cookie(n), n.pid)));
+        self.netns.extend(cookies);
         let ebpf = self
             .ebpf
             .as_mut()
@@ -140,6 +146,71 @@ impl NetFault {
                 "delay and rate need sch_fq as the root qdisc (--delay-path userspace uses \
                  fault's own, slower, path instead)",
             )?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the namespaces among `netns` whose inode number a gone namespace had (a
+    /// container started again may get its predecessor's): their cookie is another, and
+    /// what was attached there went with the old one. They are covered again as new.
+    fn forget_reused(&mut self, netns: &[Netns]) {
+        for n in netns {
+            let Some(&(Some(was), pid)) = self.netns.get(&n.inode) else {
+                continue;
+            };
+            // While the process seen in it is still there, it is the same namespace.
+            if Netns::of_pid(pid).is_ok_and(|now| now.inode == n.inode) {
+                continue;
+            }
+            match crate::sys::netns::cookie(n) {
+                Some(now) if now != was => {}
+                // The same one, with another process in it now.
+                Some(_) => {
+                    self.netns.insert(n.inode, (Some(was), n.pid));
+                    continue;
+                }
+                None => continue,
+            }
+            println!(
+                "fault: network namespace {} is a new one under a gone one's number; attaching \
+                 there again",
+                n.inode
+            );
+            self.attached.forget_netns(n.inode);
+            for f in self
+                .fq
+                .iter_mut()
+                .filter(|f| f.record.netns.inode == n.inode)
+            {
+                f.forget();
+            }
+            self.fq.retain(|f| f.record.netns.inode != n.inode);
+            self.netns.remove(&n.inode);
+        }
+    }
+
+    /// Attaches the cgroup programs to the targets found under another cgroup.
+    fn cover_moved(&mut self, run: &Run) -> anyhow::Result<()> {
+        let plan = Self::plan(run);
+        let moved: Vec<_> = run.moved.iter().map(|m| m.to.clone()).collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let (ingress, certain) = (
+            plan.directions.contains(&Direction::Ingress),
+            plan.certain_egress_drop,
+        );
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .context("the network object is not loaded")?;
+        if ingress {
+            self.attached
+                .attach_cgroups(ebpf, &moved, Direction::Ingress)?;
+        }
+        if certain {
+            self.attached
+                .attach_cgroups(ebpf, &moved, Direction::Egress)?;
         }
         Ok(())
     }
@@ -202,6 +273,8 @@ impl Fault for NetFault {
     /// needs nothing there: cgroup programs apply to descendants by themselves).
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
         let (_, netns) = target::scan(&run.plan.resolved.targets);
+        self.forget_reused(&netns);
+        self.cover_moved(run)?;
         let new_ids: Vec<(u64, u8)> = target::class_ids(&run.plan.resolved.targets)
             .into_iter()
             .filter(|(i, _)| !self.ids.contains(i))
@@ -212,7 +285,7 @@ impl Fault for NetFault {
         }
         let new_ns: Vec<Netns> = netns
             .into_iter()
-            .filter(|n| !self.netns.contains(&n.inode))
+            .filter(|n| !self.netns.contains_key(&n.inode))
             .collect();
         let plan = Self::plan(run);
         let wanted = plan.directions.contains(&Direction::Egress) || plan.at_peer;

@@ -79,6 +79,11 @@ pub struct Fq {
 }
 
 impl Fq {
+    /// Lets go without restoring anything: the qdisc went with its namespace.
+    pub fn forget(&mut self) {
+        self.present = false;
+    }
+
     pub fn take_down(&mut self) -> Result<(), String> {
         if !std::mem::take(&mut self.present) {
             return Ok(());

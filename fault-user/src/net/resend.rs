@@ -173,20 +173,8 @@ fn packet_socket() -> anyhow::Result<(u64, OwnedFd)> {
             return Err(io::Error::last_os_error()).with_context(|| format!("set {what}"));
         }
     }
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("read the namespace cookie");
-    }
+    let cookie = crate::sys::netns::socket_cookie(std::os::fd::AsFd::as_fd(&fd))
+        .context("read the namespace cookie")?;
     Ok((cookie, fd))
 }
 
