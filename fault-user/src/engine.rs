@@ -179,21 +179,19 @@ impl Signals {
     }
 }
 
-/// Runs `kinds` over `run` until the deadline or a signal; `state` is the record to keep.
+/// Runs `kinds` over `run` until the deadline or a signal; `state` is the record to keep,
+/// already written (by `fault apply`, under the lock its claims were checked with).
 pub async fn run(
     mut run: Run,
     kinds: Vec<Box<dyn Fault>>,
     state: State,
     mut signals: Signals,
 ) -> Result<(), Error> {
+    // From here a failure removes the record (and the pins) as the run unwinds.
     let mut records = Records {
         state,
         written: Vec::new(),
     };
-    records
-        .state
-        .write()
-        .map_err(failed("write the state file"))?;
     crate::watchdog::spawn(&records.state.name).map_err(failed("start the watchdog"))?;
     let mut kinds = kinds;
     let mut started = 0;
