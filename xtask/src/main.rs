@@ -56,9 +56,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run a command as root in a qemu guest booting Debian 12's kernel (TCG, host / shared)
+    /// Run a command as root in a qemu guest booting a Debian kernel (TCG, host / shared)
     Vm {
-        /// A kernel series (6.1) or an exact Debian ABI (6.1.0-56-amd64)
+        /// A kernel series (6.1, bookworm's; 5.10, bullseye's; 6.12, trixie's) or an exact
+        /// Debian ABI (6.1.0-56-amd64)
         #[arg(long, default_value = vm::DEFAULT_KERNEL)]
         kernel: String,
         /// Guest memory, in qemu's syntax

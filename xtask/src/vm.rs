@@ -1,6 +1,7 @@
-//! `cargo xtask vm -- CMD ARGS...`: runs a command as root in a qemu guest that boots Debian
-//! 12's own 6.1 kernel, so the binaries built here can be tried on a kernel with clsact (no
-//! tcx), sch_fq, sch_netem, kprobes and no lockdown.
+//! `cargo xtask vm [--kernel 6.1|5.10|6.12] -- CMD ARGS...`: runs a command as root in a
+//! qemu guest that boots one of Debian's own kernels (bookworm's 6.1 by default, bullseye's
+//! 5.10, trixie's 6.12), so the binaries built here can be tried on a kernel with clsact (no
+//! tcx), sch_fq, sch_netem, kprobes and no lockdown, or with tcx and fq both (6.12).
 //!
 //! The pieces:
 //! - [`kernel`]: Debian's `linux-image-<abi>` package, fetched with `apt-get download` (never
@@ -18,6 +19,7 @@
 //! fails on MSRs and instruction emulation, and tools that pick KVM when the device is there
 //! break; TCG boots this guest in about 3 s.
 
+mod apt;
 mod initramfs;
 mod kernel;
 

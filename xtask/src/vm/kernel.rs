@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use super::{find_program, HostTools};
+use super::{apt::Apt, find_program, HostTools};
 use crate::cmd;
 
 /// A kernel series pinned to one package build, so every run (and CI's cache key) boots the same
@@ -19,13 +19,30 @@ struct Pin {
     series: &'static str,
     abi: &'static str,
     version: &'static str,
+    /// The Debian release it comes from, when it is not the host's (bookworm).
+    suite: Option<&'static str>,
 }
 
-const PINS: &[Pin] = &[Pin {
-    series: "6.1",
-    abi: "6.1.0-56-amd64",
-    version: "6.1.192-2",
-}];
+const PINS: &[Pin] = &[
+    Pin {
+        series: "6.1",
+        abi: "6.1.0-56-amd64",
+        version: "6.1.192-2",
+        suite: None,
+    },
+    Pin {
+        series: "5.10",
+        abi: "5.10.0-46-amd64",
+        version: "5.10.262-1",
+        suite: Some("bullseye"),
+    },
+    Pin {
+        series: "6.12",
+        abi: "6.12.96+deb13-amd64",
+        version: "6.12.96-1",
+        suite: Some("trixie"),
+    },
+];
 
 /// A prepared kernel: `dir` holds the package, its extracted tree, the boot image and the
 /// initramfs.
@@ -63,10 +80,14 @@ impl Kernel {
 }
 
 fn is_abi(s: &str) -> bool {
-    // 6.1.0-56-amd64
+    // 6.1.0-56-amd64, or trixie's 6.12.96+deb13-amd64
     let Some(rest) = s.strip_suffix("-amd64") else {
         return false;
     };
+    if let Some((release, deb)) = rest.split_once("+deb") {
+        let numbers = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        return numbers(deb) && release.split('.').count() == 3 && release.split('.').all(numbers);
+    }
     let Some((release, abi)) = rest.rsplit_once('-') else {
         return false;
     };
@@ -88,6 +109,10 @@ struct Choice {
 /// Maps `--kernel` to a prepared kernel in the cache, consulting apt only when the cache does not
 /// have the pinned (or named) kernel yet.
 pub(super) fn resolve(tools: &HostTools, cache: &Path, wanted: &str) -> Result<Kernel> {
+    let suite = PINS
+        .iter()
+        .find(|p| p.series == wanted || p.abi == wanted || series_of(wanted) == Some(p.series))
+        .and_then(|p| p.suite);
     let (series, pinned) = if is_abi(wanted) {
         (
             None,
@@ -119,15 +144,19 @@ pub(super) fn resolve(tools: &HostTools, cache: &Path, wanted: &str) -> Result<K
     if cached(&pinned.abi).is_ready() {
         return Ok(cached(&pinned.abi));
     }
+    let apt = match suite {
+        Some(suite) => Apt::release(cache, suite)?,
+        None => Apt::host(),
+    };
 
     // Not cached: ask apt, refreshing its index once when it knows nothing useful or when a
     // download fails (an index older than the mirror names files that are gone).
     let mut refreshed = false;
     loop {
-        let choice = match choose(series, &pinned) {
+        let choice = match choose(&apt, series, &pinned) {
             Some(choice) => choice,
             None if !refreshed => {
-                apt_update()?;
+                apt.update()?;
                 refreshed = true;
                 continue;
             }
@@ -143,11 +172,11 @@ pub(super) fn resolve(tools: &HostTools, cache: &Path, wanted: &str) -> Result<K
         if kernel.is_ready() {
             return Ok(kernel);
         }
-        match fetch(tools, cache, &choice) {
+        match fetch(&apt, tools, cache, &choice) {
             Ok(()) => return Ok(kernel),
             Err(err) if !refreshed => {
                 eprintln!("vm: {err:#}; refreshing apt's index and retrying");
-                apt_update()?;
+                apt.update()?;
                 refreshed = true;
             }
             Err(err) => return Err(err),
@@ -156,9 +185,9 @@ pub(super) fn resolve(tools: &HostTools, cache: &Path, wanted: &str) -> Result<K
 }
 
 /// The pinned package if apt can still fetch it, else the newest ABI of the series.
-fn choose(series: Option<&str>, pinned: &Choice) -> Option<Choice> {
+fn choose(apt: &Apt, series: Option<&str>, pinned: &Choice) -> Option<Choice> {
     let package = format!("linux-image-{}", pinned.abi);
-    let versions = apt_versions(&package);
+    let versions = apt_versions(apt, &package);
     match &pinned.version {
         Some(v) if versions.contains(v) => {
             return Some(Choice {
@@ -175,8 +204,8 @@ fn choose(series: Option<&str>, pinned: &Choice) -> Option<Choice> {
         _ => {}
     }
     let series = series?;
-    let newest = newest_abi(series)?;
-    let candidate = apt_versions(&format!("linux-image-{newest}"))
+    let newest = newest_abi(apt, series)?;
+    let candidate = apt_versions(apt, &format!("linux-image-{newest}"))
         .into_iter()
         .next()
         .unwrap_or_else(|| "?".into());
@@ -194,8 +223,9 @@ fn choose(series: Option<&str>, pinned: &Choice) -> Option<Choice> {
 }
 
 /// Versions apt can download, candidate first (`apt-cache madison` lists newest first).
-fn apt_versions(package: &str) -> Vec<String> {
-    let out = cmd::stdout_of(&mut cmd::new("apt-cache", ["madison", package])).unwrap_or_default();
+fn apt_versions(apt: &Apt, package: &str) -> Vec<String> {
+    let out =
+        cmd::stdout_of(&mut apt.command("apt-cache", ["madison", package])).unwrap_or_default();
     // "linux-image-6.1.0-56-amd64 | 6.1.192-2 | http://deb.debian.org/... Packages"
     out.lines()
         .filter_map(|line| {
@@ -205,42 +235,39 @@ fn apt_versions(package: &str) -> Vec<String> {
         .collect()
 }
 
-/// The highest `<series>.0-N-amd64` among apt's linux-image packages (N compared as a number).
-fn newest_abi(series: &str) -> Option<String> {
-    let prefix = format!("linux-image-{series}.0-");
-    let out = cmd::stdout_of(&mut cmd::new(
-        "apt-cache",
-        [
-            "search",
-            "--names-only",
-            &format!("^{}", prefix.replace('.', "\\.")),
-        ],
-    ))
-    .unwrap_or_default();
+/// The newest ABI of `series` among apt's linux-image packages: `<series>.0-N-amd64`
+/// (bullseye, bookworm) or `<series>.N+debM-amd64` (trixie), N compared as a number.
+fn newest_abi(apt: &Apt, series: &str) -> Option<String> {
+    let prefix = format!("linux-image-{series}.");
+    let pattern = format!("^{}", prefix.replace('.', "\\."));
+    let out = cmd::stdout_of(&mut apt.command("apt-cache", ["search", "--names-only", &pattern]))
+        .unwrap_or_default();
     out.lines()
         .filter_map(|line| line.split_whitespace().next())
         .filter_map(|name| {
-            let n = name.strip_prefix(&prefix)?.strip_suffix("-amd64")?;
-            Some((
-                n.parse::<u32>().ok()?,
-                name.strip_prefix("linux-image-")?.to_string(),
-            ))
+            let abi = name.strip_prefix("linux-image-")?;
+            let rest = name.strip_prefix(&prefix)?.strip_suffix("-amd64")?;
+            let n = match rest.strip_prefix("0-") {
+                Some(n) => n,
+                None => rest.split_once("+deb")?.0,
+            };
+            Some((n.parse::<u32>().ok()?, abi.to_string()))
         })
+        .filter(|(_, abi)| is_abi(abi))
         .max()
         .map(|(_, abi)| abi)
 }
 
-fn apt_update() -> Result<()> {
-    eprintln!("vm: running apt-get update");
-    cmd::run(
-        cmd::new("apt-get", ["-o", "DPkg::Lock::Timeout=600", "update", "-q"])
-            .stdout(Stdio::null()),
-    )
+/// The series (`6.12`) of an ABI (`6.12.96+deb13-amd64`).
+fn series_of(abi: &str) -> Option<&str> {
+    let mut dots = abi.match_indices('.');
+    let (second, _) = dots.nth(1)?;
+    Some(&abi[..second])
 }
 
 /// Downloads and unpacks the package into `<cache>/<abi>`, building it aside and renaming it
 /// into place so an interrupted or concurrent run never leaves a half-made directory behind.
-fn fetch(tools: &HostTools, cache: &Path, choice: &Choice) -> Result<()> {
+fn fetch(apt: &Apt, tools: &HostTools, cache: &Path, choice: &Choice) -> Result<()> {
     let package = match &choice.version {
         Some(v) => format!("linux-image-{}={v}", choice.abi),
         None => format!("linux-image-{}", choice.abi),
@@ -263,10 +290,7 @@ fn fetch(tools: &HostTools, cache: &Path, choice: &Choice) -> Result<()> {
 
     // Root's apt downloads as the _apt user, who cannot write here; the file is a plain
     // download, so there is nothing to gain from that sandbox.
-    let mut download = cmd::new(
-        "apt-get",
-        ["-q", "-o", "APT::Sandbox::User=root", "download", &package],
-    );
+    let mut download = apt.command("apt-get", ["-q", "download", &package]);
     cmd::run(download.current_dir(&partial).stdout(Stdio::null()))?;
     let deb = fs::read_dir(&partial)?
         .flatten()
@@ -276,6 +300,12 @@ fn fetch(tools: &HostTools, cache: &Path, choice: &Choice) -> Result<()> {
 
     let tree = kernel.tree();
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    // trixie's packages put the modules under usr/ (a merged /usr); the rest of this code,
+    // depmod -b included, looks in lib/.
+    if !tree.join("lib").exists() && tree.join("usr/lib/modules").is_dir() {
+        std::os::unix::fs::symlink("usr/lib", tree.join("lib"))
+            .context("linking lib to usr/lib in the kernel's tree")?;
+    }
     // The package leaves modules.dep to its postinst; the guest's modprobe needs it.
     cmd::run(
         Command::new(&tools.depmod)
@@ -389,5 +419,9 @@ mod tests {
         assert!(!is_abi("6.1"));
         assert!(!is_abi("6.1.0-56-arm64"));
         assert!(!is_abi("6.1.0--amd64"));
+        assert!(is_abi("6.12.96+deb13-amd64"));
+        assert!(!is_abi("6.12+deb13-amd64"));
+        assert_eq!(series_of("6.12.96+deb13-amd64"), Some("6.12"));
+        assert_eq!(series_of("5.10.0-46-amd64"), Some("5.10"));
     }
 }
