@@ -189,28 +189,22 @@ impl NetFault {
         }
     }
 
-    /// Attaches the cgroup programs to the targets found under another cgroup.
-    fn cover_moved(&mut self, run: &Run) -> anyhow::Result<()> {
+    /// Attaches the cgroup programs to `cgroups`: the ingress one for ingress rules, and
+    /// the egress one for certain drops (at the sockets, so in place before a target's
+    /// process starts in a namespace the TC program is not attached to yet).
+    fn attach_cgroups(&mut self, run: &Run, cgroups: &[std::path::PathBuf]) -> anyhow::Result<()> {
         let plan = Self::plan(run);
-        let moved: Vec<_> = run.moved.iter().map(|m| m.to.clone()).collect();
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let (ingress, certain) = (
-            plan.directions.contains(&Direction::Ingress),
-            plan.certain_egress_drop,
-        );
         let ebpf = self
             .ebpf
             .as_mut()
             .context("the network object is not loaded")?;
-        if ingress {
+        if plan.directions.contains(&Direction::Ingress) {
             self.attached
-                .attach_cgroups(ebpf, &moved, Direction::Ingress)?;
+                .attach_cgroups(ebpf, cgroups, Direction::Ingress)?;
         }
-        if certain {
+        if plan.certain_egress_drop {
             self.attached
-                .attach_cgroups(ebpf, &moved, Direction::Egress)?;
+                .attach_cgroups(ebpf, cgroups, Direction::Egress)?;
         }
         Ok(())
     }
@@ -250,22 +244,8 @@ impl Fault for NetFault {
     fn start(&mut self, run: &Run) -> anyhow::Result<()> {
         self.load(run)?;
         let resolved = &run.plan.resolved;
-        let plan = Self::plan(run);
         let cgroups: Vec<_> = resolved.targets.iter().map(|t| t.cgroup.clone()).collect();
-        let ebpf = self
-            .ebpf
-            .as_mut()
-            .context("the network object is not loaded")?;
-        if plan.directions.contains(&Direction::Ingress) {
-            self.attached
-                .attach_cgroups(ebpf, &cgroups, Direction::Ingress)?;
-        }
-        // Certain drops also at the sockets: in place before a target's process starts in a
-        // namespace the TC program is not attached to yet.
-        if plan.certain_egress_drop {
-            self.attached
-                .attach_cgroups(ebpf, &cgroups, Direction::Egress)?;
-        }
+        self.attach_cgroups(run, &cgroups)?;
         self.cover(run, &resolved.netns, &Self::plan(run).peers)
     }
 
@@ -274,7 +254,9 @@ impl Fault for NetFault {
     fn follow(&mut self, run: &Run) -> anyhow::Result<()> {
         let (_, netns) = target::scan(&run.plan.resolved.targets);
         self.forget_reused(&netns);
-        self.cover_moved(run)?;
+        // Targets found under another cgroup (a container started again).
+        let moved: Vec<_> = run.moved.iter().map(|m| m.to.clone()).collect();
+        self.attach_cgroups(run, &moved)?;
         let new_ids: Vec<(u64, u8)> = target::class_ids(&run.plan.resolved.targets)
             .into_iter()
             .filter(|(i, _)| !self.ids.contains(i))
