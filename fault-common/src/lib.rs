@@ -85,6 +85,10 @@ pub mod progs {
 pub const EXEC_MAX_CGROUPS: u32 = 64;
 /// Entries in EXEC_HELD: processes held at once; beyond, an exec is not held (fail open).
 pub const EXEC_MAX_HELD: u32 = 1024;
+    /// The fq programs for kernels before 5.18: the departure time is written into
+    /// `skb->tstamp` directly, and a delayed packet is not cloned.
+    pub const TC_EGRESS_DIRECT: &str = "fault_tc_egress_dt";
+    pub const TC_PEER_DIRECT: &str = "fault_tc_peer_dt";
 
 /// A process the exec program stopped, for the loader to patch and let go.
 #[repr(C)]

@@ -49,6 +49,15 @@ pub fn stamp(ctx: &TcContext, depart: u64) -> bool {
     unsafe { bpf_skb_set_tstamp(ctx.skb.skb, depart, TSTAMP_DELIVERY_MONO) == 0 }
 }
 
+/// Writes a departure time into `skb->tstamp` itself, for kernels without
+/// `bpf_skb_set_tstamp` (before 5.18). There the field has no clock of its own: fq reads
+/// it as CLOCK_MONOTONIC, which is what is written, and nothing between this hook and the
+/// qdisc on the same interface clears it.
+#[inline(always)]
+pub fn stamp_direct(ctx: &TcContext, depart: u64) {
+    unsafe { (*ctx.skb.skb).tstamp = depart };
+}
+
 /// The packet's departure time (CLOCK_MONOTONIC ns) under the rule's delay, jitter, rate and
 /// reordering.
 #[inline(always)]

@@ -29,6 +29,15 @@ use crate::{
 #[map]
 static OWN_COPY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// How a delayed packet is held back: which of the three egress and peer programs this is.
+/// fq with the departure time set by `bpf_skb_set_tstamp` (Linux 5.18 and later).
+const FQ: u8 = 0;
+/// fq with the departure time written into `skb->tstamp` (older kernels, see
+/// [`edt::stamp_direct`]).
+const FQ_DIRECT: u8 = 1;
+/// fault in userspace holds the packet (kernels without sch_fq, see [`fault_tc_resend`]).
+const RESEND: u8 = 2;
+
 /// Hand the packet on unchanged (see the module comment).
 const TC_NEXT: i32 = -1;
 const ETH_HLEN: usize = 14;
@@ -36,7 +45,7 @@ const ETH_HLEN: usize = 14;
 /// Delays by departure time, for fq (the root qdisc fault installs).
 #[classifier]
 pub fn fault_tc_egress(ctx: TcContext) -> i32 {
-    match try_egress::<false>(&ctx) {
+    match try_egress::<FQ>(&ctx) {
         Ok(action) | Err(action) => action,
     }
 }
@@ -45,7 +54,15 @@ pub fn fault_tc_egress(ctx: TcContext) -> i32 {
 /// program, so that the helpers it needs are asked of those kernels only.
 #[classifier]
 pub fn fault_tc_resend(ctx: TcContext) -> i32 {
-    match try_egress::<true>(&ctx) {
+    match try_egress::<RESEND>(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// [`fault_tc_egress`] for kernels before 5.18, which lack `bpf_skb_set_tstamp`.
+#[classifier]
+pub fn fault_tc_egress_dt(ctx: TcContext) -> i32 {
+    match try_egress::<FQ_DIRECT>(&ctx) {
         Ok(action) | Err(action) => action,
     }
 }
@@ -56,7 +73,7 @@ pub fn fault_tc_resend(ctx: TcContext) -> i32 {
 /// with the cgroup_skb program, at the target's sockets).
 #[classifier]
 pub fn fault_tc_peer(ctx: TcContext) -> i32 {
-    match try_peer::<false>(&ctx) {
+    match try_peer::<FQ>(&ctx) {
         Ok(action) | Err(action) => action,
     }
 }
@@ -64,15 +81,23 @@ pub fn fault_tc_peer(ctx: TcContext) -> i32 {
 /// [`fault_tc_peer`] for kernels without sch_fq (see [`fault_tc_resend`]).
 #[classifier]
 pub fn fault_tc_peer_rs(ctx: TcContext) -> i32 {
-    match try_peer::<true>(&ctx) {
+    match try_peer::<RESEND>(&ctx) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+/// [`fault_tc_peer`] for kernels before 5.18 (see [`fault_tc_egress_dt`]).
+#[classifier]
+pub fn fault_tc_peer_dt(ctx: TcContext) -> i32 {
+    match try_peer::<FQ_DIRECT>(&ctx) {
         Ok(action) | Err(action) => action,
     }
 }
 
 #[inline(always)]
-fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
+fn try_peer<const PATH: u8>(ctx: &TcContext) -> Result<i32, i32> {
     let skb = unsafe { &mut *ctx.skb.skb };
-    if own_copy() || (RESEND && resend::from_packet_socket(skb)) {
+    if own_copy() || (PATH == RESEND && resend::from_packet_socket(skb)) {
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
@@ -85,7 +110,7 @@ fn try_peer<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     // Drops on the way in happen at the target's socket (cgroup_skb), which may not clone
     // or rewrite a packet: that happens here, before the packet enters the namespace.
     copy_and_corrupt(ctx, index, rule, counters, &pkt);
-    Ok(schedule::<RESEND>(ctx, index, rule, counters, state, &pkt))
+    Ok(schedule::<PATH>(ctx, index, rule, counters, state, &pkt))
 }
 
 /// Duplication and corruption, as the rule asks; each failure is counted and told once.
@@ -125,7 +150,7 @@ fn own_copy() -> bool {
 }
 
 #[inline(always)]
-fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
+fn try_egress<const PATH: u8>(ctx: &TcContext) -> Result<i32, i32> {
     // SAFETY: ctx.skb.skb is the context pointer the kernel handed us.
     let skb = unsafe { &mut *ctx.skb.skb };
     // Cheapest test first: is the sending socket in a target cgroup at all? (Our own copies
@@ -137,13 +162,13 @@ fn try_egress<const RESEND: bool>(ctx: &TcContext) -> Result<i32, i32> {
     if own_copy() {
         return Ok(TC_NEXT);
     }
-    if RESEND && resend::from_packet_socket(skb) {
+    if PATH == RESEND && resend::from_packet_socket(skb) {
         // fault's resender, in a target cgroup itself: its packets have been delayed already.
         return Ok(TC_NEXT);
     }
     let pkt = net::parse(&ctx.skb, l3_offset(ctx, skb.protocol), skb.protocol).ok_or(TC_NEXT)?;
     let index = net::find_rule(DIR_EGRESS, &pkt, skb.ifindex, class).ok_or(TC_NEXT)?;
-    Ok(apply::<RESEND>(ctx, index, &pkt))
+    Ok(apply::<PATH>(ctx, index, &pkt))
 }
 
 /// Ethernet-like devices (veth, lo, NICs) carry a MAC header at TC, L3 devices (wireguard,
@@ -168,7 +193,7 @@ fn l3_offset(ctx: &TcContext, skb_protocol: u32) -> usize {
 
 /// Decides, counts and carries out what rule `index` does to this packet.
 #[inline(always)]
-fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
+fn apply<const PATH: u8>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
     let Some((rule, counters, state)) = net::rule_slots(index) else {
         return TC_NEXT;
     };
@@ -184,13 +209,13 @@ fn apply<const RESEND: bool>(ctx: &TcContext, index: u32, pkt: &Packet) -> i32 {
     if !edt::wanted(rule) {
         return TC_NEXT;
     }
-    schedule::<RESEND>(ctx, index, rule, counters, state, pkt)
+    schedule::<PATH>(ctx, index, rule, counters, state, pkt)
 }
 
 /// Holds the packet until its departure time: in fq (the packet carries the time), or in
 /// userspace (RESEND).
 #[inline(always)]
-fn schedule<const RESEND: bool>(
+fn schedule<const PATH: u8>(
     ctx: &TcContext,
     index: u32,
     rule: &NetRule,
@@ -201,7 +226,7 @@ fn schedule<const RESEND: bool>(
     if !edt::wanted(rule) {
         return TC_NEXT;
     }
-    if RESEND {
+    if PATH == RESEND {
         if !resend::available() {
             return TC_NEXT;
         }
@@ -216,6 +241,13 @@ fn schedule<const RESEND: bool>(
     }
 
     let (depart, added) = edt::departure(ctx, index, rule, state, pkt);
+    if PATH == FQ_DIRECT {
+        // Before 5.18 a redirect clears skb->tstamp (`__bpf_tx_skb`), so the clone below would
+        // leave at once: the packet itself waits in fq, still charged to its socket.
+        edt::stamp_direct(ctx, depart);
+        count_delay(counters, added);
+        return TC_NEXT;
+    }
     if !edt::stamp(ctx, depart) {
         counters.errors += 1;
         events::tell(ctx, Event::StampFailed, index);

@@ -657,6 +657,61 @@ fn duplication_is_counted_and_the_original_passes() {
     });
 }
 
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The programs for kernels before 5.18 (no `bpf_skb_set_tstamp`) write the departure time
+/// into `skb->tstamp` themselves and hand the packet itself to fq, on the way out and at
+/// the far end. They load on this kernel too, so they are proven here on every kernel.
+#[test]
+fn before_5_18_the_departure_time_is_written_into_the_packet_itself() {
+    require_root!();
+    in_private_net(|net| {
+        let mut l = Loaded::with_peer(
+            "    - direction: both\n      match: {protocol: udp}\n      delay: {latency: 50ms}\n",
+        );
+        for name in [progs::TC_EGRESS_DIRECT, progs::TC_PEER_DIRECT] {
+            let prog: &mut aya::programs::SchedClassifier = l
+                .ebpf
+                .program_mut(name)
+                .expect("in the object")
+                .try_into()
+                .expect("a classifier");
+            prog.load().unwrap_or_else(|e| panic!("load {name}: {e:#}"));
+        }
+        for (name, f) in [
+            (progs::TC_EGRESS_DIRECT, out_to("10.2.0.2", udp(40000, 53))),
+            (progs::TC_PEER_DIRECT, in_from("10.2.0.2", udp(53, 40000))),
+        ] {
+            let before = monotonic_ns();
+            let run = l.run(name, &f.bytes, &SkbCtx::new().ifindex(net.veth));
+            let after = monotonic_ns();
+            assert_eq!(
+                tc_verdict(&run, name),
+                Verdict::Pass,
+                "{name}: the packet goes on to fq"
+            );
+            let delay = 50_000_000;
+            assert!(
+                (before + delay..=after + delay).contains(&run.tstamp),
+                "{name}: departure {} outside [{}, {}]",
+                run.tstamp,
+                before + delay,
+                after + delay
+            );
+        }
+        let c = l.counters();
+        assert_eq!((c[0].delayed, c[0].errors), (2, 0), "{c:?}");
+    });
+}
+
 /// Keeps the programs' log messages (see fault-user/src/program_log.rs) for a test to read.
 struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 

@@ -48,6 +48,16 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Whether the running kernel is older than `major.minor` (from /proc/sys/kernel/osrelease).
+pub fn kernel_before(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version < (major, minor)
+}
+
 /// Panics unless the test runs as root (the suite needs CAP_SYS_ADMIN and CAP_BPF).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -469,6 +469,15 @@ fn a_tcp_flow_under_jitter_is_reordered_only_when_asked() {
             );
             if reorder.is_empty() {
                 assert_eq!(ofo, 0, "jitter alone reorders nothing ({delayed} packets)");
+            } else if fault_tests::kernel_before(5, 18) {
+                // Before 5.18 the delayed packet itself waits in fq, charged to its socket
+                // (see edt::stamp_direct), so TCP Small Queues holds the writer back and the
+                // stack joins its writes into packets of many segments (TCP builds GSO
+                // packets whatever the device offers; they are split after the qdisc). A
+                // reordered packet then moves many segments at once, and the share by
+                // segment says nothing about the 5% by packet, which the UDP test proves on
+                // this kernel. What holds here: reordering happens when asked, only then.
+                assert!(ofo > 0, "reordering asked, none seen ({delayed} packets)");
             } else {
                 assert!(
                     (0.035..=0.065).contains(&share),
@@ -505,6 +514,12 @@ fn fault_names_its_delay_path_and_a_missing_fq_is_refused_by_name() {
             false => "delay: held and sent again by fault in userspace (this kernel has no sch_fq)",
         };
         assert!(log.contains(expected), "apply says which path: {log}");
+        if fq && fault_tests::kernel_before(5, 18) {
+            assert!(
+                log.contains("this kernel predates bpf_skb_set_tstamp (5.18)"),
+                "apply says what the older kernel changes: {log}"
+            );
+        }
         if !fq {
             // Asked for fq where there is none: refused, by name, with nothing left behind.
             let mut cmd = Command::new(fault_tests::fault_bin());

@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             let name = if ingress {
                 progs::CGROUP_INGRESS
             } else {
-                progs::TC_EGRESS
+                loader::egress_program(&ebpf)
             };
             let program = ebpf.program(name).expect("in the object");
             let fd = program.fd()?;

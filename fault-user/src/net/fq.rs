@@ -40,6 +40,13 @@ impl DelayPath {
 
     pub fn describe(self) -> &'static str {
         match self {
+            DelayPath::Fq if super::loader::before_set_tstamp() => {
+                "departure times held by fq (the interfaces' root qdisc while the policy runs); \
+                 this kernel predates bpf_skb_set_tstamp (5.18), so the time is written into \
+                 the packet itself and a delayed packet stays charged to its socket while fq \
+                 holds it: a TCP flow under a delay is held to its socket's send budget per \
+                 delay, and sends less than over a slow link"
+            }
             DelayPath::Fq => {
                 "departure times held by fq (the interfaces' root qdisc while the policy runs)"
             }

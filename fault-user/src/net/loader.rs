@@ -40,24 +40,67 @@ pub struct Tables<'a> {
     pub seed: u64,
 }
 
-/// The ingress-delay program `load` loaded.
-pub fn peer_program(ebpf: &Ebpf) -> &'static str {
-    match egress_program(ebpf) {
-        progs::TC_EGRESS_RESEND => progs::TC_PEER_RESEND,
-        _ => progs::TC_PEER,
+/// The egress and ingress-delay programs for a delay path on this kernel: the resend pair
+/// (no sch_fq), the pair that writes `skb->tstamp` itself (before 5.18, which added
+/// `bpf_skb_set_tstamp`), or the usual fq pair.
+pub fn classifiers(resend: bool) -> (&'static str, &'static str) {
+    if resend {
+        (progs::TC_EGRESS_RESEND, progs::TC_PEER_RESEND)
+    } else if before_set_tstamp() {
+        (progs::TC_EGRESS_DIRECT, progs::TC_PEER_DIRECT)
+    } else {
+        (progs::TC_EGRESS, progs::TC_PEER)
     }
 }
 
-/// The egress program `load` loaded: the resend variant or the fq one.
+/// Whether this kernel predates `bpf_skb_set_tstamp` (5.18). Debian does not backport it;
+/// an unreadable version is taken as new enough, and the load then says what is missing.
+pub fn before_set_tstamp() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v < aya::util::KernelVersion::new(5, 18, 0))
+}
+
+/// The ingress-delay program `load` loaded.
+pub fn peer_program(ebpf: &Ebpf) -> &'static str {
+    let egress = egress_program(ebpf);
+    [
+        (progs::TC_EGRESS_RESEND, progs::TC_PEER_RESEND),
+        (progs::TC_EGRESS_DIRECT, progs::TC_PEER_DIRECT),
+    ]
+    .into_iter()
+    .find_map(|(e, p)| (e == egress).then_some(p))
+    .unwrap_or(progs::TC_PEER)
+}
+
+/// The egress program `load` loaded: the resend variant, the direct-stamp one or the fq one.
 pub fn egress_program(ebpf: &Ebpf) -> &'static str {
-    let loaded = |name| {
+    let loaded = |name: &&str| {
         ebpf.program(name)
             .is_some_and(|p: &aya::programs::Program| p.fd().is_ok())
     };
-    if loaded(progs::TC_EGRESS_RESEND) {
-        progs::TC_EGRESS_RESEND
-    } else {
-        progs::TC_EGRESS
+    [progs::TC_EGRESS_RESEND, progs::TC_EGRESS_DIRECT]
+        .into_iter()
+        .find(loaded)
+        .unwrap_or(progs::TC_EGRESS)
+}
+
+/// Sizes the network maps at their smallest, for a copy of the object that loads another
+/// program (the exec hold, the clock-call count): the maps are created all the same.
+pub fn smallest_network_maps(loader: &mut EbpfLoader) {
+    // The resend ring is sized in pages, not entries.
+    loader.map_max_entries(maps::RESEND_RING, 4096);
+    for name in [
+        maps::RESEND_SLOT,
+        maps::TARGETS,
+        maps::RULE_LPM,
+        maps::RULES,
+        maps::COUNTERS,
+        maps::RULE_STATE,
+        maps::RATE_NEXT,
+        maps::FLOW_LAST,
+        maps::DIST_TABLE,
+        maps::PORT_BITS,
+    ] {
+        loader.map_max_entries(name, 1);
     }
 }
 
@@ -125,18 +168,12 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     )?;
 
     // The verifier's log is part of the error's Display, so a rejection shows it.
-    let name = match t.resend {
-        true => progs::TC_EGRESS_RESEND,
-        false => progs::TC_EGRESS,
-    };
-    let mut classifiers = vec![name];
+    let (egress, peer) = classifiers(t.resend);
+    let mut names = vec![egress];
     if t.peer {
-        classifiers.push(match t.resend {
-            true => progs::TC_PEER_RESEND,
-            false => progs::TC_PEER,
-        });
+        names.push(peer);
     }
-    for name in classifiers {
+    for name in names {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?

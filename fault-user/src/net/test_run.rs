@@ -52,6 +52,11 @@ impl SkbCtx {
         self
     }
 
+    /// `tstamp` (offset 152), as a run left it.
+    pub fn tstamp(&self) -> u64 {
+        u64::from(self.0[38]) | u64::from(self.0[39]) << 32
+    }
+
     /// `cb[0..5]` (offset 48).
     pub fn cb(mut self, cb: [u32; 5]) -> Self {
         self.0[12..17].copy_from_slice(&cb);
@@ -67,6 +72,8 @@ pub struct Run {
     pub data: Vec<u8>,
     /// The kernel's mean time per run, in ns.
     pub duration_ns: u32,
+    /// `skb->tstamp` as the (last) run left it: a departure time the program wrote.
+    pub tstamp: u64,
 }
 
 /// Runs the program `repeat` times on `frame` with the context `ctx`.
@@ -104,5 +111,6 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], ctx: &SkbCtx, repeat: u32) -
         retval: attr.retval,
         data: out,
         duration_ns: attr.duration,
+        tstamp: ctx_out.tstamp(),
     })
 }
