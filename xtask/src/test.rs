@@ -63,18 +63,26 @@ pub fn run(root: &Path) -> Result<()> {
     stages.push(("privileged tests", exit_code(&mut privileged)?));
 
     // Stage 3: the same suite on the other kernel the product targets.
-    let guest = vm_stage(root, &fault, &probe, "6.1", skip_on_6_1).unwrap_or_else(|err| {
+    let guest = vm_stage(root, &fault, &probe, "6.1", skip_in_guest).unwrap_or_else(|err| {
         eprintln!("xtask test: the qemu guest stage could not run: {err:#}");
         Some(1)
     });
     stages.push(("privileged tests in the 6.1 guest", guest));
 
     // Stage 4: 6.12 (trixie's kernel), the first guest with both tcx and fq.
-    let guest = vm_stage(root, &fault, &probe, "6.12", skip_on_6_12).unwrap_or_else(|err| {
+    let guest = vm_stage(root, &fault, &probe, "6.12", skip_in_guest).unwrap_or_else(|err| {
         eprintln!("xtask test: the 6.12 guest stage could not run: {err:#}");
         Some(1)
     });
     stages.push(("privileged tests in the 6.12 guest", guest));
+
+    // Stage 5: 5.10 (bullseye's kernel): clsact, fq without bpf_skb_set_tstamp, no netns
+    // cookie, no tcx.
+    let guest = vm_stage(root, &fault, &probe, "5.10", skip_in_guest).unwrap_or_else(|err| {
+        eprintln!("xtask test: the 5.10 guest stage could not run: {err:#}");
+        Some(1)
+    });
+    stages.push(("privileged tests in the 5.10 guest", guest));
 
     let summary: Vec<String> = stages
         .iter()
@@ -132,24 +140,12 @@ fn vm_stage(
     Ok((code != 0).then_some(code))
 }
 
-/// 6.12 shares its code paths with 6.1 (clsact, fq, netem) and 6.18 (tcx): it runs the
-/// suites whose paths differ by kernel, within CI's time.
-fn skip_on_6_12(name: &str) -> Option<&'static str> {
-    match name {
-        "network" | "delay" | "engine" => None,
-        _ => Some(
-            "6.12 runs the suites whose paths differ by kernel (tcx attachments, fq on tcx, \
-             the fail-safe on tcx); the others ran on 6.18 and 6.1, within CI's time",
-        ),
-    }
-}
-
-/// Why the 6.1 guest skips a suite, if it does. The clock and kills suites check readings
+/// Why the guests (5.10, 6.1, 6.12) skip a suite, if they do. The clock and kills suites check readings
 /// to the millisecond; under TCG emulation the guest's own timing is coarser than that, so
 /// they run on the host kernel only. The observe and report suites check fault's own output
 /// with host tools the guest image lacks (promtool, chromium); nothing in them depends on
 /// the kernel beyond what the other suites cover there.
-fn skip_on_6_1(name: &str) -> Option<&'static str> {
+fn skip_in_guest(name: &str) -> Option<&'static str> {
     let why = match name {
         "clock" | "kills" => "millisecond timing checks do not hold under emulation",
         "campaigns" => {
