@@ -6,6 +6,9 @@
 #![no_std]
 
 /// Map names, mirrored here so the loader never spells one twice (at most 15 bytes each).
+mod clock_calls;
+pub use clock_calls::*;
+
 pub mod maps {
     /// `HashMap<u64, u32>`: cgroup ids of the policy's targets -> their class (0 for a
     /// policy, group index + 1 for an experiment).
@@ -43,6 +46,11 @@ pub mod maps {
     pub const EXEC_HELD: &str = "EXEC_HELD";
     /// `RingBuf` of [`super::ExecEvent`]: a process was stopped at exec.
     pub const EXEC_EVENTS: &str = "EXEC_EVENTS";
+    /// `HashMap<u32, VdsoRange>`: the patched processes (tgid -> their vDSO) whose clock
+    /// system calls `fault_clock_calls` counts.
+    pub const CLOCK_WATCHED: &str = "CLOCK_WATCHED";
+    /// `HashMap<u32, ClockCalls>`: per process (tgid), its counted clock system calls.
+    pub const CLOCK_CALLS: &str = "CLOCK_CALLS";
     /// `RingBuf` of [`ResendHeader`] + packet bytes: packets the userspace-delay program
     /// took off the wire for fault to send again at their departure time.
     pub const RESEND_RING: &str = "RESEND_RING";
@@ -65,6 +73,8 @@ pub mod globals {
     pub const EXEC_DEADLINE_NS: &str = "EXEC_DEADLINE_NS";
     /// `u32`: slots of EXEC_CGROUPS in use.
     pub const EXEC_CGROUP_COUNT: &str = "EXEC_CGROUP_COUNT";
+    /// `u32`: bit n set when clock id n is faulted, for `fault_clock_calls`.
+    pub const CLOCK_CALLS_MASK: &str = "CLOCK_CALLS_MASK";
 }
 
 /// Program names (the function names in fault-ebpf).
@@ -75,20 +85,23 @@ pub mod progs {
     /// Ingress delay, at the egress of the far end of a target's veth (fq, and resend).
     pub const TC_PEER: &str = "fault_tc_peer";
     pub const TC_PEER_RESEND: &str = "fault_tc_peer_rs";
+    /// The fq programs for kernels before 5.18: the departure time is written into
+    /// `skb->tstamp` directly, and a delayed packet is not cloned.
+    pub const TC_EGRESS_DIRECT: &str = "fault_tc_egress_dt";
+    pub const TC_PEER_DIRECT: &str = "fault_tc_peer_dt";
     pub const CGROUP_INGRESS: &str = "fault_cg_ingress";
     /// Certain egress drops at the target's sockets (see fault-ebpf/src/cgroup_skb.rs).
     pub const CGROUP_EGRESS: &str = "fault_cg_egress";
     pub const EXEC: &str = "fault_exec";
+    pub const CLOCK_CALLS: &str = "fault_clock_calls";
+    /// Loaded, never attached, to learn whether the kernel lets eBPF write user memory.
+    pub const WRITE_USER_PROBE: &str = "fault_write_user_probe";
 }
 
 /// Slots in EXEC_CGROUPS: a policy's targets beyond this many are covered by the rescan only.
 pub const EXEC_MAX_CGROUPS: u32 = 64;
 /// Entries in EXEC_HELD: processes held at once; beyond, an exec is not held (fail open).
 pub const EXEC_MAX_HELD: u32 = 1024;
-    /// The fq programs for kernels before 5.18: the departure time is written into
-    /// `skb->tstamp` directly, and a delayed packet is not cloned.
-    pub const TC_EGRESS_DIRECT: &str = "fault_tc_egress_dt";
-    pub const TC_PEER_DIRECT: &str = "fault_tc_peer_dt";
 
 /// A process the exec program stopped, for the loader to patch and let go.
 #[repr(C)]
@@ -403,6 +416,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ResendHeader {}
+    unsafe impl aya::Pod for super::VdsoRange {}
+    unsafe impl aya::Pod for super::ClockCalls {}
 }
 
 impl RuleCounters {

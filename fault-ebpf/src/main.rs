@@ -1,6 +1,7 @@
 //! fault's eBPF programs. One file per hook family: `tc` (egress network faults),
-//! `cgroup_skb` (ingress network faults), `net`, what both share, and `exec` (holds a
-//! process that execs in a target until its clocks are patched).
+//! `cgroup_skb` (ingress network faults), `net`, what both share, `exec` (holds a
+//! process that execs in a target until its clocks are patched) and `clock_calls` (counts
+//! the clock system calls the clock fault cannot reach).
 // Built for the host (as a workspace member, by `cargo clippy --workspace`) it is an empty
 // program; only the bpf target carries the programs.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -8,6 +9,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod cgroup_skb;
+#[cfg(target_arch = "bpf")]
+mod clock_calls;
 #[cfg(target_arch = "bpf")]
 mod edt;
 #[cfg(target_arch = "bpf")]

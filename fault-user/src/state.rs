@@ -54,6 +54,10 @@ pub struct State {
     pub clock_rules: Vec<clock::RuleStatus>,
     #[serde(default)]
     pub clock_processes: Vec<clock::Record>,
+    /// Target processes seen reading a faulted clock by system calls or waiting until an
+    /// absolute time, which the clock fault cannot reach (see `crate::clock::calls`).
+    #[serde(default)]
+    pub clock_calls: Vec<clock::calls::CallsRecord>,
     /// Cgroups this run may have frozen (pauses), recorded before the first freeze: after
     /// the loader's death, the watchdog and `fault stop` thaw them (see `crate::pause`).
     #[serde(default)]

@@ -1486,3 +1486,118 @@ fn a_strobe_flips_the_clock_ahead_and_back() {
     }
     assert_no_leftovers();
 }
+
+/// Polls `fault status --json` until `pred` holds for the run's `clock_calls`, at most 5 s.
+fn clock_calls_until(pred: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = fault_ok(["status", "--json"]);
+        let entries: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+        let calls: Vec<serde_json::Value> = entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["clock_calls"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if pred(&calls) || Instant::now() > until {
+            return calls;
+        }
+        wait(Duration::from_millis(200));
+    }
+}
+
+/// Raw `clock_gettime` system calls read true time and an absolute `clock_nanosleep`
+/// waits by the true clock, whatever the vDSO says; where eBPF may not rewrite them
+/// (lockdown), fault names each such process in its output and in `fault status`, and
+/// not a process that reads through the vDSO and sleeps for relative times.
+#[test]
+fn processes_the_skew_cannot_reach_are_named_in_the_output_and_the_status() {
+    require_root();
+    {
+        let cgroup = Cgroup::new("clock-calls");
+        let raw = spawn_in(
+            Some(&cgroup),
+            None,
+            probe(&["clock-pair", "--interval-ms", "20"]),
+        );
+        let waiter = spawn_in(
+            Some(&cgroup),
+            None,
+            probe(&["abs-wait", "--interval-ms", "50"]),
+        );
+        let ticks_file = tempfile::NamedTempFile::new().unwrap();
+        let quiet = spawn_in(
+            Some(&cgroup),
+            None,
+            probe(&[
+                "ticks",
+                "--out",
+                ticks_file.path().to_str().unwrap(),
+                "--interval-ms",
+                "20",
+            ]),
+        );
+        let file = write_policy(&policy(
+            "clock-calls",
+            &cgroup,
+            "60s",
+            "    - name: ahead\n      offset: 2s\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-calls");
+        apply.wait_ready();
+        let (r, w) = (raw.pid() as u64, waiter.pid() as u64);
+        let calls = clock_calls_until(|c| {
+            let of = |pid| c.iter().find(|x| x["pid"] == pid);
+            of(r).is_some_and(|x| x["raw_reads"].as_u64() > Some(3))
+                && of(w).is_some_and(|x| x["abs_waits"].as_u64() > Some(3))
+        });
+        let of = |pid: u64| calls.iter().find(|x| x["pid"] == pid);
+        let reader = of(r).unwrap_or_else(|| panic!("raw reader {r} not in {calls:?}"));
+        assert_eq!(reader["abs_waits"], 0, "{reader}");
+        assert!(
+            reader["calls"].to_string().contains("clock_gettime"),
+            "{reader}"
+        );
+        let sleeper = of(w).unwrap_or_else(|| panic!("waiter {w} not in {calls:?}"));
+        assert!(
+            sleeper["calls"]
+                .to_string()
+                .contains("clock_nanosleep(TIMER_ABSTIME)"),
+            "{sleeper}"
+        );
+        assert!(
+            of(quiet.pid() as u64).is_none(),
+            "the vDSO reader is not named: {calls:?}"
+        );
+        let text = fault_ok(["status"]);
+        assert!(
+            text.contains(&format!("clock: not reached: process {r} (fault-probe)")),
+            "{text}"
+        );
+        let log = apply.log();
+        assert!(
+            log.contains(
+                "reads made as system calls and waits until an absolute time follow the true clock"
+            ),
+            "said once why: {log}"
+        );
+        for (pid, what) in [
+            (
+                r,
+                "clock read(s) made as system calls, which read true time",
+            ),
+            (
+                w,
+                "wait(s) until an absolute time, which end by the true clock",
+            ),
+        ] {
+            assert!(
+                log.contains(&format!("process {pid} (fault-probe)")) && log.contains(what),
+                "named in the output: {pid}: {log}"
+            );
+        }
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+    }
+    assert_no_leftovers();
+}

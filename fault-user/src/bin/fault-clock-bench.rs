@@ -46,10 +46,66 @@ fn main() -> anyhow::Result<()> {
         bail!("fault-clock-bench needs root: it patches its worker with ptrace");
     }
     cost(rounds)?;
+    hook_cost(rounds)?;
     stop_times()?;
     if let Some(fault_bin) = fault_bin {
         apply_and_exec(&fault_bin)?;
     }
+    Ok(())
+}
+
+/// ns per system call over `CALLS` calls of `call`.
+fn time_calls(call: impl Fn()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        call();
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(CALLS)
+}
+
+/// What the clock-call count (`fault::clock::calls`) adds to the system calls of a process
+/// it does not count: rounds without and with the program attached, taking turns.
+fn hook_cost(rounds: usize) -> anyhow::Result<()> {
+    let getppid = || {
+        // SAFETY: no arguments, no memory.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    };
+    let clock = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write.
+        unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts) };
+    };
+    let calls: [(&str, &dyn Fn()); 2] = [
+        ("getppid (not a clock call)", &getppid),
+        ("clock_gettime as a system call", &clock),
+    ];
+    let mut without = vec![Vec::new(); calls.len()];
+    let mut with = vec![Vec::new(); calls.len()];
+    for _ in 0..rounds {
+        for (i, (_, call)) in calls.iter().enumerate() {
+            without[i].push(time_calls(call));
+        }
+        let watch = fault::clock::calls::CallWatch::start(1)
+            .map_err(|e| anyhow::anyhow!("attach the clock-call count: {e:#}"))?;
+        for (i, (_, call)) in calls.iter().enumerate() {
+            with[i].push(time_calls(call));
+        }
+        drop(watch);
+    }
+    println!(
+        "system calls of a process the clock-call count does not count, medians of {rounds} \
+         rounds of {CALLS} calls (ns per call):\n"
+    );
+    println!("| system call | no hook | sys_enter hook attached | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, _)) in calls.iter().enumerate() {
+        let (a, b) = (median(without[i].clone()), median(with[i].clone()));
+        println!("| {name} | {a:.1} | {b:.1} | {:.3} |", b / a);
+    }
+    println!();
     Ok(())
 }
 

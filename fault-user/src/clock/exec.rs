@@ -75,24 +75,8 @@ impl ExecWatch {
     ) -> Result<Self, StartError> {
         let count = cgroups.len().min(EXEC_MAX_CGROUPS as usize) as u32;
         let mut loader = EbpfLoader::new();
-        // Only the exec program is loaded from this copy of the object: the network maps
-        // it also declares are created at their smallest.
-        // The resend ring is sized in pages, not entries.
-        loader.map_max_entries(maps::RESEND_RING, 4096);
-        for name in [
-            maps::RESEND_SLOT,
-            maps::TARGETS,
-            maps::RULE_LPM,
-            maps::RULES,
-            maps::COUNTERS,
-            maps::RULE_STATE,
-            maps::RATE_NEXT,
-            maps::FLOW_LAST,
-            maps::DIST_TABLE,
-            maps::PORT_BITS,
-        ] {
-            loader.map_max_entries(name, 1);
-        }
+        // Only the exec program is loaded from this copy of the object.
+        crate::net::loader::smallest_network_maps(&mut loader);
         let mut ebpf = loader
             .override_global(globals::EXEC_DEADLINE_NS, &deadline_ns, true)
             .override_global(globals::EXEC_CGROUP_COUNT, &count, true)

@@ -8,7 +8,13 @@ use std::{
     time::Duration,
 };
 
-use super::{exec::ExecWatch, layout::Plan, patch::Shared, Engine, Told};
+use super::{
+    calls::{self, CallWatch, CallsRecord},
+    exec::ExecWatch,
+    layout::Plan,
+    patch::Shared,
+    Engine, Told,
+};
 use crate::{
     engine::{Event, Fault, Run},
     lease::{Renew, LEASE_NS},
@@ -37,6 +43,13 @@ pub struct ClockFault {
     targets: Vec<ResolvedTarget>,
     /// CLOCK_MONOTONIC ns at which the exec hold ends (the run's, or the step's, end).
     deadline_ns: u64,
+    /// The count of clock system calls the fault cannot reach (see `super::calls`).
+    calls: Option<CallWatch>,
+    /// Its figures as the state file last had them, and when they were read.
+    calls_seen: Vec<CallsRecord>,
+    calls_read: Option<std::time::Instant>,
+    /// Bit n for each clock id n the rules fault.
+    mask: u32,
 }
 
 /// The heartbeat's hold on every patched process: their faults end within a lease of the
@@ -82,6 +95,57 @@ impl ClockFault {
             log: None,
             targets,
             deadline_ns,
+            calls: None,
+            calls_seen: Vec::new(),
+            calls_read: None,
+            mask: calls::clock_mask(rules),
+        }
+    }
+
+    /// Starts counting the clock system calls of patched processes that the fault cannot
+    /// reach, and says once why they are not rewritten.
+    fn start_calls(&mut self) {
+        let why = calls::write_user_refused()
+            .unwrap_or_else(|| "fault does not rewrite them on any kernel yet".into());
+        match CallWatch::start(self.mask) {
+            Ok(w) => {
+                println!(
+                    "fault: clock: reads made as system calls and waits until an absolute \
+                     time follow the true clock ({why}); each target process seen making \
+                     them within {} s of being patched (and for {} s every {} s after) is \
+                     named here and in `fault status`",
+                    calls::WINDOW.as_secs(),
+                    calls::WINDOW.as_secs(),
+                    calls::EVERY.as_secs()
+                );
+                self.calls = Some(w);
+            }
+            Err(e) => println!(
+                "fault: clock: warning: reads made as system calls and waits until an \
+                 absolute time follow the true clock ({why}), and they cannot be counted \
+                 here ({:#})",
+                anyhow::Error::from(e)
+            ),
+        }
+    }
+
+    /// Counts the patched processes' calls; names each process at its first call of a
+    /// kind, and refreshes the figures for the state file once a second.
+    fn sync_calls(&mut self) {
+        let Some(watch) = self.calls.as_mut() else {
+            return;
+        };
+        let pids: Vec<u32> = self.engine.records().iter().map(|r| r.pid).collect();
+        watch.watch(&pids);
+        for r in watch.news() {
+            println!("fault: clock: warning: {}", r.describe());
+        }
+        if self
+            .calls_read
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.calls_seen = watch.records();
+            self.calls_read = Some(std::time::Instant::now());
         }
     }
 
@@ -167,6 +231,7 @@ impl Fault for ClockFault {
     fn start(&mut self, run: &Run) -> anyhow::Result<()> {
         // Attached before the first scan, so a process that execs meanwhile is held or found.
         self.start_watch(run);
+        self.start_calls();
         if let Some(lease) = self.watch.as_mut().and_then(ExecWatch::take_lease) {
             run.lease.add(Box::new(lease));
         }
@@ -191,6 +256,7 @@ impl Fault for ClockFault {
         let lines = self.engine.follow(&self.targets);
         Self::tell(run, &lines, false);
         self.sync_pages();
+        self.sync_calls();
         Ok(())
     }
 
@@ -214,6 +280,7 @@ impl Fault for ClockFault {
             if let Some(held) = held {
                 self.on_exec(run, held);
                 self.sync_pages();
+                self.sync_calls();
             }
         })
     }
@@ -223,6 +290,9 @@ impl Fault for ClockFault {
         if records != state.clock_processes || state.clock_rules.is_empty() {
             state.clock_processes = records;
             state.clock_rules = self.engine.rule_status();
+        }
+        if state.clock_calls != self.calls_seen {
+            state.clock_calls = self.calls_seen.clone();
         }
     }
 
@@ -244,15 +314,29 @@ impl Fault for ClockFault {
 
     fn live(&self, _run: &Run) -> Vec<String> {
         let (patched, refused) = self.engine.counts();
-        vec![format!(
+        let mut line = format!(
             "  clock: {patched} process(es) patched ({} at exec), {refused} refused",
             self.at_exec
-        )]
+        );
+        if !self.calls_seen.is_empty() {
+            line += &format!(
+                "; {} read or wait by the true clock (system calls, absolute waits)",
+                self.calls_seen.len()
+            );
+        }
+        vec![line]
     }
 
     fn stop(&mut self, _run: &Run) -> (Vec<String>, Vec<String>) {
         let mut lines = Vec::new();
         self.pages.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if let Some(w) = self.calls.take() {
+            lines.extend(
+                w.records()
+                    .iter()
+                    .map(|r| format!("fault: clock: {}", r.describe())),
+            );
+        }
         // The exec hold goes first: nothing is stopped after this, and whoever it still
         // holds goes on.
         if let Some(w) = self.watch.take() {

@@ -25,6 +25,7 @@
 //! Reads that do not go through the vDSO (a raw `syscall(SYS_clock_gettime)`) are not
 //! faulted.
 
+pub mod calls;
 pub mod exec;
 mod fault;
 pub mod inject;

@@ -145,6 +145,7 @@ fn new_state(run: &Run, file: &Path) -> State {
         fq: Vec::new(),
         clock_rules: Vec::new(),
         clock_processes: Vec::new(),
+        clock_calls: Vec::new(),
         frozen: Vec::new(),
         claims: crate::collide::of(plan),
     }

@@ -28,6 +28,8 @@ struct StatusEntry<'a> {
     rules: Vec<display::RuleReport>,
     clock_rules: &'a [clock::RuleStatus],
     clock_processes: usize,
+    /// Target processes whose clock system calls the fault cannot reach.
+    clock_calls: &'a [clock::calls::CallsRecord],
 }
 
 /// What still acts: everything while the loader runs. After its death nothing acts past
@@ -107,6 +109,7 @@ pub fn status(json: bool) -> Result<(), Error> {
             rules: display::rule_reports(&s.rules, &counters),
             clock_rules: &s.clock_rules,
             clock_processes: s.clock_processes.len(),
+            clock_calls: &s.clock_calls,
         });
     }
     if json {
@@ -151,5 +154,8 @@ fn print_entry(e: &StatusEntry) {
     }
     for l in display::clock_lines(e.clock_rules, e.clock_processes) {
         println!("{l}");
+    }
+    for c in e.clock_calls {
+        println!("  clock: not reached: {}", c.describe());
     }
 }

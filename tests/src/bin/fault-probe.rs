@@ -121,6 +121,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: u32,
     },
+    /// Wait until "now + interval" by an absolute CLOCK_REALTIME deadline
+    /// (`clock_nanosleep` with TIMER_ABSTIME, "now" read through the vDSO), over and over,
+    /// printing how long each wait took by CLOCK_MONOTONIC, until killed
+    AbsWait {
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
     /// Send numbered UDP datagrams on a fixed schedule, datagram k at start + k x interval
     /// however long each send takes, and report the start (CLOCK_MONOTONIC ns): with it a
     /// receiver's arrival times can be set against send times
@@ -213,6 +220,7 @@ fn main() -> ExitCode {
             interval_ms,
             threads,
         } => clock_pair(Duration::from_millis(interval_ms), threads),
+        Cmd::AbsWait { interval_ms } => abs_wait(Duration::from_millis(interval_ms)),
         Cmd::UdpPaced {
             to,
             count,
@@ -659,6 +667,38 @@ fn clock_pair(interval: Duration, threads: u32) -> io::Result<String> {
         writeln!(out, "{seen} {truth}")?;
         out.flush()?;
         std::thread::sleep(interval);
+    }
+}
+
+fn abs_wait(interval: Duration) -> io::Result<String> {
+    let mut out = io::stdout().lock();
+    loop {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        let ns = now.tv_nsec as u64 + interval.as_nanos() as u64;
+        let until = libc::timespec {
+            tv_sec: now.tv_sec + (ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        };
+        let start = monotonic_ns();
+        // SAFETY: a valid timespec to read; no remainder is asked for an absolute sleep.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_REALTIME,
+                libc::TIMER_ABSTIME,
+                &until,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != 0 && rc != libc::EINTR {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        writeln!(out, "{}", monotonic_ns() - start)?;
+        out.flush()?;
     }
 }
 

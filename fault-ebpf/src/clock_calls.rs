@@ -1,0 +1,153 @@
+//! Counting the clock system calls of patched processes that their clock fault cannot reach.
+//!
+//! The clock fault redirects the vDSO, so reads made as system calls (`syscall(SYS_clock_
+//! gettime)` in static programs, runtimes, sandboxes) and the absolute deadlines a process
+//! hands the kernel (`clock_nanosleep` with TIMER_ABSTIME, timers with an absolute expiry,
+//! realtime futex waits) follow the true clock. Rewriting them needs `bpf_probe_write_user`,
+//! which lockdown refuses on many hosts; there this program, on the `sys_enter` raw
+//! tracepoint, counts them per process, so fault can name the processes that read or wait
+//! on true time. It counts only processes the loader put in CLOCK_WATCHED (the patched ones)
+//! and reads only the registers; a read made by the vDSO itself (its fallback to the system
+//! call) comes from inside the process's vDSO and is left out, since the stub skews it.
+//! Untargeted processes pay the tracepoint and one comparison of the syscall number.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint},
+    maps::HashMap,
+    programs::RawTracePointContext,
+};
+use fault_common::{
+    ClockCalls, VdsoRange, CALL_CLOCK_GETTIME, CALL_CLOCK_NANOSLEEP, CALL_FUTEX, CALL_GETTIMEOFDAY,
+    CALL_TIME, CALL_TIMERFD_SETTIME, CALL_TIMER_SETTIME, CLOCK_CALLS_MAX,
+};
+
+/// Set by the loader (`fault_common::globals`): bit n for clock id n, the clocks faulted.
+#[unsafe(no_mangle)]
+static CLOCK_CALLS_MASK: u32 = 0;
+
+#[map]
+static CLOCK_WATCHED: HashMap<u32, VdsoRange> = HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
+#[map]
+static CLOCK_CALLS: HashMap<u32, ClockCalls> = HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
+
+// x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+const NR_GETTIMEOFDAY: u64 = 96;
+const NR_TIME: u64 = 201;
+const NR_FUTEX: u64 = 202;
+const NR_TIMER_SETTIME: u64 = 223;
+const NR_CLOCK_GETTIME: u64 = 228;
+const NR_CLOCK_NANOSLEEP: u64 = 230;
+const NR_TIMERFD_SETTIME: u64 = 286;
+
+const CLOCK_REALTIME: u64 = 0;
+/// TIMER_ABSTIME and TFD_TIMER_ABSTIME.
+const ABSTIME: u64 = 1;
+const FUTEX_CMD_MASK: u64 = 0x7f;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_CLOCK_REALTIME: u64 = 256;
+
+/// What a call is, by its number and registers: (kind bit, an absolute wait?), or `None`
+/// when it is not a clock call the fault misses.
+#[inline(always)]
+fn classify(nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
+    let faulted = |clock: u64| clock < 32 && mask & (1 << clock) != 0;
+    match nr {
+        NR_CLOCK_GETTIME if faulted(r.rdi) => Some((CALL_CLOCK_GETTIME, false)),
+        NR_GETTIMEOFDAY if faulted(CLOCK_REALTIME) => Some((CALL_GETTIMEOFDAY, false)),
+        NR_TIME if faulted(CLOCK_REALTIME) => Some((CALL_TIME, false)),
+        NR_CLOCK_NANOSLEEP if faulted(r.rdi) && r.rsi & ABSTIME != 0 => {
+            Some((CALL_CLOCK_NANOSLEEP, true))
+        }
+        // The timer's clock is not in the call: any absolute expiry counts.
+        NR_TIMERFD_SETTIME if r.rsi & ABSTIME != 0 => Some((CALL_TIMERFD_SETTIME, true)),
+        NR_TIMER_SETTIME if r.rsi & ABSTIME != 0 => Some((CALL_TIMER_SETTIME, true)),
+        NR_FUTEX if faulted(CLOCK_REALTIME) && r.r10 != 0 => {
+            let cmd = r.rsi & FUTEX_CMD_MASK;
+            let realtime_bitset = cmd == FUTEX_WAIT_BITSET && r.rsi & FUTEX_CLOCK_REALTIME != 0;
+            // FUTEX_LOCK_PI's timeout is an absolute CLOCK_REALTIME time.
+            (realtime_bitset || cmd == FUTEX_LOCK_PI).then_some((CALL_FUTEX, true))
+        }
+        _ => None,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn fault_clock_calls(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    // The cheap test first: every system call of every process passes here.
+    if !matches!(
+        nr,
+        NR_GETTIMEOFDAY
+            | NR_TIME
+            | NR_FUTEX
+            | NR_TIMER_SETTIME
+            | NR_CLOCK_GETTIME
+            | NR_CLOCK_NANOSLEEP
+            | NR_TIMERFD_SETTIME
+    ) {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a plain map read; the value is copied out at once.
+    let Some(vdso) = (unsafe { CLOCK_WATCHED.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the tracepoint's first argument is the task's saved user registers.
+    let Ok(r) = (unsafe { bpf_probe_read_kernel(regs) }) else {
+        return 0;
+    };
+    // SAFETY: a plain load of a global the loader set before loading the program.
+    let mask = unsafe { core::ptr::read_volatile(&CLOCK_CALLS_MASK) };
+    let Some((kind, wait)) = classify(nr, &r, mask) else {
+        return 0;
+    };
+    // The vDSO's own fallback to the system call: its result goes through the stub.
+    if !wait && (vdso.start..vdso.end).contains(&r.rip) {
+        return 0;
+    }
+    count(tgid, kind, wait);
+    0
+}
+
+/// Adds one call of `kind` to the process's counts (created at its first).
+#[inline(always)]
+fn count(tgid: u32, kind: u32, wait: bool) {
+    if let Some(c) = CLOCK_CALLS.get_ptr_mut(&tgid) {
+        // SAFETY: a map value; a lost update between two threads of one process costs one
+        // count, which is all it is.
+        let c = unsafe { &mut *c };
+        match wait {
+            true => c.abs_waits += 1,
+            false => c.raw_reads += 1,
+        }
+        c.kinds |= kind;
+        return;
+    }
+    let first = ClockCalls {
+        raw_reads: (!wait) as u64,
+        abs_waits: wait as u64,
+        kinds: kind,
+        _pad: 0,
+    };
+    let _ = CLOCK_CALLS.insert(&tgid, &first, 0);
+}
+
+/// Never attached: whether the kernel loads it tells whether eBPF may write user memory
+/// here (lockdown refuses `bpf_probe_write_user` at load time).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn fault_write_user_probe(_ctx: RawTracePointContext) -> i32 {
+    let zero: u64 = 0;
+    // SAFETY: never runs; a write to address 0 would fail with EFAULT if it did.
+    let _ = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_write_user(
+            core::ptr::null_mut(),
+            &zero as *const u64 as *const core::ffi::c_void,
+            8,
+        )
+    };
+    0
+}
