@@ -14,6 +14,7 @@ use std::path::Path;
 use aya::Ebpf;
 use fault::net::loader::{self, Tables};
 use fault::policy;
+use fault::sys::time::monotonic_ns;
 use fault_common::{progs, RuleCounters};
 
 /// The `skb->cb` words fault once used to mark its own copies (before the OWN_COPY map).
@@ -655,16 +656,6 @@ fn duplication_is_counted_and_the_original_passes() {
             "one copy sent per packet: {c:?}"
         );
     });
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The programs for kernels before 5.18 (no `bpf_skb_set_tstamp`) write the departure time

@@ -499,6 +499,8 @@ fn apply_and_exec(fault_bin: &Path) -> anyhow::Result<()> {
     }
     drop(apply);
     let _ = std::fs::remove_file(&policy);
+    // The run's event log, kept for `fault logs`: a bench leaves nothing behind.
+    let _ = std::fs::remove_dir_all(Path::new(fault::state::STATE_DIR).join(POLICY));
 
     println!("time to the first faulted read (ms):\n");
     println!("| what | runs | p50 | p90 | max | goal |");

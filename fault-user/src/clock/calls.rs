@@ -28,7 +28,7 @@ use aya::{
 use fault_common::{globals, maps, progs, ClockCalls, VdsoRange, CALL_NAMES};
 use serde::{Deserialize, Serialize};
 
-use super::exec::StartError;
+use super::exec::{step, StartError};
 use crate::policy::ClockRule;
 
 const TRACEPOINT: &str = "sys_enter";
@@ -99,14 +99,6 @@ pub fn clock_mask(rules: &[ClockRule]) -> u32 {
         .map(|c| c.linux_id())
         .filter(|&id| id < 32)
         .fold(0, |mask, id| mask | 1 << id)
-}
-
-fn step<E: Into<anyhow::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> StartError {
-    let step = what.into();
-    move |e| StartError {
-        step,
-        source: e.into(),
-    }
 }
 
 impl CallWatch {

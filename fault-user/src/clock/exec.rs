@@ -55,7 +55,10 @@ pub struct StartError {
     pub source: anyhow::Error,
 }
 
-fn step<E: Into<anyhow::Error>>(what: impl Into<String>) -> impl FnOnce(E) -> StartError {
+/// Names the step an error stopped at.
+pub(super) fn step<E: Into<anyhow::Error>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> StartError {
     let step = what.into();
     move |e| StartError {
         step,
