@@ -106,11 +106,12 @@ struct Stream {
 fn finish(sender: ChildGuard, receiver: ChildGuard, count: u64) -> Stream {
     let sent = probe_json(&sender.wait_output(Duration::from_secs(60)));
     let got = probe_json(&receiver.wait_output(Duration::from_secs(60)));
-    // The schedule held, so a datagram's send time is its sequence number's (plus what the
-    // sender says it was late by): a long stall would move datagrams between buckets and
-    // pass for a gap.
+    // The schedule held, so a datagram's send time is its sequence number's plus what the
+    // sender says it was late by (see `sent_at`). A stall of a few scheduling periods is
+    // accounted for that way (CI saw one of 27 ms on this 2-core VM); a long one would
+    // leave too few datagrams in its buckets to judge.
     let late = sent["late_max_us"].as_f64().expect("late_max_us");
-    let allowed = if in_guest() { 500_000.0 } else { 20_000.0 };
+    let allowed = if in_guest() { 500_000.0 } else { 100_000.0 };
     assert!(
         late <= allowed,
         "the sender fell {late:.0} us behind its schedule (at most {allowed:.0}): {sent}"

@@ -285,7 +285,14 @@ fn a_probe_from_a_group_runs_in_its_cgroup_and_network_namespace() {
         for name in ["inside", "far", "whoami"] {
             let s = summary(&log, name);
             tell(&s.line);
-            assert!(s.checks >= 5 && s.failed == 0, "{s:?}\n{log}");
+            // In the wrong cgroup or namespace every check fails. Under TCG one connect on
+            // the guest's loopback once took over 500 ms (CI, 5.10 guest): one timeout is
+            // the emulator's, not the probe's.
+            let one_timeout = s.failed == 1 && s.line.contains("timed out");
+            assert!(
+                s.checks >= 5 && (s.failed == 0 || one_timeout),
+                "{s:?}\n{log}"
+            );
         }
         let outside = summary(&log, "outside");
         tell(&outside.line);
