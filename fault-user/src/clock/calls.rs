@@ -28,7 +28,7 @@ use aya::{
 use fault_common::{globals, maps, progs, ClockCalls, VdsoRange, CALL_NAMES};
 use serde::{Deserialize, Serialize};
 
-use super::exec::{step, StartError};
+use super::exec::{raw_tracepoint, step, StartError};
 use crate::policy::ClockRule;
 
 const TRACEPOINT: &str = "sys_enter";
@@ -87,6 +87,8 @@ pub struct CallWatch {
     calls: HashMap<MapData, u32, ClockCalls>,
     /// The processes named so far, with the kinds of call they were named for.
     told: BTreeMap<u32, u32>,
+    /// Why eBPF may not write user memory here (see [`write_user_refused`]).
+    refused: Option<String>,
     _ebpf: Ebpf,
 }
 
@@ -111,11 +113,8 @@ impl CallWatch {
             .override_global(globals::CLOCK_CALLS_MASK, &mask, true)
             .load(object)
             .map_err(step("load the eBPF object for counting clock system calls"))?;
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(progs::CLOCK_CALLS)
-            .context("program missing from the object")
-            .and_then(|p| Ok(p.try_into()?))
-            .map_err(step(format!("find program {}", progs::CLOCK_CALLS)))?;
+        let refused = write_user_refused(&mut ebpf);
+        let prog = raw_tracepoint(&mut ebpf, progs::CLOCK_CALLS)?;
         prog.load()
             .map_err(step(format!("load program {}", progs::CLOCK_CALLS)))?;
         let mut take = |name: &str| {
@@ -135,10 +134,16 @@ impl CallWatch {
             watched,
             calls,
             told: BTreeMap::new(),
+            refused,
             _ebpf: ebpf,
         };
         watch.open_window()?;
         Ok(watch)
+    }
+
+    /// Why eBPF may not write user memory here, or `None` when it may.
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
     }
 
     /// Attaches the program for a [`WINDOW`] from now (longer, if one is open already).
@@ -149,12 +154,7 @@ impl CallWatch {
             *end = until;
             return Ok(());
         }
-        let prog: &mut RawTracePoint = self
-            ._ebpf
-            .program_mut(progs::CLOCK_CALLS)
-            .context("program missing from the object")
-            .and_then(|p| Ok(p.try_into()?))
-            .map_err(step(format!("find program {}", progs::CLOCK_CALLS)))?;
+        let prog = raw_tracepoint(&mut self._ebpf, progs::CLOCK_CALLS)?;
         let id = prog
             .attach(TRACEPOINT)
             .map_err(step(format!("attach raw tracepoint {TRACEPOINT}")))?;
@@ -210,13 +210,7 @@ impl CallWatch {
             .calls
             .iter()
             .flatten()
-            .map(|(pid, c)| CallsRecord {
-                pid,
-                comm: super::inject::comm(pid),
-                raw_reads: c.raw_reads,
-                abs_waits: c.abs_waits,
-                calls: names(c.kinds),
-            })
+            .map(|(pid, c)| record(pid, &c))
             .collect();
         out.sort_by_key(|r| r.pid);
         out
@@ -229,16 +223,20 @@ impl CallWatch {
             let told = self.told.entry(pid).or_insert(0);
             if c.kinds & !*told != 0 {
                 *told |= c.kinds;
-                out.push(CallsRecord {
-                    pid,
-                    comm: super::inject::comm(pid),
-                    raw_reads: c.raw_reads,
-                    abs_waits: c.abs_waits,
-                    calls: names(c.kinds),
-                });
+                out.push(record(pid, &c));
             }
         }
         out
+    }
+}
+
+fn record(pid: u32, c: &ClockCalls) -> CallsRecord {
+    CallsRecord {
+        pid,
+        comm: super::inject::comm(pid),
+        raw_reads: c.raw_reads,
+        abs_waits: c.abs_waits,
+        calls: names(c.kinds),
     }
 }
 
@@ -260,15 +258,9 @@ fn vdso_of(pid: u32) -> Option<VdsoRange> {
 }
 
 /// Why eBPF may not write user memory on this kernel (`bpf_probe_write_user`, which
-/// lockdown refuses), or `None` when it may: learnt by loading a program that calls it.
-pub fn write_user_refused() -> Option<String> {
-    let object = crate::net::loader::OBJECT;
-    let mut loader = EbpfLoader::new();
-    crate::net::loader::smallest_network_maps(&mut loader);
-    let mut ebpf = match loader.load(object) {
-        Ok(ebpf) => ebpf,
-        Err(e) => return Some(format!("the eBPF object did not load: {e}")),
-    };
+/// lockdown refuses), or `None` when it may: learnt by loading, from the object `ebpf`,
+/// a program that calls it.
+fn write_user_refused(ebpf: &mut Ebpf) -> Option<String> {
     let prog: Result<&mut RawTracePoint, _> = match ebpf.program_mut(progs::WRITE_USER_PROBE) {
         Some(p) => p.try_into(),
         None => {

@@ -66,6 +66,17 @@ pub(super) fn step<E: Into<anyhow::Error>>(
     }
 }
 
+/// The raw tracepoint program `name` of a loaded object.
+pub(super) fn raw_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut RawTracePoint, StartError> {
+    ebpf.program_mut(name)
+        .context("program missing from the object")
+        .and_then(|p| Ok(p.try_into()?))
+        .map_err(step(format!("find program {name}")))
+}
+
 impl ExecWatch {
     /// Loads and attaches the exec program for `cgroups` (at most [`EXEC_MAX_CGROUPS`]; the
     /// rest are left to the rescan), stopping nothing after `deadline_ns` (CLOCK_MONOTONIC),
@@ -111,11 +122,7 @@ impl ExecWatch {
             pin_dir.display()
         )))?;
 
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(progs::EXEC)
-            .context("program missing from the object")
-            .and_then(|p| Ok(p.try_into()?))
-            .map_err(step(format!("find program {}", progs::EXEC)))?;
+        let prog = raw_tracepoint(&mut ebpf, progs::EXEC)?;
         // The verifier's log is part of the error's text, so a rejection shows it.
         prog.load()
             .map_err(step(format!("load program {}", progs::EXEC)))?;

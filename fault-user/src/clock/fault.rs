@@ -105,10 +105,11 @@ impl ClockFault {
     /// Starts counting the clock system calls of patched processes that the fault cannot
     /// reach, and says once why they are not rewritten.
     fn start_calls(&mut self) {
-        let why = calls::write_user_refused()
-            .unwrap_or_else(|| "fault does not rewrite them on any kernel yet".into());
         match CallWatch::start(self.mask) {
             Ok(w) => {
+                let why = w
+                    .refused()
+                    .unwrap_or("fault does not rewrite them on any kernel yet");
                 println!(
                     "fault: clock: reads made as system calls and waits until an absolute \
                      time follow the true clock ({why}); each target process seen making \
@@ -122,8 +123,7 @@ impl ClockFault {
             }
             Err(e) => println!(
                 "fault: clock: warning: reads made as system calls and waits until an \
-                 absolute time follow the true clock ({why}), and they cannot be counted \
-                 here ({:#})",
+                 absolute time follow the true clock, and they cannot be counted here ({:#})",
                 anyhow::Error::from(e)
             ),
         }
