@@ -130,6 +130,44 @@ fn after_sigkill_partition_and_delay_end_within_a_second_and_stop_leaves_nothing
     assert_no_leftovers();
 }
 
+/// A loader killed while it reverted can have deleted its clsact qdisc, and the filters
+/// with it, before it removed its record (a campaign caught one 34 ms into a revert).
+/// `fault stop` finishes that revert instead of failing on the filters that are gone.
+#[test]
+fn stop_finishes_a_revert_that_a_sigkill_cut_short() {
+    require_root();
+    {
+        let h = hosts("cutrev", "10.79", 8);
+        let target = Cgroup::new("cutrev");
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            "t-cutrev",
+            &target,
+            "  network:\n    - direction: egress\n      match: {protocol: udp}\n      \
+             delay: {latency: 50ms}\n",
+        ));
+        let mut apply = FaultApply::start_env(
+            [std::ffi::OsStr::new("apply"), file.path().as_os_str()],
+            "t-cutrev",
+            &[("FAULT_TC_MODE", "clsact")],
+        );
+        apply.wait_ready();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        // What the killed revert had done: the qdisc is gone, its record is not.
+        let del = Command::new("ip")
+            .args(["netns", "exec", h.a.name(), "tc", "qdisc", "del", "dev"])
+            .args([h.veth.name_a(), "clsact"])
+            .output()
+            .expect("run tc");
+        assert!(del.status.success(), "tc qdisc del: {}", text(&del));
+        let out = fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {}", text(&out));
+    }
+    assert_no_leftovers();
+}
+
 #[test]
 fn ingress_delay_alone_follows_a_target_into_a_new_namespace() {
     require_root();

@@ -76,6 +76,11 @@ pub fn remove_recorded(records: &[Record], qdiscs: &[QdiscRecord]) -> Vec<String
             continue;
         }
         let res = in_netns(&r.netns, || {
+            // A loader killed while it reverted may have deleted the qdisc, and the
+            // filter with it, before it could remove its record.
+            if !rtnl::has_clsact(&r.ifname)? {
+                return Ok(());
+            }
             let link = SchedClassifierLink::attached(
                 &r.ifname,
                 r.direction.attach_type(),
@@ -104,6 +109,9 @@ fn remove(q: &QdiscRecord) -> anyhow::Result<()> {
         return Ok(());
     }
     in_netns(&q.netns, || {
+        if !rtnl::has_clsact(&q.ifname)? {
+            return Ok(());
+        }
         let busy = rtnl::clsact_filter_count(&q.ifname, false)?
             + rtnl::clsact_filter_count(&q.ifname, true)?;
         if busy > 0 {

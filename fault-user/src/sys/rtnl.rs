@@ -178,6 +178,16 @@ pub fn nsid_of(fd: BorrowedFd<'_>) -> Result<Option<i32>, RtnlError> {
 /// The root qdisc (parent TC_H_ROOT), None if the device has none listed: a device that is
 /// down has the built-in noop qdisc, which the kernel leaves out of its lists.
 pub fn root_qdisc(ifname: &str) -> Result<Option<Qdisc>, RtnlError> {
+    qdisc_under(ifname, TC_H_ROOT)
+}
+
+/// Whether the device has a clsact qdisc (an `ingress` one, in the same place, is not).
+pub fn has_clsact(ifname: &str) -> Result<bool, RtnlError> {
+    let q = qdisc_under(ifname, u32::from(CLSACT))?;
+    Ok(q.is_some_and(|q| q.kind == "clsact"))
+}
+
+fn qdisc_under(ifname: &str, parent: u32) -> Result<Option<Qdisc>, RtnlError> {
     let index = link_index(ifname)?;
     let replies = ask(
         "list qdiscs",
@@ -188,7 +198,7 @@ pub fn root_qdisc(ifname: &str) -> Result<Option<Qdisc>, RtnlError> {
     // The kernel lists every device's qdiscs whatever the request's ifindex.
     Ok(replies.into_iter().find_map(|m| match m {
         RouteNetlinkMessage::NewQueueDiscipline(q)
-            if q.header.index as u32 == index && u32::from(q.header.parent) == TC_H_ROOT =>
+            if q.header.index as u32 == index && u32::from(q.header.parent) == parent =>
         {
             Some(qdisc_of(q))
         }
