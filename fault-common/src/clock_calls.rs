@@ -5,13 +5,17 @@
 pub const CLOCK_CALLS_MAX: u32 = 4096;
 
 /// A patched process's vDSO, `[start, end)`: the system calls made from there are the
-/// vDSO's own fallback, which the stub skews.
+/// vDSO's own fallback, which the stub skews. `page` is where its clock parameter page is
+/// mapped in it (see `clock_math`), which the system-call rewrite reads; 0 leaves the
+/// process's calls counted only.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VdsoRange {
     pub start: u64,
     pub end: u64,
+    pub page: u64,
 }
+const _: () = assert!(core::mem::size_of::<VdsoRange>() == 24);
 
 /// One process's counts.
 #[repr(C)]

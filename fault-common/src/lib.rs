@@ -8,6 +8,7 @@
 /// Map names, mirrored here so the loader never spells one twice (at most 15 bytes each).
 mod clock_calls;
 pub use clock_calls::*;
+pub mod clock_math;
 
 pub mod maps {
     /// `HashMap<u64, u32>`: cgroup ids of the policy's targets -> their class (0 for a
@@ -96,6 +97,10 @@ pub mod progs {
     pub const CLOCK_CALLS: &str = "fault_clock_calls";
     /// Loaded, never attached, to learn whether the kernel lets eBPF write user memory.
     pub const WRITE_USER_PROBE: &str = "fault_write_user_probe";
+    /// `sys_enter` raw tracepoint: notes the raw clock reads it can rewrite, counts the rest.
+    pub const CLOCK_REWRITE_ENTER: &str = "fault_clock_rewrite_enter";
+    /// `sys_exit` raw tracepoint: rewrites the noted reads' results with the clock fault.
+    pub const CLOCK_REWRITE_EXIT: &str = "fault_clock_rewrite_exit";
 }
 
 /// Slots in EXEC_CGROUPS: a policy's targets beyond this many are covered by the rescan only.

@@ -28,16 +28,17 @@ use fault_common::{
 static CLOCK_CALLS_MASK: u32 = 0;
 
 #[map]
-static CLOCK_WATCHED: HashMap<u32, VdsoRange> = HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
+pub(crate) static CLOCK_WATCHED: HashMap<u32, VdsoRange> =
+    HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
 #[map]
 static CLOCK_CALLS: HashMap<u32, ClockCalls> = HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
 
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-const NR_GETTIMEOFDAY: u64 = 96;
+pub(crate) const NR_GETTIMEOFDAY: u64 = 96;
 const NR_TIME: u64 = 201;
 const NR_FUTEX: u64 = 202;
 const NR_TIMER_SETTIME: u64 = 223;
-const NR_CLOCK_GETTIME: u64 = 228;
+pub(crate) const NR_CLOCK_GETTIME: u64 = 228;
 const NR_CLOCK_NANOSLEEP: u64 = 230;
 const NR_TIMERFD_SETTIME: u64 = 286;
 
@@ -74,8 +75,19 @@ fn classify(nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
     }
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn fault_clock_calls(ctx: RawTracePointContext) -> i32 {
+/// A clock call of a watched process that its fault misses, as `sys_enter` sees it.
+pub(crate) struct Seen {
+    pub tgid: u32,
+    pub watched: VdsoRange,
+    pub nr: u64,
+    pub regs: pt_regs,
+    pub kind: u32,
+    pub wait: bool,
+}
+
+/// The call at this `sys_enter`, if it is one to count or rewrite.
+#[inline(always)]
+pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
     let nr: u64 = ctx.arg(1);
     // The cheap test first: every system call of every process passes here.
     if !matches!(
@@ -88,34 +100,42 @@ pub fn fault_clock_calls(ctx: RawTracePointContext) -> i32 {
             | NR_CLOCK_NANOSLEEP
             | NR_TIMERFD_SETTIME
     ) {
-        return 0;
+        return None;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a plain map read; the value is copied out at once.
-    let Some(vdso) = (unsafe { CLOCK_WATCHED.get(&tgid) }).copied() else {
-        return 0;
-    };
+    let watched = (unsafe { CLOCK_WATCHED.get(&tgid) }).copied()?;
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the tracepoint's first argument is the task's saved user registers.
-    let Ok(r) = (unsafe { bpf_probe_read_kernel(regs) }) else {
-        return 0;
-    };
+    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
     // SAFETY: a plain load of a global the loader set before loading the program.
     let mask = unsafe { core::ptr::read_volatile(&CLOCK_CALLS_MASK) };
-    let Some((kind, wait)) = classify(nr, &r, mask) else {
-        return 0;
-    };
+    let (kind, wait) = classify(nr, &regs, mask)?;
     // The vDSO's own fallback to the system call: its result goes through the stub.
-    if !wait && (vdso.start..vdso.end).contains(&r.rip) {
-        return 0;
+    if !wait && (watched.start..watched.end).contains(&regs.rip) {
+        return None;
     }
-    count(tgid, kind, wait);
+    Some(Seen {
+        tgid,
+        watched,
+        nr,
+        regs,
+        kind,
+        wait,
+    })
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn fault_clock_calls(ctx: RawTracePointContext) -> i32 {
+    if let Some(s) = seen(&ctx) {
+        count(s.tgid, s.kind, s.wait);
+    }
     0
 }
 
 /// Adds one call of `kind` to the process's counts (created at its first).
 #[inline(always)]
-fn count(tgid: u32, kind: u32, wait: bool) {
+pub(crate) fn count(tgid: u32, kind: u32, wait: bool) {
     if let Some(c) = CLOCK_CALLS.get_ptr_mut(&tgid) {
         // SAFETY: a map value; a lost update between two threads of one process costs one
         // count, which is all it is.

@@ -1,7 +1,8 @@
 //! fault's eBPF programs. One file per hook family: `tc` (egress network faults),
 //! `cgroup_skb` (ingress network faults), `net`, what both share, `exec` (holds a
-//! process that execs in a target until its clocks are patched) and `clock_calls` (counts
-//! the clock system calls the clock fault cannot reach).
+//! process that execs in a target until its clocks are patched), `clock_calls` (counts
+//! the clock system calls the clock fault cannot reach) and `clock_rewrite` (rewrites the
+//! results of raw clock reads, where the kernel lets eBPF write user memory).
 // Built for the host (as a workspace member, by `cargo clippy --workspace`) it is an empty
 // program; only the bpf target carries the programs.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -11,6 +12,8 @@
 mod cgroup_skb;
 #[cfg(target_arch = "bpf")]
 mod clock_calls;
+#[cfg(target_arch = "bpf")]
+mod clock_rewrite;
 #[cfg(target_arch = "bpf")]
 mod edt;
 #[cfg(target_arch = "bpf")]

@@ -1541,7 +1541,9 @@ fn processes_the_skew_cannot_reach_are_named_in_the_output_and_the_status() {
             "clock-calls",
             &cgroup,
             "60s",
-            "    - name: ahead\n      offset: 2s\n",
+            // Small, so the waiter's waits (each 50 ms by its skewed clock, so 50 ms plus
+            // the skew by the true one) come often enough to be seen in a 2 s window.
+            "    - name: ahead\n      offset: 100ms\n",
         ));
         let mut apply = FaultApply::start(file.path(), "clock-calls");
         apply.wait_ready();

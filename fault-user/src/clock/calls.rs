@@ -81,6 +81,9 @@ impl CallsRecord {
 pub struct CallWatch {
     /// While a window is open: the link, and when the window closes.
     link: Option<(RawTracePointLink, Instant)>,
+    /// Where eBPF may write user memory: the rewrite's `sys_enter` and `sys_exit` links,
+    /// attached for the whole run (they also count what they cannot rewrite).
+    rewrite: Option<[RawTracePointLink; 2]>,
     /// When the last window opened.
     opened: Instant,
     watched: HashMap<MapData, u32, VdsoRange>,
@@ -128,8 +131,13 @@ impl CallWatch {
         let calls = take(maps::CLOCK_CALLS)?
             .try_into()
             .map_err(step(maps::CLOCK_CALLS))?;
+        let rewrite = match refused {
+            Some(_) => None,
+            None => Some(attach_rewrite(&mut ebpf)?),
+        };
         let mut watch = CallWatch {
             link: None,
+            rewrite,
             opened: Instant::now(),
             watched,
             calls,
@@ -146,8 +154,17 @@ impl CallWatch {
         self.refused.as_deref()
     }
 
+    /// Whether raw clock reads are rewritten (where eBPF may write user memory).
+    pub fn rewrites(&self) -> bool {
+        self.rewrite.is_some()
+    }
+
     /// Attaches the program for a [`WINDOW`] from now (longer, if one is open already).
+    /// The rewrite, where there is one, counts all the time instead.
     pub fn open_window(&mut self) -> Result<(), StartError> {
+        if self.rewrite.is_some() {
+            return Ok(());
+        }
         let until = Instant::now() + WINDOW;
         self.opened = Instant::now();
         if let Some((_, end)) = self.link.as_mut() {
@@ -181,18 +198,22 @@ impl CallWatch {
         }
     }
 
-    /// Counts exactly the processes in `pids` from now on (the patched ones); a window
-    /// opens for those new to it.
-    pub fn watch(&mut self, pids: &[u32]) {
+    /// Counts exactly the processes in `procs` from now on (the patched ones, each with
+    /// the base of its clock parameter page, which the rewrite reads); a window opens for
+    /// those new to it.
+    pub fn watch(&mut self, procs: &[(u32, u64)]) {
         let known: Vec<u32> = self.watched.keys().flatten().collect();
+        let pids: Vec<u32> = procs.iter().map(|&(pid, _)| pid).collect();
         for pid in known.iter().filter(|p| !pids.contains(p)) {
             let _ = self.watched.remove(pid);
             let _ = self.calls.remove(pid);
             self.told.remove(pid);
         }
         let mut new = false;
-        for &pid in pids.iter().filter(|p| !known.contains(p)) {
-            let Some(vdso) = vdso_of(pid) else { continue };
+        for &(pid, base) in procs.iter().filter(|(p, _)| !known.contains(p)) {
+            let Some(vdso) = vdso_of(pid, base) else {
+                continue;
+            };
             // Full (CLOCK_CALLS_MAX processes): this one is not counted.
             new |= self.watched.insert(pid, vdso, 0).is_ok();
         }
@@ -248,13 +269,29 @@ fn names(kinds: u32) -> Vec<String> {
         .collect()
 }
 
-fn vdso_of(pid: u32) -> Option<VdsoRange> {
+fn vdso_of(pid: u32, page: u64) -> Option<VdsoRange> {
     let maps = super::vdso::maps(pid).ok()?;
     let m = maps.iter().find(|m| m.name == "[vdso]")?;
     Some(VdsoRange {
         start: m.start,
         end: m.end,
+        page,
     })
+}
+
+/// Loads and attaches the rewrite's two programs, from the object `ebpf`.
+fn attach_rewrite(ebpf: &mut Ebpf) -> Result<[RawTracePointLink; 2], StartError> {
+    let mut one = |name: &str, tracepoint: &str| {
+        let prog = raw_tracepoint(ebpf, name)?;
+        prog.load().map_err(step(format!("load program {name}")))?;
+        let what = format!("attach raw tracepoint {tracepoint}");
+        let id = prog.attach(tracepoint).map_err(step(what.clone()))?;
+        prog.take_link(id).map_err(step(what))
+    };
+    // sys_exit first: a read noted at sys_enter is then always rewritten.
+    let exit = one(progs::CLOCK_REWRITE_EXIT, "sys_exit")?;
+    let enter = one(progs::CLOCK_REWRITE_ENTER, TRACEPOINT)?;
+    Ok([enter, exit])
 }
 
 /// Why eBPF may not write user memory on this kernel (`bpf_probe_write_user`, which

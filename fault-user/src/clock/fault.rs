@@ -106,6 +106,15 @@ impl ClockFault {
     /// reach, and says once why they are not rewritten.
     fn start_calls(&mut self) {
         match CallWatch::start(self.mask) {
+            Ok(w) if w.rewrites() => {
+                println!(
+                    "fault: clock: reads made as system calls (clock_gettime, gettimeofday) \
+                     get the same fault, rewritten by eBPF; time() made as a system call and \
+                     waits until an absolute time follow the true clock, and each target \
+                     process seen making them is named here and in `fault status`"
+                );
+                self.calls = Some(w);
+            }
             Ok(w) => {
                 let why = w
                     .refused()
@@ -135,8 +144,13 @@ impl ClockFault {
         let Some(watch) = self.calls.as_mut() else {
             return;
         };
-        let pids: Vec<u32> = self.engine.records().iter().map(|r| r.pid).collect();
-        watch.watch(&pids);
+        let procs: Vec<(u32, u64)> = self
+            .engine
+            .records()
+            .iter()
+            .map(|r| (r.pid, r.base))
+            .collect();
+        watch.watch(&procs);
         for r in watch.news() {
             println!("fault: clock: warning: {}", r.describe());
         }

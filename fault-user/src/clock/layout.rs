@@ -17,6 +17,11 @@
 
 use std::mem::{offset_of, size_of};
 
+pub use fault_common::clock_math::{
+    noise_ns, steady_ns, ClockParams, CLOCKS_OFF, CLOCK_SLOTS, DRIFT_SHIFT, FLAG_ACTIVE,
+    FLAG_CLAMP, FLAG_SAMPLE_MONO, FLAG_STROBE, JITTER_MUL,
+};
+
 use crate::policy::{ClockId, ClockRule};
 
 pub const PAGE: usize = 4096;
@@ -27,9 +32,6 @@ pub const MAP_SIZE: usize = 3 * PAGE;
 /// The three trampolines sit at the end of the code page, one slot each.
 pub const TRAMP_OFF: usize = CODE_OFF + 0xc00;
 pub const TRAMP_SLOT: usize = 0x80;
-/// Clock ids 0..16 have a parameter slot; the vDSO serves 0-7 and 11 (TAI).
-pub const CLOCK_SLOTS: usize = 16;
-pub const CLOCKS_OFF: usize = 0x400;
 
 /// "fltclock" as little-endian bytes: tells our mapping from anything else in the target.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"fltclock");
@@ -39,16 +41,6 @@ pub const VERSION: u32 = 1;
 /// The name `/proc/PID/maps` shows: `/memfd:fault-clock (deleted)`.
 pub const MEMFD_NAME: &str = "fault-clock";
 
-/// [`ClockParams::flags`]: the clock is faulted.
-pub const FLAG_ACTIVE: u32 = 1;
-/// The clock must not go backwards for a reader: the stub keeps the largest value it
-/// returned in [`State::last`] and never returns less.
-pub const FLAG_CLAMP: u32 = 2;
-/// A wall clock: its own reading cannot tell whether the deadline (in monotonic time) has
-/// passed if the host's clock was stepped, so the stub also samples the true monotonic clock.
-pub const FLAG_SAMPLE_MONO: u32 = 4;
-/// The jumps are a strobe: `(floor(e / every) mod 2) * by` rather than `floor(e / every) * by`.
-pub const FLAG_STROBE: u32 = 8;
 /// How often a wall-clock read samples the monotonic clock: when its low nanosecond bits are
 /// all zero, so about one read in 64 (one in 8 for gettimeofday's microseconds).
 pub const SAMPLE_MASK: u8 = 63;
@@ -89,36 +81,6 @@ pub struct Header {
     pub entries: [Entry; 3],
 }
 
-/// The fault on one clock id. With `e = max(0, t - start_ns)` for a true reading `t`, the
-/// reader gets `t + offset + (e * drift_q >> DRIFT_SHIFT) + floor(e / every) * by + noise`, and
-/// just `t` once `t >= deadline_ns`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClockParams {
-    pub flags: u32,
-    pub _pad: u32,
-    /// This clock's true reading at apply: drift and jumps count from here.
-    pub start_ns: i64,
-    /// This clock's true reading at the policy's deadline.
-    pub deadline_ns: i64,
-    pub offset_ns: i64,
-    /// Drift as a fixed-point fraction: ppm * 2^[`DRIFT_SHIFT`] / 10^6. Per nanosecond of
-    /// `e` the drift term moves by at most one, so it never reverses a clock by itself.
-    pub drift_q: i64,
-    /// 0 without jumps.
-    pub jump_every_ns: u64,
-    /// floor((2^64 - 1) / every): the stub divides by multiplying (see [`floor_div`]).
-    pub jump_recip: u64,
-    pub jump_by_ns: i64,
-    /// Noise is `jitter_base + floor(hash * jitter_span / 2^64)`; span 0 means none.
-    pub jitter_span: u64,
-    pub jitter_base: i64,
-    /// `offset_ns` split as floor division by 10^9: most reads then need no division.
-    pub offset_sec: i64,
-    pub offset_nsec: i64,
-    pub _reserved: [u64; 4],
-}
-
 /// The target-writable page. Each value has a cache line of its own.
 #[repr(C, align(64))]
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +107,9 @@ const _: () = assert!(size_of::<ClockParams>() == 128);
 const _: () = assert!(CLOCKS_OFF + CLOCK_SLOTS * size_of::<ClockParams>() <= PAGE);
 const _: () = assert!(size_of::<State>() == 64 * (1 + CLOCK_SLOTS));
 const _: () = assert!(size_of::<State>() <= PAGE);
+// The system-call rewrite in fault-ebpf finds the state by fault_common's offsets.
+const _: () = assert!(STATE_OFF == fault_common::clock_math::STATE_OFF);
+const _: () = assert!(off::LAST == fault_common::clock_math::LAST_OFF);
 const _: () = assert!(TRAMP_OFF + 3 * TRAMP_SLOT <= MAP_SIZE);
 
 /// Field offsets the stub uses, from the start of the mapping.
@@ -167,15 +132,6 @@ pub mod off {
     pub const OFFSET_SEC: usize = offset_of!(ClockParams, offset_sec);
     pub const OFFSET_NSEC: usize = offset_of!(ClockParams, offset_nsec);
 }
-
-/// Fraction bits of [`ClockParams::drift_q`]: the stub takes the high half of a 128-bit
-/// product, which costs nothing more. 500,000 ppm (the most validation allows) is 2^63,
-/// held as `i64::MAX`.
-pub const DRIFT_SHIFT: u8 = 64;
-
-/// The hash that turns a reading into noise: its nanoseconds change on every call,
-/// and a multiply by the golden ratio spreads them over the high bits the stub uses.
-pub const JITTER_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Everything the stub reads, for every clock, as fault computes it once per apply. Every
 /// process of the policy gets the same values, so they agree on the time they see.
@@ -290,35 +246,6 @@ fn params(rule: &ClockRule, clock: ClockId, start_ns: i64, deadline_ns: i64) -> 
     }
 }
 
-impl ClockParams {
-    /// The fault (ns) the stub adds to a true reading `t` before noise and the clamp: the
-    /// same arithmetic, for tests and for `fault status`.
-    pub fn steady_fault(&self, t: i64) -> i64 {
-        let e = t.wrapping_sub(self.start_ns).max(0);
-        let drift = ((i128::from(e) * i128::from(self.drift_q)) >> DRIFT_SHIFT) as i64;
-        let jumps = if self.jump_recip == 0 {
-            0
-        } else {
-            let q = floor_div(e as u64, self.jump_every_ns, self.jump_recip) as i64;
-            match self.flags & FLAG_STROBE {
-                0 => q * self.jump_by_ns,
-                _ => (q & 1) * self.jump_by_ns,
-            }
-        };
-        self.offset_ns.wrapping_add(drift).wrapping_add(jumps)
-    }
-
-    /// The noise for a true reading whose nanosecond part is `nsec`.
-    pub fn noise(&self, nsec: i64) -> i64 {
-        if self.jitter_span == 0 {
-            return 0;
-        }
-        let h = (nsec as u64).wrapping_mul(JITTER_MUL);
-        let pick = ((u128::from(h) * u128::from(self.jitter_span)) >> 64) as i64;
-        self.jitter_base + pick
-    }
-}
-
 /// floor(e / d) from `recip = floor((2^64 - 1) / d)`, as the stub does it: the high half of
 /// `e * recip` is at most one short, and one compare fixes that.
 pub fn floor_div(e: u64, d: u64, recip: u64) -> u64 {
@@ -415,16 +342,16 @@ mod tests {
         let near = |got: i64, want: i64| assert!((got - want).abs() <= 1, "{got} vs {want}");
         // 10 s in: -2 s, +5 ms of drift, no jump yet.
         near(
-            p.steady_fault(1_000 + 10_000_000_000),
+            steady_ns(&p, 1_000 + 10_000_000_000),
             -2_000_000_000 + 5_000_000,
         );
         // 30 s in: the first jump.
         near(
-            p.steady_fault(1_000 + 30_000_000_000),
+            steady_ns(&p, 1_000 + 30_000_000_000),
             -2_000_000_000 + 15_000_000 - 1_000_000_000,
         );
         // Before the start: only the offset.
-        assert_eq!(p.steady_fault(0), -2_000_000_000);
+        assert_eq!(steady_ns(&p, 0), -2_000_000_000);
         // 10,000 ppm over 10 s is 100 ms.
         let fast = ClockRule {
             drift_ppm: 10_000.0,
@@ -433,7 +360,7 @@ mod tests {
             ..rule
         };
         let p = params(&fast, ClockId::Realtime, 0, i64::MAX);
-        near(p.steady_fault(10_000_000_000), 100_000_000);
+        near(steady_ns(&p, 10_000_000_000), 100_000_000);
     }
 
     #[test]
@@ -454,10 +381,10 @@ mod tests {
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let (mut wlo, mut whi) = (i64::MAX, i64::MIN);
         for t in (0..2_000_000i64).map(|i| i * 37 % 1_000_000_000) {
-            let n = mono.noise(t);
+            let n = noise_ns(&mono, t as u64);
             lo = lo.min(n);
             hi = hi.max(n);
-            let w = wall.noise(t);
+            let w = noise_ns(&wall, t as u64);
             wlo = wlo.min(w);
             whi = whi.max(w);
         }

@@ -314,7 +314,7 @@ fn rule_status(rules: &[ClockRule], plan: &Plan) -> Vec<RuleStatus> {
                 name: r.name.clone(),
                 summary: r.describe(),
                 steady_ns: if now < params.deadline_ns {
-                    params.steady_fault(now)
+                    layout::steady_ns(params, now)
                 } else {
                     0
                 },

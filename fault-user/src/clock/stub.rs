@@ -376,7 +376,7 @@ mod tests {
 
     use super::*;
     use crate::clock::layout::{
-        bytes_of, Header, Plan, CLOCKS_OFF, FLAG_CLAMP, MAP_SIZE, PARAMS_OFF, STATE_OFF,
+        bytes_of, steady_ns, Header, Plan, CLOCKS_OFF, FLAG_CLAMP, MAP_SIZE, PARAMS_OFF, STATE_OFF,
     };
     use crate::policy::{ClockId, ClockJumps, ClockRule};
 
@@ -623,7 +623,7 @@ mod tests {
             set_fake(T0 + e, M0 + e);
             let want = T0 + e + if ahead { 5_000_000_000 } else { 0 };
             assert_eq!(m.cgt(0), (0, want), "{e} ns in");
-            assert_eq!(p.clocks[0].steady_fault(T0 + e), want - T0 - e);
+            assert_eq!(steady_ns(&p.clocks[0], T0 + e), want - T0 - e);
         }
     }
 
@@ -652,12 +652,12 @@ mod tests {
             95_000_000_017,
         ] {
             set_fake(T0 + e, M0 + e);
-            let want = T0 + e + p.clocks[0].steady_fault(T0 + e);
+            let want = T0 + e + steady_ns(&p.clocks[0], T0 + e);
             assert_eq!(m.cgt(0), (0, want), "realtime {e} ns in");
-            assert_eq!(m.cgt(1), (0, M0 + e + p.clocks[1].steady_fault(M0 + e)));
+            assert_eq!(m.cgt(1), (0, M0 + e + steady_ns(&p.clocks[1], M0 + e)));
             // gettimeofday reads whole microseconds, and the fault is added to those.
             let us = (T0 + e).div_euclid(1000) * 1000;
-            let want_us = (us + p.clocks[0].steady_fault(us)).div_euclid(1000);
+            let want_us = (us + steady_ns(&p.clocks[0], us)).div_euclid(1000);
             assert_eq!(m.gtod(), want_us, "gettimeofday {e} ns in");
             assert_eq!(m.time(), want.div_euclid(1_000_000_000), "time {e} ns in");
         }

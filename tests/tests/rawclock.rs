@@ -1,0 +1,157 @@
+//! Clock reads made as system calls. Where the kernel lets eBPF write user memory
+//! (lockdown none, as on the Debian guests) they get the same fault as the vDSO; where
+//! lockdown refuses it, they read true time and the process is named. Runs on every
+//! kernel of the matrix, so its checks allow for emulation's coarse timing (tens of ms,
+//! against a 5 s skew). Run one at a time (`--test-threads=1`).
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fault_tests::{
+    assert_no_leftovers, fault, probe, require_root, spawn_in, write_policy, Cgroup, FaultApply,
+};
+
+const SEC: i128 = 1_000_000_000;
+
+/// Whether this kernel lets eBPF programs write user memory, if the test can tell by
+/// itself: the Debian guests run with lockdown none, and securityfs names the mode where
+/// it is mounted. Otherwise (this host: lockdown=integrity without securityfs) fault's own
+/// finding is taken, which it must state.
+fn write_user_allowed() -> Option<bool> {
+    if std::env::var_os("FAULT_IN_VM").is_some_and(|v| v == "1") {
+        return Some(true);
+    }
+    std::fs::read_to_string("/sys/kernel/security/lockdown")
+        .ok()
+        .map(|text| text.contains("[none]"))
+}
+
+fn realtime_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as i128
+}
+
+/// The lines a `clock-pair` probe prints (`<vDSO ns> <raw ns>`), each with the true time
+/// it was read at.
+type Pairs = Arc<Mutex<Vec<(i128, i128, i128)>>>;
+
+fn collect(child: &mut std::process::Child) -> Pairs {
+    let out = child.stdout.take().expect("piped stdout");
+    let pairs: Pairs = Arc::default();
+    let sink = pairs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let mut it = line.split_whitespace().map(|w| w.parse::<i128>().ok());
+            if let (Some(Some(vdso)), Some(Some(raw))) = (it.next(), it.next()) {
+                let row = (realtime_ns(), vdso, raw);
+                sink.lock().unwrap().push(row);
+            }
+        }
+    });
+    pairs
+}
+
+/// The readings made after `since` (true ns), waiting up to 5 s for at least 5.
+fn after(pairs: &Pairs, since: i128) -> Vec<(i128, i128, i128)> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got: Vec<_> = pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|r| r.0 > since)
+            .collect();
+        if got.len() >= 5 || Instant::now() > until {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The worst distance (ns) of each reading from `truth + skew`, as (vDSO, raw).
+fn worst(rows: &[(i128, i128, i128)], skew: i128) -> (i128, i128) {
+    rows.iter().fold((0, 0), |(v, r), &(at, vdso, raw)| {
+        (
+            v.max((vdso - at - skew).abs()),
+            r.max((raw - at - skew).abs()),
+        )
+    })
+}
+
+#[test]
+fn raw_clock_reads_get_the_skew_where_ebpf_may_write_user_memory_and_end_with_the_loader() {
+    require_root();
+    let allowed = write_user_allowed();
+    {
+        let cgroup = Cgroup::new("rawclock");
+        let mut cmd = probe(&["clock-pair", "--interval-ms", "20"]);
+        cmd.stdout(Stdio::piped());
+        let mut reader = spawn_in(Some(&cgroup), None, cmd);
+        let pairs = collect(reader.child_mut());
+        let policy = format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: rawclock\nspec:\n  \
+             duration: 60s\n  targets:\n    - cgroup: {}\n  clock:\n    - name: ahead\n      \
+             offset: 5s\n",
+            cgroup.path().display()
+        );
+        let file = write_policy(&policy);
+        let mut apply = FaultApply::start(file.path(), "rawclock");
+        apply.wait_ready();
+        std::thread::sleep(Duration::from_millis(500));
+        let rows = after(&pairs, realtime_ns());
+        assert!(rows.len() >= 5, "too few readings: {rows:?}");
+        let (vdso, raw) = worst(&rows, 5 * SEC);
+        let ms = |ns: i128| ns as f64 / 1e6;
+        println!(
+            "rawclock: {} readings under +5 s; worst distance from the skewed time: vDSO \
+             {:.1} ms, raw system call {:.1} ms (eBPF may write user memory: {allowed:?})",
+            rows.len(),
+            ms(vdso),
+            ms(raw)
+        );
+        assert!(vdso < 200_000_000, "the vDSO reads the skew: {rows:?}");
+        let log = apply.log();
+        let refused = log.contains("refuses bpf_probe_write_user");
+        assert_ne!(
+            allowed,
+            Some(refused),
+            "fault's finding on writing user memory: {log}"
+        );
+        if !refused {
+            assert!(raw < 200_000_000, "the raw reads get the skew: {rows:?}");
+            assert!(log.contains("rewritten by eBPF"), "{log}");
+        } else {
+            let (_, truth) = worst(&rows, 0);
+            assert!(truth < 200_000_000, "the raw reads are true: {rows:?}");
+            assert!(
+                log.contains(&format!("process {} (fault-probe)", reader.pid())),
+                "the raw reader is named: {log}"
+            );
+        }
+        // The rewrite's links are the loader's: they end with it.
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(1100));
+        let rows = after(&pairs, realtime_ns());
+        let (vdso, raw) = worst(&rows, 0);
+        println!(
+            "rawclock: 1.1 s after the loader's SIGKILL, worst distance from true time: \
+             vDSO {:.1} ms, raw {:.1} ms",
+            ms(vdso),
+            ms(raw)
+        );
+        assert!(
+            vdso < 200_000_000 && raw < 200_000_000,
+            "true time again: {rows:?}"
+        );
+        let out = fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {out:?}");
+    }
+    assert_no_leftovers();
+}
