@@ -8,6 +8,9 @@
 
 /// Clock ids 0..16 have a parameter slot; the vDSO serves 0-7 and 11 (TAI).
 pub const CLOCK_SLOTS: usize = 16;
+/// Where the parameter page holds the loader's lease: the true CLOCK_MONOTONIC time (ns)
+/// at which every fault ends unless the loader renews it.
+pub const MONO_DEADLINE_OFF: usize = 32;
 /// Where the [`ClockParams`] of clock id 0 sit in the parameter page.
 pub const CLOCKS_OFF: usize = 0x400;
 /// Where the target-writable state starts (its expired flag first, then per clock id a

@@ -36,10 +36,10 @@ static CLOCK_CALLS: HashMap<u32, ClockCalls> = HashMap::with_max_entries(CLOCK_C
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 pub(crate) const NR_GETTIMEOFDAY: u64 = 96;
 const NR_TIME: u64 = 201;
-const NR_FUTEX: u64 = 202;
+pub(crate) const NR_FUTEX: u64 = 202;
 const NR_TIMER_SETTIME: u64 = 223;
 pub(crate) const NR_CLOCK_GETTIME: u64 = 228;
-const NR_CLOCK_NANOSLEEP: u64 = 230;
+pub(crate) const NR_CLOCK_NANOSLEEP: u64 = 230;
 const NR_TIMERFD_SETTIME: u64 = 286;
 
 const CLOCK_REALTIME: u64 = 0;

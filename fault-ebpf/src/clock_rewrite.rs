@@ -6,40 +6,61 @@
 //! `sys_enter` notes, per thread, a read it can rewrite (the clock id and where the result
 //! goes); `sys_exit` reads the true result the kernel wrote, adds the fault and writes it
 //! back with `bpf_probe_write_user`. That helper is refused under lockdown, where these
-//! programs do not load and `fault_clock_calls` only counts. Calls this cannot rewrite
-//! (`time`, whose result is the return value, and waits until an absolute time) are
-//! counted as `fault_clock_calls` counts them.
+//! programs do not load and `fault_clock_calls` only counts.
+//!
+//! Absolute waits (`clock_nanosleep` with TIMER_ABSTIME, realtime futex waits): `sys_enter`
+//! moves the caller's deadline to the true time at which the faulted clock reads it, before
+//! the kernel reads it, and `sys_exit` puts the caller's value back. Calls this cannot
+//! rewrite (`time`, whose result is the return value; timers with an absolute expiry, whose
+//! clock is not in the call) are counted as `fault_clock_calls` counts them.
 //!
 //! Never backwards: for a clamped clock the largest value returned is shared with the stub
 //! through the page's `last` line; eBPF cannot update user memory atomically, so two threads
 //! racing a stub read and a raw read may each keep their own maximum.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_write_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_write_user,
+    },
     macros::{map, raw_tracepoint},
     maps::HashMap,
     programs::RawTracePointContext,
 };
 use fault_common::{
-    clock_math::{fault_ns, ClockParams, CLOCKS_OFF, CLOCK_SLOTS, FLAG_CLAMP, LAST_OFF, STATE_OFF},
+    clock_math::{
+        fault_ns, steady_ns, ClockParams, CLOCKS_OFF, CLOCK_SLOTS, FLAG_ACTIVE, FLAG_CLAMP,
+        LAST_OFF, MONO_DEADLINE_OFF, STATE_OFF,
+    },
     CLOCK_CALLS_MAX,
 };
 
-use crate::clock_calls::{count, seen, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_GETTIMEOFDAY};
+use crate::clock_calls::{
+    count, seen, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_FUTEX, NR_GETTIMEOFDAY,
+};
 
 const NS: u64 = 1_000_000_000;
 /// u = t + BIAS is never negative for any reading: unsigned division then floors.
 const BIAS: u64 = NS << 32;
 
-/// A read to rewrite at its `sys_exit`.
+/// What to do at a call's `sys_exit`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
     pub clock: u64,
-    /// The caller's timespec (clock_gettime) or timeval (gettimeofday).
+    /// The caller's timespec (clock_gettime, a wait's deadline) or timeval (gettimeofday).
     pub ptr: u64,
-    pub micros: u64,
+    /// [`READ_NS`], [`READ_US`] or [`RESTORE`].
+    pub mode: u64,
+    /// For [`RESTORE`]: the deadline as the caller wrote it.
+    pub saved: [i64; 2],
 }
+
+/// Add the fault to the timespec the kernel wrote.
+const READ_NS: u64 = 0;
+/// Add the fault to the timeval the kernel wrote.
+const READ_US: u64 = 1;
+/// Put back the caller's deadline, which `sys_enter` translated to the true clock.
+const RESTORE: u64 = 2;
 
 /// Per thread (tid): the read it is making.
 #[map]
@@ -51,21 +72,103 @@ pub fn fault_clock_rewrite_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let r = &s.regs;
-    let read = match s.nr {
-        NR_CLOCK_GETTIME if r.rdi < CLOCK_SLOTS as u64 => Some((r.rdi, r.rsi, 0)),
-        NR_GETTIMEOFDAY => Some((0, r.rdi, 1)),
+    let page = s.watched.page;
+    // (clock id, where the time is, mode)
+    let call = match (s.nr, s.wait) {
+        (NR_CLOCK_GETTIME, false) => Some((r.rdi, r.rsi, READ_NS)),
+        (NR_GETTIMEOFDAY, false) => Some((0, r.rdi, READ_US)),
+        (NR_CLOCK_NANOSLEEP, true) => Some((r.rdi, r.rdx, RESTORE)),
+        // Realtime futex waits: the timeout, an absolute CLOCK_REALTIME time.
+        (NR_FUTEX, true) => Some((0, r.r10, RESTORE)),
         _ => None,
     };
-    match read {
-        Some((clock, ptr, micros)) if s.watched.page != 0 && ptr != 0 => {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            let p = Pending { clock, ptr, micros };
-            // Full: this read keeps its true result.
-            let _ = CLOCK_PENDING.insert(&tid, &p, 0);
+    let handled = match call {
+        Some((clock, ptr, mode)) if page != 0 && ptr != 0 && clock < CLOCK_SLOTS as u64 => {
+            note(page, clock, ptr, mode)
         }
-        _ => count(s.tgid, s.kind, s.wait),
+        _ => false,
+    };
+    if !handled {
+        count(s.tgid, s.kind, s.wait);
     }
     0
+}
+
+/// Notes a read for its `sys_exit`, or translates a wait's deadline now (the kernel reads
+/// it after this) and notes it for restoring. False when it cannot be done.
+#[inline(always)]
+fn note(page: u64, clock: u64, ptr: u64, mode: u64) -> bool {
+    let mut p = Pending {
+        clock,
+        ptr,
+        mode,
+        saved: [0, 0],
+    };
+    if mode == RESTORE {
+        match translate(page, clock, ptr) {
+            Ok(Some(saved)) => p.saved = saved,
+            _ => return false,
+        }
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if CLOCK_PENDING.insert(&tid, &p, 0).is_err() {
+        // Full: put the deadline back at once; the wait follows the true clock.
+        if mode == RESTORE {
+            // SAFETY: the caller's own timespec, as it was.
+            let _ = unsafe { bpf_probe_write_user(ptr as *mut [i64; 2], &p.saved) };
+        }
+        return false;
+    }
+    true
+}
+
+/// Moves the absolute deadline at `ptr` to the true time at which the faulted clock reads
+/// it (by the steady fault: offset, drift and jumps, no noise); returns it as it was.
+#[inline(always)]
+fn translate(page: u64, clock: u64, ptr: u64) -> Result<Option<[i64; 2]>, i32> {
+    let Some(params) = params(page, clock)? else {
+        return Ok(None);
+    };
+    let dst = ptr as *mut [i64; 2];
+    // SAFETY: user addresses, read and written with the helpers that check them.
+    let saved = unsafe { bpf_probe_read_user(dst as *const [i64; 2]) }?;
+    let d = saved[0].wrapping_mul(NS as i64).wrapping_add(saved[1]);
+    // The page's own deadlines are the loader's lease, a second or so ahead: they say
+    // whether the fault holds now, not at the wait's end.
+    let lease_at = (page + MONO_DEADLINE_OFF as u64) as *const i64;
+    // SAFETY: as above.
+    let lease: i64 = unsafe { bpf_probe_read_user(lease_at) }?;
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() } as i64;
+    if params.flags & FLAG_ACTIVE == 0 || now >= lease {
+        return Ok(None);
+    }
+    let add = steady_ns(&params, d.wrapping_sub(params.offset_ns));
+    let out = split(d.wrapping_sub(add));
+    // SAFETY: as above.
+    unsafe { bpf_probe_write_user(dst, &out) }?;
+    Ok(Some(saved))
+}
+
+/// The clock's parameters in the page at `page`, or `None` once the fault has expired.
+#[inline(always)]
+fn params(page: u64, clock: u64) -> Result<Option<ClockParams>, i32> {
+    let clock = clock & (CLOCK_SLOTS as u64 - 1);
+    // SAFETY: user addresses, read with the helper that checks them.
+    let expired: u64 = unsafe { bpf_probe_read_user((page + STATE_OFF as u64) as *const u64) }?;
+    if expired != 0 {
+        return Ok(None);
+    }
+    let at = page + CLOCKS_OFF as u64 + clock * core::mem::size_of::<ClockParams>() as u64;
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(at as *const ClockParams) }.map(Some)
+}
+
+/// ns -> (seconds, nanoseconds in [0, 10^9)), flooring.
+#[inline(always)]
+fn split(v: i64) -> [i64; 2] {
+    let u = (v as u64).wrapping_add(BIAS);
+    [(u / NS) as i64 - (1 << 32), (u % NS) as i64]
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -77,6 +180,11 @@ pub fn fault_clock_rewrite_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let _ = CLOCK_PENDING.remove(&tid);
+    if p.mode == RESTORE {
+        // SAFETY: the caller's own timespec, as it was.
+        let _ = unsafe { bpf_probe_write_user(p.ptr as *mut [i64; 2], &p.saved) };
+        return 0;
+    }
     let ret: i64 = ctx.arg(1);
     let tgid = (id >> 32) as u32;
     // SAFETY: as above.
@@ -91,18 +199,15 @@ pub fn fault_clock_rewrite_exit(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn rewrite(page: u64, p: &Pending) -> Result<(), i32> {
     let clock = p.clock & (CLOCK_SLOTS as u64 - 1);
-    // SAFETY: user addresses, read with the helper that checks them.
-    let expired: u64 = unsafe { bpf_probe_read_user((page + STATE_OFF as u64) as *const u64) }?;
-    if expired != 0 {
+    let Some(params) = params(page, clock)? else {
         return Ok(());
-    }
-    let at = page + CLOCKS_OFF as u64 + clock * core::mem::size_of::<ClockParams>() as u64;
-    // SAFETY: as above.
-    let params: ClockParams = unsafe { bpf_probe_read_user(at as *const ClockParams) }?;
+    };
+    let micros = p.mode == READ_US;
     let dst = p.ptr as *mut [i64; 2];
-    // SAFETY: as above; the kernel has just written the result there.
+    // SAFETY: user addresses, read and written with the helpers that check them; the
+    // kernel has just written the result there.
     let [sec, frac] = unsafe { bpf_probe_read_user(dst as *const [i64; 2]) }?;
-    let nsec = if p.micros != 0 { frac * 1000 } else { frac };
+    let nsec = if micros { frac * 1000 } else { frac };
     let t = sec.wrapping_mul(NS as i64).wrapping_add(nsec);
     let Some(add) = fault_ns(&params, t, nsec as u64, true) else {
         return Ok(());
@@ -119,9 +224,8 @@ fn rewrite(page: u64, p: &Pending) -> Result<(), i32> {
             unsafe { bpf_probe_write_user(last_at, &v) }?;
         }
     }
-    let u = (v as u64).wrapping_add(BIAS);
-    let (sec, nsec) = ((u / NS) as i64 - (1 << 32), (u % NS) as i64);
-    let out = [sec, if p.micros != 0 { nsec / 1000 } else { nsec }];
+    let [sec, nsec] = split(v);
+    let out = [sec, if micros { nsec / 1000 } else { nsec }];
     // SAFETY: as above: the caller's own result, in the shape it asked for.
     unsafe { bpf_probe_write_user(dst, &out) }
 }

@@ -1252,9 +1252,12 @@ fn processes_that_exec_in_the_target_are_faulted_from_their_first_read() {
             ms(latencies[18]),
             ms(latencies[19])
         );
+        // Not a speed test (the figures are printed): a hold that failed and left the
+        // process to the rescan would take a second or more.
         assert!(
-            latencies[18] < 10 * MS,
-            "exec -> first perturbed read p90 {:.2} ms, expected < 10 ms: {latencies:?}",
+            latencies[18] < 200 * MS,
+            "exec -> first perturbed read p90 {:.2} ms, expected well under the rescan's \
+             second: {latencies:?}",
             ms(latencies[18])
         );
         assert_skews(

@@ -155,3 +155,101 @@ fn raw_clock_reads_get_the_skew_where_ebpf_may_write_user_memory_and_end_with_th
     }
     assert_no_leftovers();
 }
+
+/// The policy for `cgroup`: its realtime clock `offset` off, for a minute.
+fn skew_policy(name: &str, cgroup: &Cgroup, offset: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+         duration: 60s\n  targets:\n    - cgroup: {}\n  clock:\n    - name: off\n      \
+         offset: {offset}\n",
+        cgroup.path().display()
+    )
+}
+
+/// Each line an `abs-wait` probe prints: how long (ns) one wait took by CLOCK_MONOTONIC,
+/// with the true time it was printed at.
+fn waits_after(pairs: &Arc<Mutex<Vec<(i128, i128)>>>, since: i128, n: usize) -> Vec<i128> {
+    let until = Instant::now() + Duration::from_secs(12);
+    loop {
+        let got: Vec<i128> = pairs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 > since)
+            .map(|r| r.1)
+            .collect();
+        if got.len() >= n || Instant::now() > until {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn collect_waits(child: &mut std::process::Child) -> Arc<Mutex<Vec<(i128, i128)>>> {
+    let out = child.stdout.take().expect("piped stdout");
+    let waits: Arc<Mutex<Vec<(i128, i128)>>> = Arc::default();
+    let sink = waits.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(ns) = line.trim().parse::<i128>() {
+                sink.lock().unwrap().push((realtime_ns(), ns));
+            }
+        }
+    });
+    waits
+}
+
+#[test]
+fn absolute_waits_last_as_long_as_on_a_machine_whose_clock_is_that_far_off() {
+    require_root();
+    let allowed = write_user_allowed();
+    for (offset, futex) in [("5s", false), ("-5s", false), ("5s", true), ("-5s", true)] {
+        let how = if futex { "futex" } else { "clock_nanosleep" };
+        {
+            let cgroup = Cgroup::new("rawwait");
+            let mut args = vec!["abs-wait", "--interval-ms", "1000"];
+            if futex {
+                args.push("--futex");
+            }
+            let mut cmd = probe(&args);
+            cmd.stdout(Stdio::piped());
+            let mut waiter = spawn_in(Some(&cgroup), None, cmd);
+            let waits = collect_waits(waiter.child_mut());
+            let file = write_policy(&skew_policy("rawwait", &cgroup, offset));
+            let mut apply = FaultApply::start(file.path(), "rawwait");
+            apply.wait_ready();
+            let ready = realtime_ns();
+            let log = apply.log();
+            let refused = log.contains("refuses bpf_probe_write_user");
+            assert_ne!(allowed, Some(refused), "fault's finding: {log}");
+            if refused {
+                let named = format!("process {} (fault-probe)", waiter.pid());
+                let until = Instant::now() + Duration::from_secs(8);
+                while !apply.log().contains(&named) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let log = apply.log();
+                assert!(
+                    log.contains(&named) && log.contains("wait(s) until an absolute time"),
+                    "{how} under {offset}: the waiter is named: {log}"
+                );
+                println!("rawwait: {how} under {offset}: named, as this kernel refuses");
+            } else {
+                // The wait under way at the patch began by the true clock: skip it.
+                let got = waits_after(&waits, ready, 3);
+                let ms: Vec<f64> = got.iter().map(|&ns| ns as f64 / 1e6).collect();
+                println!("rawwait: {how} under {offset}: waits of 1 s took {ms:.1?} ms");
+                assert!(got.len() >= 3, "{how} under {offset}: {ms:?}");
+                for &w in &got[1..3] {
+                    assert!(
+                        (w - SEC).abs() <= SEC / 10,
+                        "{how} under {offset}: a wait of 1 s took {ms:?} ms"
+                    );
+                }
+            }
+            let (status, log) = apply.stop();
+            assert!(status.success(), "{log}");
+        }
+        assert_no_leftovers();
+    }
+}

@@ -109,9 +109,11 @@ impl ClockFault {
             Ok(w) if w.rewrites() => {
                 println!(
                     "fault: clock: reads made as system calls (clock_gettime, gettimeofday) \
-                     get the same fault, rewritten by eBPF; time() made as a system call and \
-                     waits until an absolute time follow the true clock, and each target \
-                     process seen making them is named here and in `fault status`"
+                     get the same fault, rewritten by eBPF, and absolute deadlines handed to \
+                     clock_nanosleep and realtime futex waits are moved by it; time() made as \
+                     a system call and timers with an absolute expiry follow the true clock, \
+                     and each target process seen making them is named here and in `fault \
+                     status`"
                 );
                 self.calls = Some(w);
             }

@@ -110,6 +110,7 @@ const _: () = assert!(size_of::<State>() <= PAGE);
 // The system-call rewrite in fault-ebpf finds the state by fault_common's offsets.
 const _: () = assert!(STATE_OFF == fault_common::clock_math::STATE_OFF);
 const _: () = assert!(off::LAST == fault_common::clock_math::LAST_OFF);
+const _: () = assert!(off::MONO_DEADLINE == fault_common::clock_math::MONO_DEADLINE_OFF);
 const _: () = assert!(TRAMP_OFF + 3 * TRAMP_SLOT <= MAP_SIZE);
 
 /// Field offsets the stub uses, from the start of the mapping.

@@ -127,6 +127,10 @@ enum Cmd {
     AbsWait {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+        /// Wait in a realtime futex wait (FUTEX_WAIT_BITSET with FUTEX_CLOCK_REALTIME, as
+        /// glibc's pthread_cond_timedwait makes it) instead of clock_nanosleep
+        #[arg(long)]
+        futex: bool,
     },
     /// Send numbered UDP datagrams on a fixed schedule, datagram k at start + k x interval
     /// however long each send takes, and report the start (CLOCK_MONOTONIC ns): with it a
@@ -220,7 +224,7 @@ fn main() -> ExitCode {
             interval_ms,
             threads,
         } => clock_pair(Duration::from_millis(interval_ms), threads),
-        Cmd::AbsWait { interval_ms } => abs_wait(Duration::from_millis(interval_ms)),
+        Cmd::AbsWait { interval_ms, futex } => abs_wait(Duration::from_millis(interval_ms), futex),
         Cmd::UdpPaced {
             to,
             count,
@@ -670,7 +674,7 @@ fn clock_pair(interval: Duration, threads: u32) -> io::Result<String> {
     }
 }
 
-fn abs_wait(interval: Duration) -> io::Result<String> {
+fn abs_wait(interval: Duration, futex: bool) -> io::Result<String> {
     let mut out = io::stdout().lock();
     loop {
         let mut now = libc::timespec {
@@ -685,20 +689,51 @@ fn abs_wait(interval: Duration) -> io::Result<String> {
             tv_nsec: (ns % 1_000_000_000) as libc::c_long,
         };
         let start = monotonic_ns();
-        // SAFETY: a valid timespec to read; no remainder is asked for an absolute sleep.
-        let rc = unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_REALTIME,
-                libc::TIMER_ABSTIME,
-                &until,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != 0 && rc != libc::EINTR {
-            return Err(io::Error::from_raw_os_error(rc));
+        match futex {
+            true => futex_wait_until(&until)?,
+            false => sleep_until(&until)?,
         }
         writeln!(out, "{}", monotonic_ns() - start)?;
         out.flush()?;
+    }
+}
+
+fn sleep_until(until: &libc::timespec) -> io::Result<()> {
+    // SAFETY: a valid timespec to read; no remainder is asked for an absolute sleep.
+    let rc = unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_REALTIME,
+            libc::TIMER_ABSTIME,
+            until,
+            std::ptr::null_mut(),
+        )
+    };
+    match rc {
+        0 | libc::EINTR => Ok(()),
+        rc => Err(io::Error::from_raw_os_error(rc)),
+    }
+}
+
+/// Waits on a futex word nobody wakes, until the absolute realtime `until`.
+fn futex_wait_until(until: &libc::timespec) -> io::Result<()> {
+    let word: u32 = 0;
+    let op = libc::FUTEX_WAIT_BITSET | libc::FUTEX_CLOCK_REALTIME | libc::FUTEX_PRIVATE_FLAG;
+    // SAFETY: a valid futex word and timespec, both alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            &word as *const u32,
+            op,
+            0u32,
+            until as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            libc::FUTEX_BITSET_MATCH_ANY,
+        )
+    };
+    let err = io::Error::last_os_error();
+    match (rc, err.raw_os_error()) {
+        (0, _) | (_, Some(libc::ETIMEDOUT | libc::EINTR)) => Ok(()),
+        _ => Err(err),
     }
 }
 
