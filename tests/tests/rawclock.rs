@@ -253,3 +253,55 @@ fn absolute_waits_last_as_long_as_on_a_machine_whose_clock_is_that_far_off() {
         assert_no_leftovers();
     }
 }
+
+#[test]
+fn monotonic_never_goes_back_through_the_vdso_and_the_system_call_mixed() {
+    require_root();
+    let allowed = write_user_allowed();
+    {
+        let cgroup = Cgroup::new("rawmono");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let go = dir.path().join("go");
+        let cmd = probe(&["mono-mixed", "--go", go.to_str().unwrap()]);
+        let mixer = spawn_in(Some(&cgroup), None, cmd);
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: rawmono\nspec:\n  \
+             duration: 120s\n  targets:\n    - cgroup: {}\n  clock:\n    - name: noisy\n      \
+             clocks: [monotonic]\n      jitter: 2ms\n",
+            cgroup.path().display()
+        ));
+        let mut apply = FaultApply::start(file.path(), "rawmono");
+        apply.wait_ready();
+        let log = apply.log();
+        let refused = log.contains("refuses bpf_probe_write_user");
+        assert_ne!(allowed, Some(refused), "fault's finding: {log}");
+        // The process is watched by the rewrite within a tick of being patched.
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::write(&go, b"").expect("write the go file");
+        let out = mixer.wait_output(Duration::from_secs(300));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "mono-mixed: {out:?}");
+        println!("rawmono: steps back, reads, largest step back (ns): {text}");
+        let f: Vec<i64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [back, reads, worst] = f[..] else {
+            panic!("mono-mixed printed {text:?}");
+        };
+        assert_eq!(reads, 1_000_000);
+        if refused {
+            // Raw reads are true time, the vDSO's lag by up to 2 ms: mixed, they go back.
+            assert!(back > 0, "the two paths disagree here: {text}");
+            assert!(worst <= 2_100_000, "by the jitter at most: {text}");
+        } else {
+            assert_eq!(
+                back, 0,
+                "monotonic went back {back} times, by up to {worst} ns"
+            );
+        }
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}

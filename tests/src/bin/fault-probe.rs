@@ -121,6 +121,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: u32,
     },
+    /// Once `--go` exists, read CLOCK_MONOTONIC `--reads` times, every other read by the
+    /// raw system call and the rest through the vDSO, and print
+    /// `<steps backwards> <reads> <largest step back in ns>`
+    MonoMixed {
+        #[arg(long)]
+        go: std::path::PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        reads: u64,
+    },
     /// Wait until "now + interval" by an absolute CLOCK_REALTIME deadline
     /// (`clock_nanosleep` with TIMER_ABSTIME, "now" read through the vDSO), over and over,
     /// printing how long each wait took by CLOCK_MONOTONIC, until killed
@@ -224,6 +233,7 @@ fn main() -> ExitCode {
             interval_ms,
             threads,
         } => clock_pair(Duration::from_millis(interval_ms), threads),
+        Cmd::MonoMixed { go, reads } => mono_mixed(&go, reads),
         Cmd::AbsWait { interval_ms, futex } => abs_wait(Duration::from_millis(interval_ms), futex),
         Cmd::UdpPaced {
             to,
@@ -696,6 +706,36 @@ fn abs_wait(interval: Duration, futex: bool) -> io::Result<String> {
         writeln!(out, "{}", monotonic_ns() - start)?;
         out.flush()?;
     }
+}
+
+fn mono_mixed(go: &std::path::Path, reads: u64) -> io::Result<String> {
+    while !go.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let read = |raw: bool| {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write, by either path.
+        unsafe {
+            match raw {
+                true => libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut t),
+                false => libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) as libc::c_long,
+            }
+        };
+        t.tv_sec as i64 * 1_000_000_000 + t.tv_nsec as i64
+    };
+    let (mut back, mut worst, mut last) = (0u64, 0i64, read(false));
+    for i in 1..reads {
+        let now = read(i % 2 == 1);
+        if now < last {
+            back += 1;
+            worst = worst.max(last - now);
+        }
+        last = now;
+    }
+    Ok(format!("{back} {reads} {worst}"))
 }
 
 fn sleep_until(until: &libc::timespec) -> io::Result<()> {
