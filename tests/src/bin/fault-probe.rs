@@ -724,7 +724,7 @@ fn mono_mixed(go: &std::path::Path, reads: u64) -> io::Result<String> {
                 false => libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) as libc::c_long,
             }
         };
-        t.tv_sec as i64 * 1_000_000_000 + t.tv_nsec as i64
+        t.tv_sec * 1_000_000_000 + t.tv_nsec
     };
     let (mut back, mut worst, mut last) = (0u64, 0i64, read(false));
     for i in 1..reads {
