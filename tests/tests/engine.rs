@@ -136,6 +136,12 @@ fn after_sigkill_partition_and_delay_end_within_a_second_and_stop_leaves_nothing
 #[test]
 fn stop_finishes_a_revert_that_a_sigkill_cut_short() {
     require_root();
+    for filter_only in [true, false] {
+        stop_after_a_cut_revert(filter_only);
+    }
+}
+
+fn stop_after_a_cut_revert(filter_only: bool) {
     {
         let h = hosts("cutrev", "10.79", 8);
         let target = Cgroup::new("cutrev");
@@ -155,10 +161,15 @@ fn stop_finishes_a_revert_that_a_sigkill_cut_short() {
         // SAFETY: kill has no memory-safety preconditions; the pid is our child.
         unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
         apply.wait_exit(Duration::from_secs(5));
-        // What the killed revert had done: the qdisc is gone, its record is not.
+        // What the killed revert had done: the filter is gone, or the qdisc and the filter
+        // with it; the record is not.
+        let what: &[&str] = match filter_only {
+            true => &["filter", "del", "dev", h.veth.name_a(), "egress"],
+            false => &["qdisc", "del", "dev", h.veth.name_a(), "clsact"],
+        };
         let del = Command::new("ip")
-            .args(["netns", "exec", h.a.name(), "tc", "qdisc", "del", "dev"])
-            .args([h.veth.name_a(), "clsact"])
+            .args(["netns", "exec", h.a.name(), "tc"])
+            .args(what)
             .output()
             .expect("run tc");
         assert!(del.status.success(), "tc qdisc del: {}", text(&del));
@@ -313,20 +324,25 @@ fn processes_patched_at_exec_are_counted_and_detailed_only_with_verbose() {
             "t-execcount",
         );
         apply.wait_ready();
-        std::thread::sleep(Duration::from_secs(3));
+        let counted = |log: &str| {
+            log.lines()
+                .filter_map(|l| l.split_once(" at exec)").map(|(head, _)| head))
+                .filter_map(|head| head.rsplit('(').next()?.parse::<u32>().ok())
+                .max()
+                .unwrap_or(0)
+        };
+        // Each exec is held until patched; under emulation 20 of them take several seconds.
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while counted(&apply.log()) < 20 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
         assert!(
             !log.contains("patched process"),
             "no line per exec'd process without -v: {log}"
         );
-        let counted = log
-            .lines()
-            .filter_map(|l| l.split_once(" at exec)").map(|(head, _)| head))
-            .filter_map(|head| head.rsplit('(').next()?.parse::<u32>().ok())
-            .max()
-            .unwrap_or(0);
-        assert!(counted >= 20, "the live view counts the execs: {log}");
+        assert!(counted(&log) >= 20, "the live view counts the execs: {log}");
     }
     assert_no_leftovers();
 }

@@ -5,6 +5,7 @@ use anyhow::{bail, Context as _};
 use aya::programs::{
     links::Link as _,
     tc::{self, SchedClassifierLink, TcHandle},
+    ProgramError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -88,8 +89,13 @@ pub fn remove_recorded(records: &[Record], qdiscs: &[QdiscRecord]) -> Vec<String
                 TcHandle::from(handle),
                 None,
             )?;
-            link.detach()?;
-            Ok(())
+            match link.detach() {
+                // Gone already: the killed loader had detached it before its qdisc.
+                Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    Ok(())
+                }
+                r => Ok(r?),
+            }
         });
         if let Err(e) = res {
             problems.push(format!("detach {}: {e:#}", r.describe()));
