@@ -55,3 +55,19 @@ pub const CALL_NAMES: [(u32, &str); 7] = [
     (CALL_TIMER_SETTIME, "timer_settime(TIMER_ABSTIME)"),
     (CALL_FUTEX, "futex(FUTEX_CLOCK_REALTIME)"),
 ];
+
+/// Timers whose clock is known at once; beyond, the least recently used is forgotten.
+pub const TIMER_CLOCKS_MAX: u32 = 16384;
+/// Set in [`TimerKey::id`] for a POSIX timer (`timer_create`); clear for a timerfd.
+pub const TIMER_POSIX: u32 = 1 << 31;
+
+/// A timer of a patched process: a timerfd by its descriptor, a POSIX timer by its id
+/// with [`TIMER_POSIX`]. An absolute expiry (`timerfd_settime`, `timer_settime`) does not
+/// name its clock, so the clock each timer was made on is kept by this key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TimerKey {
+    pub tgid: u32,
+    pub id: u32,
+}
+const _: () = assert!(core::mem::size_of::<TimerKey>() == 8);

@@ -52,6 +52,9 @@ pub mod maps {
     pub const CLOCK_WATCHED: &str = "CLOCK_WATCHED";
     /// `HashMap<u32, ClockCalls>`: per process (tgid), its counted clock system calls.
     pub const CLOCK_CALLS: &str = "CLOCK_CALLS";
+    /// `LruHashMap<TimerKey, u32>`: the clock id each timer of a patched process was made
+    /// on, from its creation (the rewrite's `sys_exit`) or from /proc when it is patched.
+    pub const TIMER_CLOCKS: &str = "TIMER_CLOCKS";
     /// `RingBuf` of [`ResendHeader`] + packet bytes: packets the userspace-delay program
     /// took off the wire for fault to send again at their departure time.
     pub const RESEND_RING: &str = "RESEND_RING";
@@ -423,6 +426,7 @@ mod pod {
     unsafe impl aya::Pod for super::ResendHeader {}
     unsafe impl aya::Pod for super::VdsoRange {}
     unsafe impl aya::Pod for super::ClockCalls {}
+    unsafe impl aya::Pod for super::TimerKey {}
 }
 
 impl RuleCounters {

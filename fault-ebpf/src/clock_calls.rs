@@ -15,12 +15,13 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::RawTracePointContext,
 };
 use fault_common::{
-    ClockCalls, VdsoRange, CALL_CLOCK_GETTIME, CALL_CLOCK_NANOSLEEP, CALL_FUTEX, CALL_GETTIMEOFDAY,
-    CALL_TIME, CALL_TIMERFD_SETTIME, CALL_TIMER_SETTIME, CLOCK_CALLS_MAX,
+    ClockCalls, TimerKey, VdsoRange, CALL_CLOCK_GETTIME, CALL_CLOCK_NANOSLEEP, CALL_FUTEX,
+    CALL_GETTIMEOFDAY, CALL_TIME, CALL_TIMERFD_SETTIME, CALL_TIMER_SETTIME, CLOCK_CALLS_MAX,
+    TIMER_CLOCKS_MAX, TIMER_POSIX,
 };
 
 /// Set by the loader (`fault_common::globals`): bit n for clock id n, the clocks faulted.
@@ -32,15 +33,22 @@ pub(crate) static CLOCK_WATCHED: HashMap<u32, VdsoRange> =
     HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
 #[map]
 static CLOCK_CALLS: HashMap<u32, ClockCalls> = HashMap::with_max_entries(CLOCK_CALLS_MAX, 0);
+/// The clock each known timer of a watched process was made on (written by the rewrite's
+/// `sys_exit` at its creation, and by the loader from /proc for timers made before).
+#[map]
+pub(crate) static TIMER_CLOCKS: LruHashMap<TimerKey, u32> =
+    LruHashMap::with_max_entries(TIMER_CLOCKS_MAX, 0);
 
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
 pub(crate) const NR_GETTIMEOFDAY: u64 = 96;
 const NR_TIME: u64 = 201;
 pub(crate) const NR_FUTEX: u64 = 202;
-const NR_TIMER_SETTIME: u64 = 223;
+pub(crate) const NR_TIMER_CREATE: u64 = 222;
+pub(crate) const NR_TIMER_SETTIME: u64 = 223;
 pub(crate) const NR_CLOCK_GETTIME: u64 = 228;
 pub(crate) const NR_CLOCK_NANOSLEEP: u64 = 230;
-const NR_TIMERFD_SETTIME: u64 = 286;
+pub(crate) const NR_TIMERFD_CREATE: u64 = 283;
+pub(crate) const NR_TIMERFD_SETTIME: u64 = 286;
 
 const CLOCK_REALTIME: u64 = 0;
 /// TIMER_ABSTIME and TFD_TIMER_ABSTIME.
@@ -50,11 +58,29 @@ const FUTEX_WAIT_BITSET: u64 = 9;
 const FUTEX_LOCK_PI: u64 = 6;
 const FUTEX_CLOCK_REALTIME: u64 = 256;
 
-/// What a call is, by its number and registers: (kind bit, an absolute wait?), or `None`
-/// when it is not a clock call the fault misses.
+/// The clock the timer that system call `nr` (`timerfd_settime` or `timer_settime`) arms
+/// was made on, if it is known.
 #[inline(always)]
-fn classify(nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
+pub(crate) fn timer_clock(tgid: u32, nr: u64, r: &pt_regs) -> Option<u64> {
+    let id = match nr {
+        NR_TIMER_SETTIME => r.rdi as u32 | TIMER_POSIX,
+        _ => r.rdi as u32,
+    };
+    // SAFETY: a plain map read; the value is copied out at once.
+    unsafe { TIMER_CLOCKS.get(&TimerKey { tgid, id }) }.map(|&c| c as u64)
+}
+
+/// What a call is, by its number and registers: (kind bit, an absolute wait?), or `None`
+/// when it is not a clock call the fault misses. The creation of a timer is kind 0: not
+/// counted, only noted by the rewrite.
+#[inline(always)]
+fn classify(tgid: u32, nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
     let faulted = |clock: u64| clock < 32 && mask & (1 << clock) != 0;
+    // A timer on a clock the fault leaves alone is no concern; an unknown one counts.
+    let timer = |kind: u32| match timer_clock(tgid, nr, r) {
+        Some(clock) if !faulted(clock) => None,
+        _ => Some((kind, true)),
+    };
     match nr {
         NR_CLOCK_GETTIME if faulted(r.rdi) => Some((CALL_CLOCK_GETTIME, false)),
         NR_GETTIMEOFDAY if faulted(CLOCK_REALTIME) => Some((CALL_GETTIMEOFDAY, false)),
@@ -62,9 +88,9 @@ fn classify(nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
         NR_CLOCK_NANOSLEEP if faulted(r.rdi) && r.rsi & ABSTIME != 0 => {
             Some((CALL_CLOCK_NANOSLEEP, true))
         }
-        // The timer's clock is not in the call: any absolute expiry counts.
-        NR_TIMERFD_SETTIME if r.rsi & ABSTIME != 0 => Some((CALL_TIMERFD_SETTIME, true)),
-        NR_TIMER_SETTIME if r.rsi & ABSTIME != 0 => Some((CALL_TIMER_SETTIME, true)),
+        NR_TIMERFD_SETTIME if r.rsi & ABSTIME != 0 => timer(CALL_TIMERFD_SETTIME),
+        NR_TIMER_SETTIME if r.rsi & ABSTIME != 0 => timer(CALL_TIMER_SETTIME),
+        NR_TIMERFD_CREATE | NR_TIMER_CREATE => Some((0, false)),
         NR_FUTEX if faulted(CLOCK_REALTIME) && r.r10 != 0 => {
             let cmd = r.rsi & FUTEX_CMD_MASK;
             let realtime_bitset = cmd == FUTEX_WAIT_BITSET && r.rsi & FUTEX_CLOCK_REALTIME != 0;
@@ -99,6 +125,8 @@ pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
             | NR_CLOCK_GETTIME
             | NR_CLOCK_NANOSLEEP
             | NR_TIMERFD_SETTIME
+            | NR_TIMER_CREATE
+            | NR_TIMERFD_CREATE
     ) {
         return None;
     }
@@ -110,7 +138,7 @@ pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
     let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
     // SAFETY: a plain load of a global the loader set before loading the program.
     let mask = unsafe { core::ptr::read_volatile(&CLOCK_CALLS_MASK) };
-    let (kind, wait) = classify(nr, &regs, mask)?;
+    let (kind, wait) = classify(tgid, nr, &regs, mask)?;
     // The vDSO's own fallback to the system call: its result goes through the stub.
     if !wait && (watched.start..watched.end).contains(&regs.rip) {
         return None;
@@ -136,6 +164,9 @@ pub fn fault_clock_calls(ctx: RawTracePointContext) -> i32 {
 /// Adds one call of `kind` to the process's counts (created at its first).
 #[inline(always)]
 pub(crate) fn count(tgid: u32, kind: u32, wait: bool) {
+    if kind == 0 {
+        return;
+    }
     if let Some(c) = CLOCK_CALLS.get_ptr_mut(&tgid) {
         // SAFETY: a map value; a lost update between two threads of one process costs one
         // count, which is all it is.

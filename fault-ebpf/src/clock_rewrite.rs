@@ -8,11 +8,14 @@
 //! back with `bpf_probe_write_user`. That helper is refused under lockdown, where these
 //! programs do not load and `fault_clock_calls` only counts.
 //!
-//! Absolute waits (`clock_nanosleep` with TIMER_ABSTIME, realtime futex waits): `sys_enter`
-//! moves the caller's deadline to the true time at which the faulted clock reads it, before
-//! the kernel reads it, and `sys_exit` puts the caller's value back. Calls this cannot
-//! rewrite (`time`, whose result is the return value; timers with an absolute expiry, whose
-//! clock is not in the call) are counted as `fault_clock_calls` counts them.
+//! Absolute waits (`clock_nanosleep` with TIMER_ABSTIME, realtime futex waits, timerfds
+//! and POSIX timers armed with an absolute expiry): `sys_enter` moves the caller's deadline
+//! to the true time at which the faulted clock reads it, before the kernel reads it, and
+//! `sys_exit` puts the caller's value back. A timer's clock is not in the call that arms
+//! it: `sys_exit` of `timerfd_create` and `timer_create` records it in TIMER_CLOCKS (the
+//! loader adds the timers a process made before it was patched, from /proc). Calls this
+//! cannot rewrite (`time`, whose result is the return value; a timer whose clock is not
+//! known) are counted as `fault_clock_calls` counts them.
 //!
 //! Never backwards: for a clamped clock the largest value returned is shared with the stub
 //! through the page's `last` line; eBPF cannot update user memory atomically, so two threads
@@ -33,9 +36,12 @@ use fault_common::{
     },
     CLOCK_CALLS_MAX,
 };
+use fault_common::{TimerKey, TIMER_POSIX};
 
 use crate::clock_calls::{
-    count, seen, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_FUTEX, NR_GETTIMEOFDAY,
+    count, seen, timer_clock, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_FUTEX,
+    NR_GETTIMEOFDAY, NR_TIMERFD_CREATE, NR_TIMERFD_SETTIME, NR_TIMER_CREATE, NR_TIMER_SETTIME,
+    TIMER_CLOCKS,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -47,9 +53,10 @@ const BIAS: u64 = NS << 32;
 #[derive(Clone, Copy)]
 pub struct Pending {
     pub clock: u64,
-    /// The caller's timespec (clock_gettime, a wait's deadline) or timeval (gettimeofday).
+    /// The caller's timespec (clock_gettime, a wait's deadline) or timeval (gettimeofday);
+    /// for [`MADE_TIMER`], where the kernel writes the new timer's id.
     pub ptr: u64,
-    /// [`READ_NS`], [`READ_US`] or [`RESTORE`].
+    /// [`READ_NS`], [`READ_US`], [`RESTORE`], [`MADE_TIMERFD`] or [`MADE_TIMER`].
     pub mode: u64,
     /// For [`RESTORE`]: the deadline as the caller wrote it.
     pub saved: [i64; 2],
@@ -61,6 +68,12 @@ const READ_NS: u64 = 0;
 const READ_US: u64 = 1;
 /// Put back the caller's deadline, which `sys_enter` translated to the true clock.
 const RESTORE: u64 = 2;
+/// Record the clock of the timerfd the call returns.
+const MADE_TIMERFD: u64 = 3;
+/// Record the clock of the POSIX timer whose id the kernel wrote at `ptr`.
+const MADE_TIMER: u64 = 4;
+/// In an `itimerspec`, where the first expiry (`it_value`) is.
+const IT_VALUE_OFF: u64 = 16;
 
 /// Per thread (tid): the read it is making.
 #[map]
@@ -80,6 +93,11 @@ pub fn fault_clock_rewrite_enter(ctx: RawTracePointContext) -> i32 {
         (NR_CLOCK_NANOSLEEP, true) => Some((r.rdi, r.rdx, RESTORE)),
         // Realtime futex waits: the timeout, an absolute CLOCK_REALTIME time.
         (NR_FUTEX, true) => Some((0, r.r10, RESTORE)),
+        (NR_TIMERFD_SETTIME | NR_TIMER_SETTIME, true) => timer_clock(s.tgid, s.nr, r)
+            .map(|clock| (clock, r.rdx.wrapping_add(IT_VALUE_OFF), RESTORE)),
+        // The pointer is not used: any non-zero value passes the test below.
+        (NR_TIMERFD_CREATE, false) => Some((r.rdi, 1, MADE_TIMERFD)),
+        (NR_TIMER_CREATE, false) => Some((r.rdi, r.rdx, MADE_TIMER)),
         _ => None,
     };
     let handled = match call {
@@ -133,6 +151,10 @@ fn translate(page: u64, clock: u64, ptr: u64) -> Result<Option<[i64; 2]>, i32> {
     // SAFETY: user addresses, read and written with the helpers that check them.
     let saved = unsafe { bpf_probe_read_user(dst as *const [i64; 2]) }?;
     let d = saved[0].wrapping_mul(NS as i64).wrapping_add(saved[1]);
+    // A timer's expiry of 0 disarms it: nothing to translate, nothing missed.
+    if d == 0 {
+        return Ok(Some(saved));
+    }
     // The page's own deadlines are the loader's lease, a second or so ahead: they say
     // whether the fault holds now, not at the wait's end.
     let lease_at = (page + MONO_DEADLINE_OFF as u64) as *const i64;
@@ -180,19 +202,44 @@ pub fn fault_clock_rewrite_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let _ = CLOCK_PENDING.remove(&tid);
-    if p.mode == RESTORE {
-        // SAFETY: the caller's own timespec, as it was.
-        let _ = unsafe { bpf_probe_write_user(p.ptr as *mut [i64; 2], &p.saved) };
-        return 0;
-    }
     let ret: i64 = ctx.arg(1);
     let tgid = (id >> 32) as u32;
+    match p.mode {
+        RESTORE => {
+            // SAFETY: the caller's own timespec, as it was.
+            let _ = unsafe { bpf_probe_write_user(p.ptr as *mut [i64; 2], &p.saved) };
+            return 0;
+        }
+        MADE_TIMERFD | MADE_TIMER => {
+            let _ = made_timer(tgid, &p, ret);
+            return 0;
+        }
+        _ => {}
+    }
     // SAFETY: as above.
     let page = unsafe { CLOCK_WATCHED.get(&tgid) }.map_or(0, |w| w.page);
     if ret == 0 && page != 0 {
         let _ = rewrite(page, &p);
     }
     0
+}
+
+/// Records the clock of the timer a successful `timerfd_create` or `timer_create` made.
+#[inline(always)]
+fn made_timer(tgid: u32, p: &Pending, ret: i64) -> Result<(), i32> {
+    let id = match p.mode {
+        MADE_TIMERFD if ret >= 0 => ret as u32,
+        MADE_TIMER if ret == 0 => {
+            // SAFETY: the caller's own timer id, which the kernel has just written.
+            let id: i32 = unsafe { bpf_probe_read_user(p.ptr as *const i32) }?;
+            id as u32 | TIMER_POSIX
+        }
+        _ => return Ok(()),
+    };
+    let clock = p.clock as u32;
+    TIMER_CLOCKS
+        .insert(&TimerKey { tgid, id }, &clock, 0)
+        .map_err(|e| e as i32)
 }
 
 /// Adds the fault to the result at `p.ptr`, by the parameters in the page at `page`.

@@ -6,6 +6,7 @@
 //!
 //! Tests run one at a time (`--test-threads=1`): they share the host's BPF and cgroup state.
 
+pub mod abs_wait;
 pub mod browser;
 mod cgroup;
 mod container;

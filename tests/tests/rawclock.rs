@@ -203,15 +203,13 @@ fn collect_waits(child: &mut std::process::Child) -> Arc<Mutex<Vec<(i128, i128)>
 fn absolute_waits_last_as_long_as_on_a_machine_whose_clock_is_that_far_off() {
     require_root();
     let allowed = write_user_allowed();
-    for (offset, futex) in [("5s", false), ("-5s", false), ("5s", true), ("-5s", true)] {
-        let how = if futex { "futex" } else { "clock_nanosleep" };
+    // The timerfd is made before the patch (its clock is read from /proc), the POSIX
+    // timers after (their clocks are recorded at their creation).
+    let ways = ["nanosleep", "futex", "timerfd", "timer"];
+    for (how, offset) in ways.iter().flat_map(|w| [(w, "5s"), (w, "-5s")]) {
         {
             let cgroup = Cgroup::new("rawwait");
-            let mut args = vec!["abs-wait", "--interval-ms", "1000"];
-            if futex {
-                args.push("--futex");
-            }
-            let mut cmd = probe(&args);
+            let mut cmd = probe(&["abs-wait", "--interval-ms", "1000", "--via", how]);
             cmd.stdout(Stdio::piped());
             let mut waiter = spawn_in(Some(&cgroup), None, cmd);
             let waits = collect_waits(waiter.child_mut());

@@ -25,7 +25,7 @@ use aya::{
     programs::{raw_trace_point::RawTracePointLink, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use fault_common::{globals, maps, progs, ClockCalls, VdsoRange, CALL_NAMES};
+use fault_common::{globals, maps, progs, ClockCalls, TimerKey, VdsoRange, CALL_NAMES};
 use serde::{Deserialize, Serialize};
 
 use super::exec::{raw_tracepoint, step, StartError};
@@ -88,6 +88,8 @@ pub struct CallWatch {
     opened: Instant,
     watched: HashMap<MapData, u32, VdsoRange>,
     calls: HashMap<MapData, u32, ClockCalls>,
+    /// The clock of each known timer of a watched process.
+    timers: HashMap<MapData, TimerKey, u32>,
     /// The processes named so far, with the kinds of call they were named for.
     told: BTreeMap<u32, u32>,
     /// Why eBPF may not write user memory here (see [`write_user_refused`]).
@@ -131,6 +133,9 @@ impl CallWatch {
         let calls = take(maps::CLOCK_CALLS)?
             .try_into()
             .map_err(step(maps::CLOCK_CALLS))?;
+        let timers = take(maps::TIMER_CLOCKS)?
+            .try_into()
+            .map_err(step(maps::TIMER_CLOCKS))?;
         let rewrite = match refused {
             Some(_) => None,
             None => Some(attach_rewrite(&mut ebpf)?),
@@ -141,6 +146,7 @@ impl CallWatch {
             opened: Instant::now(),
             watched,
             calls,
+            timers,
             told: BTreeMap::new(),
             refused,
             _ebpf: ebpf,
@@ -200,22 +206,33 @@ impl CallWatch {
 
     /// Counts exactly the processes in `procs` from now on (the patched ones, each with
     /// the base of its clock parameter page, which the rewrite reads); a window opens for
-    /// those new to it.
+    /// those new to it, and the timers they made before are looked up.
     pub fn watch(&mut self, procs: &[(u32, u64)]) {
         let known: Vec<u32> = self.watched.keys().flatten().collect();
         let pids: Vec<u32> = procs.iter().map(|&(pid, _)| pid).collect();
-        for pid in known.iter().filter(|p| !pids.contains(p)) {
+        let gone: Vec<u32> = known
+            .iter()
+            .copied()
+            .filter(|p| !pids.contains(p))
+            .collect();
+        for pid in &gone {
             let _ = self.watched.remove(pid);
             let _ = self.calls.remove(pid);
             self.told.remove(pid);
         }
+        self.forget_timers(&gone);
         let mut new = false;
         for &(pid, base) in procs.iter().filter(|(p, _)| !known.contains(p)) {
             let Some(vdso) = vdso_of(pid, base) else {
                 continue;
             };
             // Full (CLOCK_CALLS_MAX processes): this one is not counted.
-            new |= self.watched.insert(pid, vdso, 0).is_ok();
+            let added = self.watched.insert(pid, vdso, 0).is_ok();
+            new |= added;
+            // Read after the insert: a timer made from now on is recorded at its creation.
+            for (key, clock) in super::timers::timers_of(pid).into_iter().filter(|_| added) {
+                let _ = self.timers.insert(key, clock, 0);
+            }
         }
         if new {
             if let Err(e) = self.open_window() {
@@ -223,6 +240,22 @@ impl CallWatch {
             }
         }
         self.tick();
+    }
+
+    /// Drops the timers of processes no longer watched (a pid may come back as another).
+    fn forget_timers(&mut self, gone: &[u32]) {
+        if gone.is_empty() {
+            return;
+        }
+        let stale: Vec<TimerKey> = self
+            .timers
+            .keys()
+            .flatten()
+            .filter(|k| gone.contains(&k.tgid))
+            .collect();
+        for key in &stale {
+            let _ = self.timers.remove(key);
+        }
     }
 
     /// Every counted process's calls so far.

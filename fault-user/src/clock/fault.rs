@@ -110,10 +110,9 @@ impl ClockFault {
                 println!(
                     "fault: clock: reads made as system calls (clock_gettime, gettimeofday) \
                      get the same fault, rewritten by eBPF, and absolute deadlines handed to \
-                     clock_nanosleep and realtime futex waits are moved by it; time() made as \
-                     a system call and timers with an absolute expiry follow the true clock, \
-                     and each target process seen making them is named here and in `fault \
-                     status`"
+                     clock_nanosleep, realtime futex waits, timerfds and POSIX timers are \
+                     moved by it; time() made as a system call follows the true clock, and \
+                     each target process seen making it is named here and in `fault status`"
                 );
                 self.calls = Some(w);
             }

@@ -130,16 +130,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         reads: u64,
     },
-    /// Wait until "now + interval" by an absolute CLOCK_REALTIME deadline
-    /// (`clock_nanosleep` with TIMER_ABSTIME, "now" read through the vDSO), over and over,
-    /// printing how long each wait took by CLOCK_MONOTONIC, until killed
+    /// Wait until "now + interval" by an absolute CLOCK_REALTIME deadline ("now" read
+    /// through the vDSO), over and over, printing how long each wait took by
+    /// CLOCK_MONOTONIC, until killed
     AbsWait {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
-        /// Wait in a realtime futex wait (FUTEX_WAIT_BITSET with FUTEX_CLOCK_REALTIME, as
-        /// glibc's pthread_cond_timedwait makes it) instead of clock_nanosleep
-        #[arg(long)]
-        futex: bool,
+        /// How: clock_nanosleep, a realtime futex wait, a timerfd or a POSIX timer
+        #[arg(long, value_enum, default_value = "nanosleep")]
+        via: fault_tests::abs_wait::Via,
     },
     /// Send numbered UDP datagrams on a fixed schedule, datagram k at start + k x interval
     /// however long each send takes, and report the start (CLOCK_MONOTONIC ns): with it a
@@ -234,7 +233,9 @@ fn main() -> ExitCode {
             threads,
         } => clock_pair(Duration::from_millis(interval_ms), threads),
         Cmd::MonoMixed { go, reads } => mono_mixed(&go, reads),
-        Cmd::AbsWait { interval_ms, futex } => abs_wait(Duration::from_millis(interval_ms), futex),
+        Cmd::AbsWait { interval_ms, via } => {
+            fault_tests::abs_wait::run(Duration::from_millis(interval_ms), via)
+        }
         Cmd::UdpPaced {
             to,
             count,
@@ -684,30 +685,6 @@ fn clock_pair(interval: Duration, threads: u32) -> io::Result<String> {
     }
 }
 
-fn abs_wait(interval: Duration, futex: bool) -> io::Result<String> {
-    let mut out = io::stdout().lock();
-    loop {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to write.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-        let ns = now.tv_nsec as u64 + interval.as_nanos() as u64;
-        let until = libc::timespec {
-            tv_sec: now.tv_sec + (ns / 1_000_000_000) as libc::time_t,
-            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-        };
-        let start = monotonic_ns();
-        match futex {
-            true => futex_wait_until(&until)?,
-            false => sleep_until(&until)?,
-        }
-        writeln!(out, "{}", monotonic_ns() - start)?;
-        out.flush()?;
-    }
-}
-
 fn mono_mixed(go: &std::path::Path, reads: u64) -> io::Result<String> {
     while !go.exists() {
         std::thread::sleep(Duration::from_millis(10));
@@ -738,49 +715,6 @@ fn mono_mixed(go: &std::path::Path, reads: u64) -> io::Result<String> {
     Ok(format!("{back} {reads} {worst}"))
 }
 
-fn sleep_until(until: &libc::timespec) -> io::Result<()> {
-    // SAFETY: a valid timespec to read; no remainder is asked for an absolute sleep.
-    let rc = unsafe {
-        libc::clock_nanosleep(
-            libc::CLOCK_REALTIME,
-            libc::TIMER_ABSTIME,
-            until,
-            std::ptr::null_mut(),
-        )
-    };
-    match rc {
-        0 | libc::EINTR => Ok(()),
-        rc => Err(io::Error::from_raw_os_error(rc)),
-    }
-}
-
-/// Waits on a futex word nobody wakes, until the absolute realtime `until`.
-fn futex_wait_until(until: &libc::timespec) -> io::Result<()> {
-    let word: u32 = 0;
-    let op = libc::FUTEX_WAIT_BITSET | libc::FUTEX_CLOCK_REALTIME | libc::FUTEX_PRIVATE_FLAG;
-    // SAFETY: a valid futex word and timespec, both alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            &word as *const u32,
-            op,
-            0u32,
-            until as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            libc::FUTEX_BITSET_MATCH_ANY,
-        )
-    };
-    let err = io::Error::last_os_error();
-    match (rc, err.raw_os_error()) {
-        (0, _) | (_, Some(libc::ETIMEDOUT | libc::EINTR)) => Ok(()),
-        _ => Err(err),
-    }
-}
-
-// ---- UDP on a timeline ----------------------------------------------------------------------
-
-/// Sleeps until CLOCK_MONOTONIC reads `ns`. An absolute deadline: a late wake-up delays one
-/// datagram, not every one after it.
 fn sleep_until_monotonic(ns: u64) {
     let due = libc::timespec {
         tv_sec: (ns / 1_000_000_000) as libc::time_t,
