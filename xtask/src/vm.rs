@@ -362,8 +362,10 @@ fn boot(tools: &HostTools, kernel: &Kernel, job: &Job, options: &Options) -> Res
         .arg(&image)
         .arg("-initrd")
         .arg(kernel.initramfs())
-        // quiet: kernel messages go to the serial log anyway, which is only shown on failure.
-        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+        // Kernel messages go to the serial log, which is only shown on failure; loglevel 5
+        // keeps warnings and the call traces of a lockup or oops (printed at the default
+        // level, 4) and leaves out notices and information.
+        .args(["-append", "console=ttyS0 quiet loglevel=5 panic=-1"])
         .args(["-fsdev", root_fs])
         .args([
             "-device",
@@ -452,7 +454,17 @@ fn show_logs(job: &Job) {
             continue;
         }
         let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(60)..];
+        let start = lines.len().saturating_sub(60);
+        // The first kernel bug report (a lockup, an oops) with its call trace, if the tail
+        // has moved past it.
+        if let Some(bug) = lines[..start].iter().position(|l| l.contains("BUG:")) {
+            let report = &lines[bug..(bug + 60).min(start)];
+            eprintln!("vm: --- {what} (the first bug report) ---");
+            for line in report {
+                eprintln!("{line}");
+            }
+        }
+        let tail = &lines[start..];
         eprintln!("vm: --- {what} (last {} lines) ---", tail.len());
         for line in tail {
             eprintln!("{line}");
