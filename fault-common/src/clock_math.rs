@@ -28,6 +28,9 @@ pub const FLAG_CLAMP: u32 = 2;
 pub const FLAG_SAMPLE_MONO: u32 = 4;
 /// The jumps are a strobe: `(floor(e / every) mod 2) * by` rather than `floor(e / every) * by`.
 pub const FLAG_STROBE: u32 = 8;
+/// The fault is an offset of whole seconds and nothing else (no drift, jumps or noise):
+/// `time()` is the true `time()` plus `offset_sec`, which the stub's fast path uses.
+pub const FLAG_WHOLE_SECONDS: u32 = 16;
 
 /// Fraction bits of [`ClockParams::drift_q`]: the high half of a 128-bit product. 500,000
 /// ppm (the most validation allows) is 2^63, held as `i64::MAX`.

@@ -42,6 +42,11 @@ int main(int argc, char **argv) {
             gettimeofday(&tv, 0);
             printf("gtod %lld %lld\n", tv.tv_sec * 1000000000LL + tv.tv_usec * 1000LL, t.tv_sec * 1000000000LL + t.tv_nsec);
         }
+        if (clk == CLOCK_REALTIME && argc > 3) {
+            syscall(SYS_clock_gettime, CLOCK_REALTIME, &t);
+            long long s = time(0);
+            printf("time %lld %lld\n", s * 1000000000LL, t.tv_sec * 1000000000LL + t.tv_nsec);
+        }
         fflush(stdout);
         usleep(every_ms * 1000);
     }
@@ -733,7 +738,10 @@ fn after_sigkill_the_skew_ends_within_a_second_and_stop_restores_the_bytes() {
     programs();
     {
         let cgroup = Cgroup::new("clock-kill");
-        let reader = Reader::c(Some(&cgroup), 0);
+        // With time() too, which a whole-second offset takes on the stub's fast path.
+        let mut cmd = Command::new(programs().path("clockread"));
+        cmd.args(["0", "20", "time"]);
+        let reader = Reader::start(Some(&cgroup), "C", cmd);
         let file = write_policy(&policy(
             "clock-kill",
             &cgroup,
@@ -777,6 +785,27 @@ fn after_sigkill_the_skew_ends_within_a_second_and_stop_restores_the_bytes() {
                 .all(|r| r.skew().abs() < 5 * MS),
             "and true time from then on"
         );
+        // time() reads whole seconds: 2 s behind is a skew in (-3 s, -2 s], true time one
+        // in (-1 s, 0].
+        let times: Vec<Reading> = reader
+            .readings()
+            .into_iter()
+            .filter(|r| r.label == "time" && r.truth > killed - 200 * MS)
+            .collect();
+        let behind = |r: &Reading| (-3 * SEC - 5 * MS..=-2 * SEC + 5 * MS).contains(&r.skew());
+        let truth = |r: &Reading| (-SEC - 5 * MS..=5 * MS).contains(&r.skew());
+        assert!(
+            times.iter().any(|r| r.truth < killed && behind(r)),
+            "time() read the skew before the SIGKILL: {times:?}"
+        );
+        let late: Vec<&Reading> = times
+            .iter()
+            .filter(|r| r.truth > killed + SEC + 50 * MS)
+            .collect();
+        assert!(
+            !late.is_empty() && late.iter().all(|r| truth(r)),
+            "time() reads true time within a second of the loader's death: {late:?}"
+        );
 
         assert!(
             vdso_of(reader.pid()) != vdso_of(std::process::id()),
@@ -790,13 +819,10 @@ fn after_sigkill_the_skew_ends_within_a_second_and_stop_restores_the_bytes() {
         );
         fault_ok(["stop", "--all"]);
         assert_vdso_restored(&[&reader]);
-        assert_skews(
-            &reader,
-            &reader.after(Instant::now(), 3),
-            0,
-            5 * MS,
-            "after stop",
-        );
+        let after: Vec<Reading> = (reader.after(Instant::now(), 4).into_iter())
+            .filter(|r| r.label != "time")
+            .collect();
+        assert_skews(&reader, &after, 0, 5 * MS, "after stop");
         drop(apply);
     }
     assert_no_leftovers();

@@ -19,7 +19,7 @@ use std::mem::{offset_of, size_of};
 
 pub use fault_common::clock_math::{
     noise_ns, steady_ns, ClockParams, CLOCKS_OFF, CLOCK_SLOTS, DRIFT_SHIFT, FLAG_ACTIVE,
-    FLAG_CLAMP, FLAG_SAMPLE_MONO, FLAG_STROBE, JITTER_MUL,
+    FLAG_CLAMP, FLAG_SAMPLE_MONO, FLAG_STROBE, FLAG_WHOLE_SECONDS, JITTER_MUL,
 };
 
 use crate::policy::{ClockId, ClockRule};
@@ -88,7 +88,10 @@ pub struct State {
     /// Non-zero once the deadline passed (set by the stub) or fault reverted (set by fault):
     /// every reader gets true time from then on.
     pub expired: u64,
-    pub _pad: [u64; 7],
+    /// The last second of `time()` at whose start the stub's fast path found the loader's
+    /// monotonic lease still running (see stub.rs).
+    pub checked_sec: i64,
+    pub _pad: [u64; 6],
     /// The largest value returned per clock id, for [`FLAG_CLAMP`] clocks.
     pub last: [Line; CLOCK_SLOTS],
 }
@@ -119,6 +122,7 @@ pub mod off {
 
     pub const MONO_DEADLINE: usize = PARAMS_OFF + offset_of!(Header, mono_deadline_ns);
     pub const EXPIRED: usize = STATE_OFF + offset_of!(State, expired);
+    pub const CHECKED_SEC: usize = STATE_OFF + offset_of!(State, checked_sec);
     pub const LAST: usize = STATE_OFF + offset_of!(State, last);
     pub const FLAGS: usize = offset_of!(ClockParams, flags);
     pub const START: usize = offset_of!(ClockParams, start_ns);
@@ -227,6 +231,13 @@ fn params(rule: &ClockRule, clock: ClockId, start_ns: i64, deadline_ns: i64) -> 
     };
     if rule.jumps.is_some_and(|j| j.strobe) {
         flags |= FLAG_STROBE;
+    }
+    if rule.offset_ns % 1_000_000_000 == 0
+        && rule.drift_ppm == 0.0
+        && rule.jumps.is_none()
+        && rule.jitter_ns == 0
+    {
+        flags |= FLAG_WHOLE_SECONDS;
     }
     ClockParams {
         flags,

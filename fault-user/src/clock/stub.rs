@@ -29,7 +29,7 @@ use iced_x86::{BlockEncoderOptions, IcedError};
 
 use super::layout::{
     off, CGT, CLOCKS_OFF, CLOCK_SLOTS, CODE_OFF, FLAG_ACTIVE, FLAG_CLAMP, FLAG_SAMPLE_MONO,
-    FLAG_STROBE, GTOD, JITTER_MUL, SAMPLE_MASK, TIME, TRAMP_OFF, TRAMP_SLOT,
+    FLAG_STROBE, FLAG_WHOLE_SECONDS, GTOD, JITTER_MUL, SAMPLE_MASK, TIME, TRAMP_OFF, TRAMP_SLOT,
 };
 
 const NS: i32 = 1_000_000_000;
@@ -141,12 +141,24 @@ pub fn assemble_at(ip: u64) -> Result<Stub, StubError> {
         FLAG_ACTIVE,
     )?;
     a.jz(tramp(ip, TIME))?;
-    prologue(&mut a)?;
-    a.sub(rsp, 16)?; // a timespec of our own; rsp stays 16-byte aligned
     let mut out = a.create_label();
     let mut store = a.create_label();
     let mut fallback = a.create_label();
+    let mut full = a.create_label();
+    let mut framed = a.create_label();
+    let mut new_second = a.create_label();
+    emit_whole_seconds_time(&mut a, ip, code_start, &mut framed, &mut new_second)?;
+    a.set_label(&mut new_second)?;
+    prologue(&mut a)?;
+    a.sub(rsp, 16)?; // a timespec of our own; rsp stays 16-byte aligned
     a.mov(r13, rdi)?;
+    emit_lease_check(&mut a, ip, code_start, &mut store)?;
+    a.jmp(full)?;
+    a.set_label(&mut framed)?;
+    prologue(&mut a)?;
+    a.sub(rsp, 16)?;
+    a.mov(r13, rdi)?;
+    a.set_label(&mut full)?;
     a.mov(edi, libc::CLOCK_REALTIME_COARSE)?;
     a.mov(rsi, rsp)?;
     a.call(tramp(ip, CGT))?;
@@ -181,6 +193,84 @@ pub fn assemble_at(ip: u64) -> Result<Stub, StubError> {
         return Err(StubError::TooBig(code.len()));
     }
     Ok(Stub { code, entries })
+}
+
+/// time()'s fast path, for a realtime fault of whole seconds alone ([`FLAG_WHOLE_SECONDS`]):
+/// the original time() (one load) plus `offset_sec`, with no clock_gettime, no arithmetic
+/// on nanoseconds and no frame of its own (a leaf, like the vDSO's code). It keeps both of
+/// the full path's ends: the realtime deadline (a second that may reach it goes the full
+/// way, at `framed`) and the loader's monotonic lease, looked at once per second of time():
+/// a second other than the one recorded in the state page goes to `new_second` (rax = the
+/// true seconds, rdi = the caller's pointer), which looks and records. Entered with r11 =
+/// the start of the code page.
+fn emit_whole_seconds_time(
+    a: &mut CodeAssembler,
+    ip: u64,
+    code_start: CodeLabel,
+    framed: &mut CodeLabel,
+    new_second: &mut CodeLabel,
+) -> Result<(), IcedError> {
+    let mut put = a.create_label();
+    let mut done = a.create_label();
+    let realtime = d(CLOCKS_OFF);
+    a.test(
+        dword_ptr(r11 + realtime + off::FLAGS as i64),
+        FLAG_WHOLE_SECONDS,
+    )?;
+    a.jz(*framed)?;
+    a.push(rdi)?; // the caller's pointer; and rsp is 16-byte aligned for the call
+    a.xor(edi, edi)?;
+    a.call(tramp(ip, TIME))?; // rax = true seconds
+    a.pop(rdi)?;
+    a.lea(r11, ptr(code_start))?;
+    a.cmp(qword_ptr(r11 + d(off::EXPIRED)), 0)?;
+    a.jne(put)?;
+    a.cmp(rax, qword_ptr(r11 + d(off::CHECKED_SEC)))?;
+    a.jne(*new_second)?;
+    // Whole of this second before the deadline, or the full path decides.
+    a.lea(rcx, ptr(rax + 1))?;
+    a.imul_3(rcx, rcx, NS)?;
+    a.cmp(rcx, qword_ptr(r11 + realtime + off::DEADLINE as i64))?;
+    a.jge(*framed)?;
+    a.add(rax, qword_ptr(r11 + realtime + off::OFFSET_SEC as i64))?;
+    a.set_label(&mut put)?;
+    a.test(rdi, rdi)?;
+    a.jz(done)?;
+    a.mov(qword_ptr(rdi), rax)?;
+    a.set_label(&mut done)?;
+    a.ret()
+}
+
+/// The first time() of a second on the fast path, in a frame (r13 = the caller's pointer,
+/// rax = the true seconds, a timespec at rsp): if the loader's monotonic lease has run out
+/// the fault ends (on to `store` with the true seconds); else the second is recorded and
+/// this falls through.
+fn emit_lease_check(
+    a: &mut CodeAssembler,
+    ip: u64,
+    code_start: CodeLabel,
+    store: &mut CodeLabel,
+) -> Result<(), IcedError> {
+    let mut ended = a.create_label();
+    let mut go_on = a.create_label();
+    a.mov(r12, rax)?;
+    a.mov(edi, libc::CLOCK_MONOTONIC_COARSE)?;
+    a.mov(rsi, rsp)?;
+    a.call(tramp(ip, CGT))?;
+    a.test(eax, eax)?;
+    a.jnz(go_on)?; // the full path decides
+    a.imul_3(rcx, qword_ptr(rsp), NS)?;
+    a.add(rcx, qword_ptr(rsp + 8))?;
+    a.lea(r11, ptr(code_start))?;
+    a.mov(rax, r12)?;
+    a.cmp(rcx, qword_ptr(r11 + d(off::MONO_DEADLINE)))?;
+    a.jge(ended)?;
+    a.mov(qword_ptr(r11 + d(off::CHECKED_SEC)), rax)?;
+    a.jmp(go_on)?;
+    a.set_label(&mut ended)?;
+    a.mov(qword_ptr(r11 + d(off::EXPIRED)), 1)?;
+    a.jmp(*store)?;
+    a.set_label(&mut go_on)
 }
 
 /// The stub as it is placed in every target.
@@ -491,6 +581,11 @@ mod tests {
             unsafe { std::ptr::read_volatile(self.base.add(STATE_OFF).cast::<u64>()) }
         }
 
+        fn checked_sec(&self) -> i64 {
+            // SAFETY: as for expired.
+            unsafe { std::ptr::read_volatile(self.base.add(off::CHECKED_SEC).cast::<i64>()) }
+        }
+
         fn entry(&self, i: usize) -> usize {
             self.base as usize + CODE_OFF + self.stub.entries[i]
         }
@@ -702,6 +797,48 @@ mod tests {
         assert_eq!(m.cgt(7).1, M0 + 10_000_000_000);
         assert_eq!(m.expired(), 1);
         assert_eq!(m.cgt(0).1, T0 + 1, "realtime ends with it");
+    }
+
+    #[test]
+    fn time_under_a_whole_second_offset_is_the_true_time_plus_seconds_until_either_end() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let m = Mapped::new();
+        let mut r = rule(&[ClockId::Realtime]);
+        r.offset_ns = -2_000_000_000;
+        let p = plan(&[r.clone()], 10_000_000_000);
+        assert_ne!(p.clocks[0].flags & FLAG_WHOLE_SECONDS, 0);
+        m.set(&p);
+        let sec = |ns: i64| ns.div_euclid(1_000_000_000);
+        // The fast path: the first call of a second looks at the lease and records it.
+        set_fake(T0 + 3_000_000_000, M0 + 3_000_000_000);
+        assert_eq!(m.time(), sec(T0) + 1);
+        assert_eq!(m.checked_sec(), sec(T0) + 3, "the fast path's record");
+        // A second that may reach the realtime deadline (T0 + 10 s) goes the full way,
+        // which still faults before the deadline and ends the fault at it.
+        set_fake(T0 + 9_500_000_000, M0 + 9_500_000_000);
+        assert_eq!(m.time(), sec(T0 + 9_500_000_000) - 2);
+        assert_eq!(m.expired(), 0);
+        set_fake(T0 + 10_000_000_000, M0 + 9_600_000_000);
+        assert_eq!(m.time(), sec(T0 + 10_000_000_000));
+        assert_eq!(m.expired(), 1);
+        // The loader's lease ran out while the wall clock, stepped back an hour, is far
+        // from its deadline: the first call of the second sees it.
+        let m = Mapped::new();
+        m.set(&p);
+        let wall = T0 - 3_600_000_000_000;
+        set_fake(wall, M0 + 10_000_000_000);
+        assert_eq!(m.time(), sec(wall));
+        assert_eq!(m.expired(), 1);
+        // A fraction of a second, drift, jumps or noise take the full path.
+        for f in [
+            |r: &mut ClockRule| r.offset_ns = 1_500_000_000,
+            |r: &mut ClockRule| r.drift_ppm = 1.0,
+            |r: &mut ClockRule| r.jitter_ns = 1,
+        ] {
+            let mut r = r.clone();
+            f(&mut r);
+            assert_eq!(plan(&[r], 1).clocks[0].flags & FLAG_WHOLE_SECONDS, 0);
+        }
     }
 
     #[test]
