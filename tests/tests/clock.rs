@@ -249,6 +249,34 @@ int main(void) {
 }
 "#;
 
+/// The first read of a Go program, through the vDSO as Go's runtime makes it.
+const GO_FIRST_READ: &str = r#"
+package main
+
+import (
+	"fmt"
+	"time"
+)
+
+func main() {
+	fmt.Println(time.Now().UnixNano())
+}
+"#;
+
+/// The first read of a Java program's main (the JVM has read clocks before it); with an
+/// argument, a read every 50 ms.
+const JAVA_FIRST_READ: &str = r#"
+public class First {
+    public static void main(String[] args) throws Exception {
+        do {
+            java.time.Instant t = java.time.Instant.now();
+            System.out.println(t.getEpochSecond() * 1000000000L + t.getNano());
+            if (args.length > 0) Thread.sleep(50);
+        } while (args.length > 0);
+    }
+}
+"#;
+
 /// The built programs, once per test binary.
 struct Programs {
     dir: PathBuf,
@@ -283,6 +311,36 @@ fn programs() -> &'static Programs {
                     .args(extra),
             );
         }
+        let first = dir.join("firstread.c");
+        run_ok(
+            Command::new("gcc")
+                .args(["-O2", "-static", "-o"])
+                .arg(dir.join("firstread-static"))
+                .arg(&first),
+        );
+        run_ok(
+            Command::new("gcc")
+                .args(["-O2", "-static", "-o"])
+                .arg(dir.join("clockread-static"))
+                .arg(dir.join("clockread.c")),
+        );
+        let musl = which("musl-gcc").unwrap_or_else(|| {
+            panic!("musl-gcc not found: `cargo xtask setup` installs musl-tools for this test")
+        });
+        run_ok(
+            Command::new(&musl)
+                .args(["-O2", "-static", "-o"])
+                .arg(dir.join("firstread-musl"))
+                .arg(&first),
+        );
+        run_ok(
+            Command::new(&musl)
+                .args(["-O2", "-static", "-o"])
+                .arg(dir.join("clockread-musl"))
+                .arg(dir.join("clockread.c")),
+        );
+        let java = write("First.java", JAVA_FIRST_READ);
+        run_ok(Command::new("javac").arg("-d").arg(&dir).arg(java));
         write("reader.py", PY_READER);
         let rs = write("reader.rs", RUST_READER);
         run_ok(
@@ -300,6 +358,16 @@ fn programs() -> &'static Programs {
                 .args(["build", "-o"])
                 .arg(dir.join("goread"))
                 .arg(go)
+                .env("GOCACHE", dir.join("gocache"))
+                .env("GOPATH", dir.join("gopath"))
+                .env("GO111MODULE", "off"),
+        );
+        let go_first = write("first.go", GO_FIRST_READ);
+        run_ok(
+            Command::new(which("go").expect("go, as above"))
+                .args(["build", "-o"])
+                .arg(dir.join("firstread-go"))
+                .arg(go_first)
                 .env("GOCACHE", dir.join("gocache"))
                 .env("GOPATH", dir.join("gopath"))
                 .env("GO111MODULE", "off"),
@@ -1631,4 +1699,218 @@ fn processes_the_skew_cannot_reach_are_named_in_the_output_and_the_status() {
         assert!(exit.success(), "{log}");
     }
     assert_no_leftovers();
+}
+
+/// A runtime's program: once, it prints its first realtime read and exits; looping, it
+/// prints one every 50 ms or so. The first number of a line is the read, in `unit` ns.
+struct Runtime {
+    name: &'static str,
+    once: Vec<String>,
+    looping: Vec<String>,
+    unit: i64,
+}
+
+fn runtimes() -> Vec<Runtime> {
+    let p = programs();
+    let path = |name: &str| p.path(name).display().to_string();
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    // The interpreter itself, not a version manager's shim script.
+    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let dir = p.dir.display().to_string();
+    vec![
+        Runtime {
+            name: "glibc dynamic",
+            once: vec![path("firstread")],
+            looping: vec![path("clockread"), "0".into(), "50".into()],
+            unit: 1,
+        },
+        Runtime {
+            name: "glibc static",
+            once: vec![path("firstread-static")],
+            looping: vec![path("clockread-static"), "0".into(), "50".into()],
+            unit: 1,
+        },
+        Runtime {
+            name: "musl static",
+            once: vec![path("firstread-musl")],
+            looping: vec![path("clockread-musl"), "0".into(), "50".into()],
+            unit: 1,
+        },
+        Runtime {
+            name: "Python",
+            once: strings(&[&python, "-S", "-c", "import time; print(time.time_ns())"]),
+            looping: strings(&[
+                &python,
+                "-S",
+                "-u",
+                "-c",
+                "import time\nwhile True:\n    print(time.time_ns()); time.sleep(0.05)",
+            ]),
+            unit: 1,
+        },
+        Runtime {
+            name: "Go",
+            once: vec![path("firstread-go")],
+            looping: vec![path("goread")],
+            unit: 1,
+        },
+        Runtime {
+            name: "Java",
+            once: strings(&["java", "-cp", &dir, "First"]),
+            looping: strings(&["java", "-cp", &dir, "First", "loop"]),
+            unit: 1,
+        },
+        Runtime {
+            name: "Node",
+            once: strings(&["node", "-e", "console.log(Date.now())"]),
+            looping: strings(&[
+                "node",
+                "-e",
+                "setInterval(() => console.log(Date.now()), 50)",
+            ]),
+            unit: MS,
+        },
+    ]
+}
+
+fn command_of(argv: &[String]) -> Command {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
+/// The first number of a line (a label may come before it), times `unit`.
+fn first_number(line: &str, unit: i64) -> Option<i64> {
+    line.split_whitespace()
+        .find_map(|w| w.parse::<i64>().ok())
+        .map(|n| n * unit)
+}
+
+/// A looping runtime in the target: each read with the true time its line arrived at.
+struct Looping {
+    _child: ChildGuard,
+    reads: Arc<Mutex<Vec<(i64, i64)>>>,
+}
+
+impl Looping {
+    fn start(cgroup: &Cgroup, r: &Runtime) -> Self {
+        let mut cmd = command_of(&r.looping);
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut child = spawn_in(Some(cgroup), None, cmd);
+        let out = child.child_mut().stdout.take().expect("piped stdout");
+        let reads: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+        let sink = reads.clone();
+        let unit = r.unit;
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(seen) = first_number(&line, unit) {
+                    sink.lock().unwrap().push((wall_ns(), seen));
+                }
+            }
+        });
+        Looping {
+            _child: child,
+            reads,
+        }
+    }
+
+    /// How far ahead of the true time each read since `since` (true ns) was.
+    fn skews_since(&self, since: i64) -> Vec<i64> {
+        let reads = self.reads.lock().unwrap();
+        reads
+            .iter()
+            .filter(|(at, _)| *at > since)
+            .map(|(at, seen)| seen - at)
+            .collect()
+    }
+}
+
+/// Processes of each runtime exec'd into the target after apply, one after another.
+const EXECS: usize = 200;
+
+#[test]
+fn every_runtime_reads_the_skew_running_before_apply_and_from_its_first_read_after() {
+    require_root();
+    programs();
+    let runtimes = runtimes();
+    {
+        let cgroup = Cgroup::new("clock-runtimes");
+        let running: Vec<Looping> = runtimes
+            .iter()
+            .map(|r| Looping::start(&cgroup, r))
+            .collect();
+        // The JVM and Node take a moment to print their first line.
+        wait(Duration::from_millis(1500));
+        let file = write_policy(&policy(
+            "clock-runtimes",
+            &cgroup,
+            "600s",
+            "    - name: ahead\n      offset: 1h\n",
+        ));
+        let mut apply = FaultApply::start(file.path(), "clock-runtimes");
+        apply.wait_ready();
+        let ready = wall_ns();
+        wait(Duration::from_millis(1200));
+        let hour = 3600 * SEC;
+        for (r, l) in runtimes.iter().zip(&running) {
+            // Each read's line arrives a little after it was made.
+            let skews = l.skews_since(ready + 300 * MS);
+            assert!(
+                skews.len() >= 3 && skews.iter().all(|s| (s - hour).abs() < 100 * MS),
+                "{} running before apply: reads ahead of true time by {skews:?} ns, expected \
+                 1 h",
+                r.name
+            );
+        }
+        for r in &runtimes {
+            first_reads_are_faulted(&cgroup, r, hour);
+        }
+        let (exit, log) = apply.stop();
+        assert!(exit.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// Runs [`EXECS`] processes of `r` in the target, each bracketed by true time: every one's
+/// first read must be `offset` ahead.
+fn first_reads_are_faulted(cgroup: &Cgroup, r: &Runtime, offset: i64) {
+    let mut misses = Vec::new();
+    let mut took = Vec::new();
+    for run in 0..EXECS {
+        let mut cmd = command_of(&r.once);
+        cmd.stdout(Stdio::piped());
+        let before = wall_ns();
+        let out = run_in(Some(cgroup), None, cmd, Duration::from_secs(30));
+        let after = wall_ns();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let seen = first_number(&text, r.unit).unwrap_or_else(|| {
+            panic!(
+                "{} run {run} printed {text:?}: {}",
+                r.name,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        // A read in whole units (Node's milliseconds) may be up to one unit early.
+        if !(before + offset - r.unit..=after + offset).contains(&seen) {
+            misses.push((run, seen - before));
+        }
+        took.push(after - before);
+    }
+    took.sort();
+    println!(
+        "runtimes: {}: {EXECS} processes exec'd in the target, {} read true time first; \
+         {:.1} ms per process (median, spawn to exit)",
+        r.name,
+        misses.len(),
+        took[EXECS / 2] as f64 / 1e6
+    );
+    assert!(
+        misses.is_empty(),
+        "{}: first reads off the skew (run, ns ahead of the spawn): {misses:?}",
+        r.name
+    );
 }

@@ -158,7 +158,8 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "busybox-static",
     "python3.11-minimal",
-    "golang-go", // the clock tests build a Go target (tests/tests/clock.rs)
+    "golang-go",  // the clock tests build a Go target (tests/tests/clock.rs)
+    "musl-tools", // and a musl static one (Java and Node come with the machine)
     // cargo xtask vm: depmod/modprobe for the guest kernel's modules, xz for its image
     "kmod",
     "xz-utils",
