@@ -78,7 +78,7 @@ pub fn run(root: &Path) -> Result<()> {
 
     // Stage 5: 5.10 (bullseye's kernel): clsact, fq without bpf_skb_set_tstamp, no netns
     // cookie, no tcx.
-    let guest = vm_stage(root, &fault, &probe, "5.10", skip_in_guest).unwrap_or_else(|err| {
+    let guest = vm_stage(root, &fault, &probe, "5.10", skip_in_5_10).unwrap_or_else(|err| {
         eprintln!("xtask test: the 5.10 guest stage could not run: {err:#}");
         Some(1)
     });
@@ -159,6 +159,23 @@ fn skip_in_guest(name: &str) -> Option<&'static str> {
         _ => return None,
     };
     Some(why)
+}
+
+/// What the 5.10 guest skips: what every guest skips, and the rawclock suite. Under qemu's
+/// TCG, 5.10 twice livelocked both vCPUs in CI at one instruction of the system-call exit
+/// path (soft lockups at `syscall_exit_to_user_mode+0xb3`, the loader just back from a
+/// bpf() call) while the rewrite's sys_enter/sys_exit raw tracepoints were attached or
+/// detached, and the guest ran out its 1800 s. The suite passed in 5.10 each of the four
+/// times it was run alone here; it runs on 6.1 and 6.12 in CI.
+fn skip_in_5_10(name: &str) -> Option<&'static str> {
+    match name {
+        "rawclock" => Some(
+            "under emulation 5.10 can livelock at the system-call exit path as the rewrite's \
+             raw tracepoints attach or detach (twice in CI); run it alone with `cargo xtask vm \
+             --kernel 5.10`",
+        ),
+        _ => skip_in_guest(name),
+    }
 }
 
 /// Runs in the guest with NAME PATH pairs: each binary one test at a time, then each one's
