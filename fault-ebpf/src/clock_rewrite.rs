@@ -34,9 +34,8 @@ use fault_common::{
         fault_ns, steady_ns, ClockParams, CLOCKS_OFF, CLOCK_SLOTS, FLAG_ACTIVE, FLAG_CLAMP,
         LAST_OFF, MONO_DEADLINE_OFF, STATE_OFF,
     },
-    CLOCK_CALLS_MAX,
+    TimerKey, CLOCK_CALLS_MAX, TIMER_POSIX,
 };
-use fault_common::{TimerKey, TIMER_POSIX};
 
 use crate::clock_calls::{
     count, seen, timer_clock, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_FUTEX,

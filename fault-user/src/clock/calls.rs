@@ -227,10 +227,12 @@ impl CallWatch {
                 continue;
             };
             // Full (CLOCK_CALLS_MAX processes): this one is not counted.
-            let added = self.watched.insert(pid, vdso, 0).is_ok();
-            new |= added;
+            if self.watched.insert(pid, vdso, 0).is_err() {
+                continue;
+            }
+            new = true;
             // Read after the insert: a timer made from now on is recorded at its creation.
-            for (key, clock) in super::timers::timers_of(pid).into_iter().filter(|_| added) {
+            for (key, clock) in super::timers::timers_of(pid) {
                 let _ = self.timers.insert(key, clock, 0);
             }
         }
