@@ -1,6 +1,7 @@
 //! The loader SIGKILLed at the worst moments, not only at random ones: inside a patch (every
-//! thread of the target stopped under ptrace, its signals blocked, a system call of fault's
-//! made in it) and while a process held at exec is being patched. Afterwards every target
+//! thread of the target stopped under ptrace, a system call of fault's made in it) and
+//! while a process held at exec is being patched; and fault's injector, the tracer itself,
+//! SIGKILLed inside a patch. Afterwards every target
 //! must stand as it did before: the same signal mask on every thread, not traced, not
 //! stopped, reading true time within a second, and its vDSO pristine after `fault stop`.
 //!
@@ -11,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,32 +94,51 @@ fn injectors() -> Vec<u32> {
 }
 
 /// A `fault-probe clock-pair` in the target: what it read through the vDSO next to the
-/// raw system call, every 20 ms.
+/// raw system call, every 20 ms, and with `--count-signals` how many SIGRTMIN it took.
 struct Pair {
     child: ChildGuard,
     lines: Arc<Mutex<Vec<(Instant, i128, i128)>>>,
+    signals: Arc<AtomicU64>,
 }
 
 impl Pair {
     fn start(cgroup: &Cgroup, threads: u32) -> Self {
-        let mut child = spawn_in(
-            Some(cgroup),
-            None,
-            probe(&["clock-pair", "--threads", &threads.to_string()]),
-        );
+        Self::spawn(cgroup, &["clock-pair", "--threads", &threads.to_string()])
+    }
+
+    fn counting_signals(cgroup: &Cgroup, threads: u32) -> Self {
+        let threads = threads.to_string();
+        Self::spawn(
+            cgroup,
+            &["clock-pair", "--threads", &threads, "--count-signals"],
+        )
+    }
+
+    fn spawn(cgroup: &Cgroup, args: &[&str]) -> Self {
+        let mut child = spawn_in(Some(cgroup), None, probe(args));
         let out = child.child_mut().stdout.take().expect("piped stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let signals = Arc::new(AtomicU64::new(0));
+        let (sink, count) = (lines.clone(), signals.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some((seen, truth)) = line.split_once(' ') {
-                    if let (Ok(seen), Ok(truth)) = (seen.parse(), truth.parse()) {
-                        sink.lock().unwrap().push((Instant::now(), seen, truth));
-                    }
+                let mut fields = line.split(' ');
+                let (Some(Ok(seen)), Some(Ok(truth))) =
+                    (fields.next().map(str::parse), fields.next().map(str::parse))
+                else {
+                    continue;
+                };
+                if let Some(Ok(n)) = fields.next().map(str::parse) {
+                    count.store(n, Ordering::Relaxed);
                 }
+                sink.lock().unwrap().push((Instant::now(), seen, truth));
             }
         });
-        Pair { child, lines }
+        Pair {
+            child,
+            lines,
+            signals,
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -382,6 +403,171 @@ fn a_loader_killed_while_patching_a_process_held_at_exec_lets_it_go_unfaulted() 
         for f in &figures {
             eprintln!("{f}");
         }
+    }
+    assert_no_leftovers();
+}
+
+/// Two cycles, each with two readers (three threads each) and two sleepers, fault's injector
+/// (the tracer) SIGKILLed while the first, then the second of them is being patched: every
+/// target must go on with its own masks, its sleep and its registers (a reader that resumed
+/// on fault's registers would crash or stop printing). The loader goes on, starts another
+/// injector, and tries the cut process once more.
+#[test]
+fn the_injector_killed_inside_a_patch_leaves_every_target_as_it_found_it() {
+    require_root();
+    {
+        let cgroup = Cgroup::new("kill-injector");
+        let file = write_policy(&policy("kill-injector", &cgroup));
+        let mut figures = Vec::new();
+        for cycle in 0..2 {
+            let readers: Vec<Pair> = (0..2).map(|_| Pair::start(&cgroup, 3)).collect();
+            let sleepers: Vec<ChildGuard> = (0..2).map(|_| sleeper(&cgroup)).collect();
+            for r in &readers {
+                r.skews_after(Instant::now(), 1);
+            }
+            let pids: Vec<u32> = readers
+                .iter()
+                .map(Pair::pid)
+                .chain(sleepers.iter().map(ChildGuard::pid))
+                .collect();
+            let before: BTreeMap<u32, Standing> = pids
+                .iter()
+                .map(|&p| (p, standing(p).expect("a running target")))
+                .collect();
+
+            let mut apply = apply_holding(&file, "kill-injector");
+            let victim = wait_nth_traced(&pids, cycle + 1, &mut apply);
+            std::thread::sleep(Duration::from_millis(50));
+            let helpers = injectors();
+            assert_eq!(helpers.len(), 1, "one injector runs: {helpers:?}");
+            let tracer = standing(victim).expect("the victim runs").tracer;
+            assert_eq!(tracer, helpers[0], "the injector is the victim's tracer");
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(helpers[0] as i32, libc::SIGKILL) };
+            let killed = Instant::now();
+            std::thread::sleep(Duration::from_millis(20));
+            for (&pid, was) in &before {
+                let now = standing(pid).expect("every target survives the tracer's death");
+                assert_eq!(
+                    now.masks, was.masks,
+                    "cycle {cycle}: process {pid}'s signal masks changed"
+                );
+            }
+            // Every reader goes on reading; all are patched in the end (the cut one again).
+            apply.wait_ready();
+            for r in &readers {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !r
+                    .skews_after(Instant::now(), 1)
+                    .iter()
+                    .all(|s| (s - SKEW).abs() < 100 * MS)
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cycle {cycle}: reader {} does not read the skew 5 s after the injector \
+                         died (victim {victim}):\n{}",
+                        r.pid(),
+                        apply.log()
+                    );
+                }
+            }
+            let skewed = killed.elapsed();
+            wait_free(&pids, Duration::from_secs(3));
+            figures.push(format!(
+                "cycle {cycle}: injector killed while patching {victim}; every reader skewed {:.0} ms later",
+                skewed.as_secs_f64() * 1e3
+            ));
+            let (status, log) = apply.stop();
+            assert!(
+                status.success(),
+                "fault apply after the injector's death: {status}\n{log}"
+            );
+            assert!(
+                log.contains("tried again"),
+                "the loader said nothing of the cut patch:\n{log}"
+            );
+            assert_injector_gone();
+            assert_pristine(&pids);
+            for (&pid, was) in &before {
+                assert_eq!(
+                    standing(pid).map(|s| s.masks),
+                    Some(was.masks.clone()),
+                    "cycle {cycle}: process {pid} after the revert"
+                );
+            }
+            fault_ok(["stop", "--all"]);
+        }
+        for f in &figures {
+            eprintln!("{f}");
+        }
+    }
+    assert_no_leftovers();
+}
+
+/// A reader flooded with queued real-time signals (they do not merge: each is one
+/// delivery) while it is patched, held 300 ms inside the patch, and reverted takes every
+/// one in its handler, reads the skew while applied and true time after, and keeps its
+/// masks: fault never blocks a signal, it delivers each on the thread's own registers.
+#[test]
+fn a_target_flooded_with_signals_while_patched_takes_every_one() {
+    require_root();
+    {
+        let cgroup = Cgroup::new("signal-flood");
+        let file = write_policy(&policy("signal-flood", &cgroup));
+        let reader = Pair::counting_signals(&cgroup, 3);
+        reader.skews_after(Instant::now(), 1);
+        let pid = reader.pid();
+        let before = standing(pid).expect("the reader runs");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let value = libc::sigval {
+                        sival_ptr: std::ptr::null_mut(),
+                    };
+                    // SAFETY: sigqueue has no memory-safety preconditions.
+                    if unsafe { libc::sigqueue(pid as i32, libc::SIGRTMIN(), value) } == 0 {
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                sent
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let mut apply = apply_holding(&file, "signal-flood");
+        apply.wait_ready();
+        let applied = Instant::now();
+        let skews = reader.skews_after(applied, 5);
+        assert!(
+            skews.iter().all(|s| (s - SKEW).abs() < 100 * MS),
+            "the flooded reader does not read the skew: {skews:?}\n{}",
+            apply.log()
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "fault apply: {status}\n{log}");
+        let reverted = Instant::now();
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        let sent = flood.join().expect("the sender");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while reader.signals.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let taken = reader.signals.load(Ordering::Relaxed);
+        eprintln!("signals sent {sent}, taken {taken}; patch and revert made during the flood");
+        assert_eq!(taken, sent, "signals were lost or made up:\n{log}");
+        assert_true_time(
+            &reader.skews_after(reverted, 3),
+            "the reader after the revert",
+        );
+        let now = standing(pid).expect("the reader survives");
+        assert_eq!(now.masks, before.masks, "the reader's signal masks changed");
+        assert!(now.free(), "the reader is still stopped or traced: {now:?}");
+        assert_pristine(&[pid]);
     }
     assert_no_leftovers();
 }

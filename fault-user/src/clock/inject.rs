@@ -1,24 +1,29 @@
 //! Holding every thread of a process still with ptrace, and making system calls in it.
 //!
 //! [`Stopped::stop`] seizes each thread (`PTRACE_SEIZE` + `PTRACE_INTERRUPT`), listing
-//! `/proc/PID/task` again until no new thread shows up, and blocks every signal on each one
-//! (`PTRACE_SETSIGMASK`), so that no handler runs on registers fault has changed; pending
-//! signals are delivered after [`Stopped::detach`]. [`Stopped::syscall`] points one thread at
-//! a `syscall` instruction with the registers set for the call and runs it between two
-//! syscall stops. Detaching restores that thread's exact registers: if it had been blocked in
-//! a system call (nanosleep, futex, read), the kernel restarts that call as it would after any
-//! interruption, and the program sees nothing.
+//! `/proc/PID/task` again until no new thread shows up. [`Stopped::syscall`] points one
+//! thread at a `syscall` instruction with the registers set for the call, runs it between
+//! two syscall stops, and puts the thread's own registers back at once. So outside the few
+//! microseconds of each call every thread holds its own registers and its own signal mask:
+//! fault never changes a mask, and a tracer that died at any moment but inside a call would
+//! leave the process exactly as it would after a clean detach. If a thread had been blocked
+//! in a system call (nanosleep, futex, read), the kernel restarts that call as it would
+//! after any interruption, and the program sees nothing.
+//!
+//! Signals wait while threads are stopped: a stopped thread takes none, and one that
+//! arrives for the thread running the calls stops it before the next call (a
+//! signal-delivery stop). It is delivered there on the thread's own registers, as if it
+//! had come before the patch; the thread runs its handler, is stopped again where the
+//! handler left it, and the call is made from there.
 //!
 //! Dropping a [`Stopped`] without detaching (an error on the way) restores registers and
-//! masks and detaches all the same.
+//! detaches all the same.
 
 use std::io;
 use std::time::{Duration, Instant};
 
 const PTRACE_SEIZE: libc::c_uint = 0x4206;
 const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
-const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
-const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 const PTRACE_O_TRACESYSGOOD: libc::c_ulong = 1;
 const PTRACE_EVENT_STOP: i32 = 128;
 /// How long a thread may take to stop: one in uninterruptible sleep (disk, NFS) waits for
@@ -120,7 +125,6 @@ pub struct Thread {
     pub regs: libc::user_regs_struct,
     /// `regs` differ from what the thread has now, or must be written back at detach.
     pub dirty: bool,
-    mask: u64,
     /// Stopped and ours to detach (false: seized, but it exited before stopping).
     held: bool,
 }
@@ -136,6 +140,13 @@ fn traced(pid: u32) -> Option<InjectError> {
         tracer,
         tracer_comm: comm(tracer),
     })
+}
+
+/// What stopped a thread that fault set going into a system call.
+enum Next {
+    Syscall,
+    /// A signal for it (a signal-delivery stop), not yet delivered.
+    Signal(i32),
 }
 
 /// Every thread of one process, stopped.
@@ -182,7 +193,6 @@ impl Stopped {
                     // SAFETY: user_regs_struct is plain integers; all zero is a valid value.
                     regs: unsafe { std::mem::zeroed() },
                     dirty: false,
-                    mask: 0,
                     held: false,
                 });
                 if let Err(e) = ptrace(PTRACE_INTERRUPT, tid, 0, 0) {
@@ -200,25 +210,8 @@ impl Stopped {
                 if !held.wait_stop(tid)? {
                     continue; // exited meanwhile
                 }
-                let t = &mut held.threads[i];
-                t.held = true;
-                let all: u64 = !0;
-                ptrace(PTRACE_GETSIGMASK, tid, 8, &mut t.mask as *mut u64 as usize)
-                    .and_then(|_| ptrace(PTRACE_SETSIGMASK, tid, 8, &all as *const u64 as usize))
-                    .map_err(|e| InjectError::Ptrace {
-                        pid,
-                        tid,
-                        op: "PTRACE_SETSIGMASK",
-                        source: e,
-                    })?;
-                ptrace(libc::PTRACE_GETREGS, tid, 0, &mut t.regs as *mut _ as usize).map_err(
-                    |e| InjectError::Ptrace {
-                        pid,
-                        tid,
-                        op: "PTRACE_GETREGS",
-                        source: e,
-                    },
-                )?;
+                held.threads[i].held = true;
+                held.read_regs(i)?;
             }
             if added == 0 {
                 break;
@@ -306,7 +299,8 @@ impl Stopped {
 
     /// Runs system call `nr` with `args` in thread `index`, entering the kernel at
     /// `syscall_insn` (the address of a `syscall` instruction in the target); returns what it
-    /// returned (a negative errno on failure).
+    /// returned (a negative errno on failure). The thread has its own registers again when
+    /// this returns, whatever it returns.
     pub fn syscall(
         &mut self,
         index: usize,
@@ -315,40 +309,97 @@ impl Stopped {
         args: [u64; 6],
     ) -> Result<i64, InjectError> {
         let tid = self.threads[index].tid;
-        let mut r = self.threads[index].regs;
-        r.rax = nr as u64;
-        // No syscall is in progress as far as the kernel's restart logic is concerned.
-        r.orig_rax = u64::MAX;
-        r.rdi = args[0];
-        r.rsi = args[1];
-        r.rdx = args[2];
-        r.r10 = args[3];
-        r.r8 = args[4];
-        r.r9 = args[5];
-        r.rip = syscall_insn;
-        // From here on the thread's registers must be put back at detach.
-        self.threads[index].dirty = true;
-        ptrace(libc::PTRACE_SETREGS, tid, 0, &r as *const _ as usize)
-            .map_err(|e| self.error(tid, "PTRACE_SETREGS", e))?;
-        for _ in 0..2 {
-            // entry, then exit
+        let result = loop {
+            let mut r = self.threads[index].regs;
+            r.rax = nr as u64;
+            // No syscall is in progress as far as the kernel's restart logic is concerned.
+            r.orig_rax = u64::MAX;
+            r.rdi = args[0];
+            r.rsi = args[1];
+            r.rdx = args[2];
+            r.r10 = args[3];
+            r.r8 = args[4];
+            r.r9 = args[5];
+            r.rip = syscall_insn;
+            // From here on the thread's registers must be put back.
+            self.threads[index].dirty = true;
+            ptrace(libc::PTRACE_SETREGS, tid, 0, &r as *const _ as usize)
+                .map_err(|e| self.error(tid, "PTRACE_SETREGS", e))?;
             ptrace(libc::PTRACE_SYSCALL, tid, 0, 0)
                 .map_err(|e| self.error(tid, "PTRACE_SYSCALL", e))?;
-            self.wait_syscall_stop(tid)?;
-        }
-        ptrace(libc::PTRACE_GETREGS, tid, 0, &mut r as *mut _ as usize)
-            .map_err(|e| self.error(tid, "PTRACE_GETREGS", e))?;
-        Ok(r.rax as i64)
+            if let Next::Signal(sig) = self.wait_syscall_stop(tid)? {
+                // Before the call's entry: nothing of it ran.
+                self.deliver(index, sig)?;
+                continue;
+            }
+            ptrace(libc::PTRACE_SYSCALL, tid, 0, 0)
+                .map_err(|e| self.error(tid, "PTRACE_SYSCALL", e))?;
+            if let Next::Signal(sig) = self.wait_syscall_stop(tid)? {
+                return Err(InjectError::Unexpected {
+                    pid: self.pid,
+                    tid,
+                    what: format!("signal {sig} inside the call"),
+                });
+            }
+            ptrace(libc::PTRACE_GETREGS, tid, 0, &mut r as *mut _ as usize)
+                .map_err(|e| self.error(tid, "PTRACE_GETREGS", e))?;
+            break r.rax as i64;
+        };
+        self.restore(index)?;
+        Ok(result)
     }
 
-    fn wait_syscall_stop(&self, tid: i32) -> Result<(), InjectError> {
+    /// Reads the registers of thread `index` as they are now.
+    fn read_regs(&mut self, index: usize) -> Result<(), InjectError> {
+        let t = &mut self.threads[index];
+        let (tid, regs) = (t.tid, &mut t.regs as *mut _ as usize);
+        t.dirty = false;
+        ptrace(libc::PTRACE_GETREGS, tid, 0, regs)
+            .map_err(|e| self.error(tid, "PTRACE_GETREGS", e))?;
+        Ok(())
+    }
+
+    /// Gives thread `index` its own registers back.
+    fn restore(&mut self, index: usize) -> Result<(), InjectError> {
+        let t = &mut self.threads[index];
+        let (tid, regs) = (t.tid, &t.regs as *const _ as usize);
+        ptrace(libc::PTRACE_SETREGS, tid, 0, regs)
+            .map_err(|e| self.error(tid, "PTRACE_SETREGS", e))?;
+        self.threads[index].dirty = false;
+        Ok(())
+    }
+
+    /// Delivers signal `sig`, which stopped thread `index` before a call of fault's, on the
+    /// thread's own registers (so a system call it was blocked in is restarted or fails with
+    /// EINTR as the signal's action says), lets it run its handler, and stops it again.
+    fn deliver(&mut self, index: usize, sig: i32) -> Result<(), InjectError> {
+        self.restore(index)?;
+        let tid = self.threads[index].tid;
+        ptrace(libc::PTRACE_CONT, tid, 0, sig as usize)
+            .map_err(|e| self.error(tid, "PTRACE_CONT", e))?;
+        match ptrace(PTRACE_INTERRUPT, tid, 0, 0) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                return Err(self.error(tid, "PTRACE_INTERRUPT", e))
+            }
+            _ => {}
+        }
+        if !self.wait_stop(tid)? {
+            // The signal ended the thread (or the process).
+            self.threads[index].held = false;
+            return Err(InjectError::Gone { pid: self.pid });
+        }
+        self.read_regs(index)
+    }
+
+    /// The next syscall stop of `tid`, or the signal that stopped it first.
+    fn wait_syscall_stop(&self, tid: i32) -> Result<Next, InjectError> {
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             let status = self
                 .poll(tid, deadline)?
                 .ok_or(InjectError::Gone { pid: self.pid })?;
             if libc::WSTOPSIG(status) == libc::SIGTRAP | 0x80 {
-                return Ok(());
+                return Ok(Next::Syscall);
             }
             if status >> 16 == PTRACE_EVENT_STOP {
                 // A leftover interrupt stop: go on to the syscall stop.
@@ -356,15 +407,11 @@ impl Stopped {
                     .map_err(|e| self.error(tid, "PTRACE_SYSCALL", e))?;
                 continue;
             }
-            return Err(InjectError::Unexpected {
-                pid: self.pid,
-                tid,
-                what: format!("signal {}", libc::WSTOPSIG(status)),
-            });
+            return Ok(Next::Signal(libc::WSTOPSIG(status)));
         }
     }
 
-    /// Puts back registers and signal masks and lets every thread go.
+    /// Puts back registers and lets every thread go.
     pub fn detach(mut self) -> Result<(), InjectError> {
         self.release()
     }
@@ -373,17 +420,10 @@ impl Stopped {
         self.detached = true;
         let mut first = None;
         for t in &self.threads {
-            if t.held {
-                if t.dirty {
-                    if let Err(e) =
-                        ptrace(libc::PTRACE_SETREGS, t.tid, 0, &t.regs as *const _ as usize)
-                    {
-                        first.get_or_insert(self.error(t.tid, "PTRACE_SETREGS", e));
-                    }
-                }
-                if let Err(e) = ptrace(PTRACE_SETSIGMASK, t.tid, 8, &t.mask as *const u64 as usize)
+            if t.held && t.dirty {
+                if let Err(e) = ptrace(libc::PTRACE_SETREGS, t.tid, 0, &t.regs as *const _ as usize)
                 {
-                    first.get_or_insert(self.error(t.tid, "PTRACE_SETSIGMASK", e));
+                    first.get_or_insert(self.error(t.tid, "PTRACE_SETREGS", e));
                 }
             }
             // Seized but never stopped threads are detached too (ESRCH if they exited).

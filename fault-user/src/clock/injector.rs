@@ -1,12 +1,13 @@
 //! The process that patches and reverts targets, so that the loader's death cannot leave
 //! one half patched.
 //!
-//! While a process is being patched its threads are stopped under ptrace, with every
-//! signal blocked and, in the thread that runs the injected system calls, registers that
-//! are not its own. If the tracer dies then, the kernel lets the threads go as they are:
-//! with the mask still blocking every signal (so SIGTERM no longer ends the process) and
-//! possibly at a `syscall` instruction with fault's arguments. The loader can be SIGKILLed
-//! at any moment, so it is not the tracer: it hands each patch and revert to this helper
+//! While a process is being patched its threads are stopped under ptrace, and for the few
+//! microseconds of each system call fault makes in it, one thread holds registers that are
+//! not its own (see `super::inject`). If the tracer dies then, the kernel lets the threads
+//! go as they are: that one at a `syscall` instruction with fault's arguments. Anywhere
+//! else a dead tracer leaves the threads as they were found, but a patch cut short in the
+//! middle is a leftover for `fault stop`. The loader can be SIGKILLed at any moment, so it
+//! is not the tracer: it hands each patch and revert to this helper
 //! (`fault injector`, started once per run, one JSON line per request and per reply over
 //! its stdin and stdout), which finishes every transaction it starts whatever happens to
 //! the loader. It runs in a session of its own, ignores SIGINT, SIGTERM, SIGHUP and

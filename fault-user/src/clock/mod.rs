@@ -92,6 +92,8 @@ pub struct Engine {
     patched: BTreeMap<u32, Patched>,
     /// Processes that could not be patched, by (pid, start time), so each is reported once.
     refused: BTreeMap<(u32, u64), String>,
+    /// Processes whose patch the injector's death cut short, tried once more.
+    cut: std::collections::BTreeSet<(u32, u64)>,
     /// The helper that holds the targets under ptrace, started at the first patch.
     injector: Option<injector::Injector>,
     /// How many patches this engine made: each one's serial.
@@ -107,6 +109,7 @@ impl Engine {
             plan: Plan::new(rules, remaining, layout::now_ns),
             patched: BTreeMap::new(),
             refused: BTreeMap::new(),
+            cut: Default::default(),
             injector: None,
             serial: 0,
         }
@@ -193,10 +196,10 @@ impl Engine {
                 kind: patch::PatchError::Injector(e),
             }),
         };
-        if done
+        let helper_died = done
             .as_ref()
-            .is_err_and(|e| matches!(e.kind, patch::PatchError::Injector(_)))
-        {
+            .is_err_and(|e| matches!(e.kind, patch::PatchError::Injector(_)));
+        if helper_died {
             self.injector = None; // gone: the next patch starts another
         }
         match done {
@@ -230,8 +233,14 @@ impl Engine {
             Err(_) if patch::start_time(pid) != Some(start) => None,
             Err(e) => {
                 let text = format!("{:#}", anyhow::Error::from(e));
-                let line = format!("clock: warning: {text}; its clocks are not faulted");
-                self.refused.insert((pid, start), text.clone());
+                // Not the process's doing: the next rescan tries once more, with a new helper.
+                let again = helper_died && self.cut.insert((pid, start));
+                let line = if again {
+                    format!("clock: warning: {text}; it is tried again at the next rescan")
+                } else {
+                    self.refused.insert((pid, start), text.clone());
+                    format!("clock: warning: {text}; its clocks are not faulted")
+                };
                 Some(Told {
                     text: line,
                     refused: true,

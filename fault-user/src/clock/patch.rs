@@ -652,7 +652,7 @@ fn map_stub(
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let placeholder = sys(world, "mmap", SYS_MMAP, [base, size, rw, anon, u64::MAX, 0])?;
     if let Some(hold) = super::injector::test_hold() {
-        // The test hook: every thread stopped, signals blocked, one call made.
+        // The test hook: every thread stopped, one call made.
         std::thread::sleep(hold);
     }
     if placeholder as u64 != base {

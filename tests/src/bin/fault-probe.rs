@@ -120,6 +120,9 @@ enum Cmd {
         /// Threads in all: the others only sleep
         #[arg(long, default_value_t = 1)]
         threads: u32,
+        /// Count SIGRTMIN in a handler (SA_RESTART) and print the count as a third field
+        #[arg(long)]
+        count_signals: bool,
     },
     /// Once `--go` exists, read CLOCK_MONOTONIC `--reads` times, every other read by the
     /// raw system call and the rest through the vDSO, and print
@@ -231,7 +234,8 @@ fn main() -> ExitCode {
         Cmd::ClockPair {
             interval_ms,
             threads,
-        } => clock_pair(Duration::from_millis(interval_ms), threads),
+            count_signals,
+        } => clock_pair(Duration::from_millis(interval_ms), threads, count_signals),
         Cmd::MonoMixed { go, reads } => mono_mixed(&go, reads),
         Cmd::AbsWait { interval_ms, via } => {
             fault_tests::abs_wait::run(Duration::from_millis(interval_ms), via)
@@ -660,7 +664,31 @@ fn ticks(out: &std::path::Path, interval: Duration) -> io::Result<String> {
     }
 }
 
-fn clock_pair(interval: Duration, threads: u32) -> io::Result<String> {
+/// SIGRTMIN taken by `clock-pair --count-signals`.
+static SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn count_signals() -> io::Result<()> {
+    // SAFETY: the handler only adds to an atomic; the sigaction is fully initialised.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = count_signal as *const () as usize;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(libc::SIGRTMIN(), &act, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn clock_pair(interval: Duration, threads: u32, counting: bool) -> io::Result<String> {
+    if counting {
+        count_signals()?;
+    }
     for _ in 1..threads {
         std::thread::spawn(|| loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -679,7 +707,14 @@ fn clock_pair(interval: Duration, threads: u32) -> io::Result<String> {
             .map_err(io::Error::other)?
             .as_nanos();
         let truth = raw.tv_sec as i128 * 1_000_000_000 + raw.tv_nsec as i128;
-        writeln!(out, "{seen} {truth}")?;
+        match counting {
+            true => writeln!(
+                out,
+                "{seen} {truth} {}",
+                SIGNALS.load(std::sync::atomic::Ordering::Relaxed)
+            )?,
+            false => writeln!(out, "{seen} {truth}")?,
+        }
         out.flush()?;
         std::thread::sleep(interval);
     }
