@@ -1227,6 +1227,26 @@ fn a_container_started_again_under_its_name_reads_the_skew_again() {
             "the recreated container read the skew {} ms after podman run returned",
             begun.elapsed().as_millis()
         );
+        // The exec hold follows too: a process exec'd in the new container reads the skew
+        // from its first read (the rescan alone would leave it 250 ms of true time).
+        for run in 0..10 {
+            let out = c.exec(&["/p/firstread-static"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f: Vec<i64> = text
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let [seen, truth] = f[..] else {
+                panic!("firstread printed {text:?}");
+            };
+            assert!(
+                skewed(&(seen, truth)),
+                "run {run}: the first read of a process exec'd in the recreated container was \
+                 {:+.6} s off true time, expected -2 s\n{}",
+                (seen - truth) as f64 / 1e9,
+                apply.log()
+            );
+        }
         let (exit, log) = apply.stop();
         assert!(exit.success(), "{log}");
         assert!(log.contains("following it there"), "{log}");

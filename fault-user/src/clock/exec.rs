@@ -43,7 +43,7 @@ pub struct ExecWatch {
     /// Where EXEC_HELD is pinned, for `fault stop` and the watchdog while the hold runs.
     pin: PathBuf,
     /// Keeps the program loaded (the link holds it too).
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 /// Why the hold could not start: which step the kernel refused.
@@ -77,6 +77,24 @@ pub(super) fn raw_tracepoint<'a>(
         .map_err(step(format!("find program {name}")))
 }
 
+/// Puts the first [`EXEC_MAX_CGROUPS`] of `cgroups` in the hold's cgroup array, in order.
+fn fill_cgroups(ebpf: &mut Ebpf, cgroups: &[PathBuf]) -> Result<(), StartError> {
+    let mut array: CgroupArray<&mut MapData> = ebpf
+        .map_mut(maps::EXEC_CGROUPS)
+        .context("map missing from the object")
+        .and_then(|m| Ok(m.try_into()?))
+        .map_err(step(maps::EXEC_CGROUPS))?;
+    for (i, path) in cgroups.iter().take(EXEC_MAX_CGROUPS as usize).enumerate() {
+        let dir = std::fs::File::open(path)
+            .with_context(|| format!("open {}", path.display()))
+            .map_err(step(format!("fill {}", maps::EXEC_CGROUPS)))?;
+        array
+            .set(i as u32, dir.as_fd(), 0)
+            .map_err(step(format!("fill {}", maps::EXEC_CGROUPS)))?;
+    }
+    Ok(())
+}
+
 impl ExecWatch {
     /// Loads and attaches the exec program for `cgroups` (at most [`EXEC_MAX_CGROUPS`]; the
     /// rest are left to the rescan), stopping nothing after `deadline_ns` (CLOCK_MONOTONIC),
@@ -97,19 +115,7 @@ impl ExecWatch {
             .load(object)
             .map_err(step("load the eBPF object for the exec hold"))?;
 
-        let mut array: CgroupArray<&mut MapData> = ebpf
-            .map_mut(maps::EXEC_CGROUPS)
-            .context("map missing from the object")
-            .and_then(|m| Ok(m.try_into()?))
-            .map_err(step(maps::EXEC_CGROUPS))?;
-        for (i, path) in cgroups.iter().take(count as usize).enumerate() {
-            let dir = std::fs::File::open(path)
-                .with_context(|| format!("open {}", path.display()))
-                .map_err(step(format!("fill {}", maps::EXEC_CGROUPS)))?;
-            array
-                .set(i as u32, dir.as_fd(), 0)
-                .map_err(step(format!("fill {}", maps::EXEC_CGROUPS)))?;
-        }
+        fill_cgroups(&mut ebpf, cgroups)?;
         let held_map = ebpf
             .map(maps::EXEC_HELD)
             .context("map missing from the object")
@@ -155,8 +161,15 @@ impl ExecWatch {
             ring,
             held,
             pin,
-            _ebpf: ebpf,
+            ebpf,
         })
+    }
+
+    /// Holds processes that exec in `cgroups` from now on, in place of the ones given at the
+    /// start (as many, in the same order): a target that moved, like a container started
+    /// again under its name, is held in its new cgroup.
+    pub fn retarget(&mut self, cgroups: &[PathBuf]) -> Result<(), StartError> {
+        fill_cgroups(&mut self.ebpf, cgroups)
     }
 
     /// Waits for processes stopped at exec; returns them (cancel-safe: nothing is taken
@@ -185,7 +198,7 @@ impl ExecWatch {
 
     /// The reader of the exec program's rare events (see `crate::program_log`).
     pub fn log_reader(&mut self, verbose: bool) -> Result<crate::program_log::LogReader, String> {
-        crate::program_log::LogReader::start(&mut self._ebpf, verbose)
+        crate::program_log::LogReader::start(&mut self.ebpf, verbose)
     }
 
     /// Lets a held process go.

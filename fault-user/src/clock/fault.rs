@@ -268,6 +268,16 @@ impl Fault for ClockFault {
             let moved = self.targets.iter_mut().filter(|t| t.cgroup == m.from);
             moved.for_each(|t| t.cgroup = m.to.clone());
         }
+        if let (false, Some(watch)) = (run.moved.is_empty(), self.watch.as_mut()) {
+            let cgroups: Vec<PathBuf> = self.targets.iter().map(|t| t.cgroup.clone()).collect();
+            if let Err(e) = watch.retarget(&cgroups) {
+                println!(
+                    "fault: clock: warning: cannot hold processes at exec in the moved \
+                     target ({:#}); the 250 ms rescan patches them",
+                    anyhow::Error::from(e)
+                );
+            }
+        }
         let lines = self.engine.follow(&self.targets);
         Self::tell(run, &lines, false);
         self.sync_pages();
