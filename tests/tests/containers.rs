@@ -201,6 +201,18 @@ fn a_container_started_again_under_its_name_is_faulted_again() {
     assert_no_leftovers();
 }
 
+/// How many BPF links process `pid` holds open.
+fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf_link")
+        })
+        .count()
+}
+
 fn recreated_and_faulted_again(mode: &str) {
     {
         let mount = format!("{}:/probe:ro", probe_bin().display());
@@ -222,6 +234,7 @@ fn recreated_and_faulted_again(mode: &str) {
         apply.wait_ready();
         let (count, port) = (4000u64, 9203u16);
         let first = loss_from(&target, &host, port, count);
+        let links_before = bpf_links(apply.pid());
         let (old_id, old_cgroup) = (target.id().to_owned(), target.cgroup_path());
         let target = target.recreate(&opts, IMAGE_PYTHON, &args);
         assert_ne!(
@@ -244,6 +257,16 @@ fn recreated_and_faulted_again(mode: &str) {
         // Attaching in the new namespace comes with the same rescan; give it one more.
         std::thread::sleep(Duration::from_millis(300));
         let again = loss_from(&target, &host, port, count);
+        let links_after = bpf_links(apply.pid());
+        eprintln!(
+            "{mode}: the loader holds {links_before} BPF link descriptor(s) before, \
+             {links_after} after"
+        );
+        // The old namespace's tcx link is closed, not kept until the run ends.
+        assert!(
+            links_after <= links_before,
+            "{mode}: {links_before} BPF links before the recreate, {links_after} after"
+        );
         eprintln!(
             "{mode}: loss {:.1} % before, {:.1} % after the container was recreated; followed \
              {} ms after podman run returned",

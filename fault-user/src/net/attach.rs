@@ -259,11 +259,16 @@ impl Attached {
 
     /// Lets go of what was attached in a namespace that is gone while its inode number now
     /// names another: its filters and qdiscs went with it, and taking them down now would
-    /// reach into the new one. A tcx link's descriptor stays open until the run ends.
+    /// reach into the new one. A tcx link is only closed: its descriptor names the old
+    /// device's link, which the kernel already took off when the device went.
     pub fn forget_netns(&mut self, inode: u64) {
         let gone = |ns: &Netns| ns.inode == inode;
         for l in self.links.iter_mut().filter(|l| gone(&l.record.netns)) {
-            std::mem::forget(l.link.take());
+            match l.record.mode {
+                Mode::Tcx => drop(l.link.take()),
+                // Its detach would delete a filter by index, wherever this thread is.
+                Mode::Clsact { .. } => std::mem::forget(l.link.take()),
+            }
         }
         self.links.retain(|l| !gone(&l.record.netns));
         for q in self.qdiscs.iter_mut().filter(|q| gone(&q.record.netns)) {
