@@ -409,6 +409,7 @@ async fn hold(
         }
         if rescan_due {
             follow_all(run, kinds, &mut churn, w);
+            probes.follow(&run.moved);
         }
         records.update(kinds);
     }

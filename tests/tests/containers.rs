@@ -299,3 +299,90 @@ fn recreated_and_faulted_again(mode: &str) {
         assert!(!log.contains("warning"), "the revert is clean: {log}");
     }
 }
+
+/// The `probe_changed` events of run `file`, in order: (probe, ok), and where the
+/// `target_joined` of `cgroup` stands among them.
+fn probe_changes(
+    file: &fault_tests::PolicyFile,
+    cgroup: &std::path::Path,
+) -> (Vec<(String, bool)>, Option<usize>) {
+    let text = std::fs::read_to_string(file.run_dir().join("events.jsonl")).unwrap_or_default();
+    let mut changes = Vec::new();
+    let mut joined = None;
+    for e in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        match e["type"].as_str() {
+            Some("probe_changed") => changes.push((
+                e["probe"].as_str().unwrap_or_default().to_owned(),
+                e["ok"].as_bool().unwrap_or_default(),
+            )),
+            Some("target_joined")
+                if e["cgroup"].as_str() == Some(&cgroup.display().to_string()) =>
+            {
+                joined = Some(changes.len())
+            }
+            _ => {}
+        }
+    }
+    (changes, joined)
+}
+
+/// A probe that runs from a container's group goes with the container when it is started
+/// again under its name: its checks run in the new cgroup. Before, every check after the
+/// recreate failed for good ("cannot join cgroup", the old one being gone).
+#[test]
+fn a_probe_from_a_recreated_container_runs_in_the_new_one() {
+    require_root();
+    if !podman_here() {
+        return;
+    }
+    {
+        let args = ["sleep", "600"];
+        let target = Container::run("probe-again", IMAGE_PYTHON, &args);
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: Experiment\nmetadata: {{name: t-probe-again}}\nspec:\n  \
+             duration: 2m\n  groups:\n    db: [{{container: {}}}]\n  probes:\n    - {{name: \
+             inside, exec: [\"true\"], from: db, every: 200ms, timeout: 200ms}}\n  steps:\n    - \
+             {{name: nothing-much, at: 0s, for: 2m, targets: db, network: [{{direction: egress, \
+             match: {{cidrs: [203.0.113.0/24]}}, drop: {{probability: 1%}}}}]}}\n",
+            target.name()
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-probe-again");
+        apply.wait_ready();
+        std::thread::sleep(Duration::from_millis(500));
+        let target = target.recreate(&[], IMAGE_PYTHON, &args);
+        let begun = Instant::now();
+        let new_cgroup = target.cgroup_path();
+        loop {
+            let (changes, joined) = probe_changes(&file, &new_cgroup);
+            let back = joined.is_some_and(|j| changes[j..].iter().any(|c| c.1))
+                && changes.last().is_some_and(|c| c.1);
+            if back {
+                break;
+            }
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "the probe is not ok in the recreated container 10 s on: {changes:?} \
+                 (target joined after change {joined:?})\n{}",
+                apply.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "the probe from {} passed again {} ms after podman run returned",
+            target.name(),
+            begun.elapsed().as_millis()
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        let (changes, _) = probe_changes(&file, &new_cgroup);
+        assert!(
+            changes.last().is_some_and(|c| c.1),
+            "the probe failed again: {changes:?}"
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}

@@ -60,7 +60,8 @@ pub struct ProbeSpec {
     pub check: Check,
     /// Run inside this cgroup (absolute directory) and the network namespace of a process
     /// in it, found again at each check since processes come and go; while the cgroup (and
-    /// those below it) has no process, each check fails saying so.
+    /// those below it) has no process, each check fails saying so. A target that moves
+    /// takes its probes along (see [`Probes::follow`]).
     pub from: Option<PathBuf>,
     pub every: Duration,
     pub timeout: Duration,
@@ -123,6 +124,8 @@ pub struct ProbeCount {
 /// The running probes of one experiment.
 pub struct Probes {
     boards: Vec<Arc<Mutex<Board>>>,
+    /// Where each probe runs its checks from, which [`Probes::follow`] moves.
+    froms: Vec<Arc<Mutex<Option<PathBuf>>>>,
     tasks: Vec<JoinHandle<()>>,
     aborted: watch::Receiver<Option<Abort>>,
     has_rules: bool,
@@ -147,6 +150,7 @@ impl Probes {
         let started = Instant::now();
         let mut boards = Vec::new();
         let mut tasks = Vec::new();
+        let mut froms = Vec::new();
         for spec in specs {
             let mine: Vec<AbortRule> = rules
                 .iter()
@@ -155,7 +159,10 @@ impl Probes {
                 .collect();
             let board = Arc::new(Mutex::new(Board::new(&spec.name, &mine)));
             observer.metrics.add_probe(&spec.name);
+            let from = Arc::new(Mutex::new(spec.from.clone()));
+            froms.push(from.clone());
             let task = task::Task {
+                from,
                 spec,
                 rules: mine,
                 board: board.clone(),
@@ -169,11 +176,23 @@ impl Probes {
         }
         Ok(Probes {
             boards,
+            froms,
             tasks,
             aborted,
             has_rules: !rules.is_empty(),
             children,
         })
+    }
+
+    /// Moves the probes that run from a target's cgroup to where the target went (a
+    /// container started again under its name): their next check runs there.
+    pub fn follow(&self, moved: &[crate::churn::Move]) {
+        for from in &self.froms {
+            let mut from = from.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = moved.iter().find(|m| from.as_ref() == Some(&m.from)) {
+                *from = Some(m.to.clone());
+            }
+        }
     }
 
     /// Resolves when a stop condition is met (at once if one was met already); pending

@@ -36,6 +36,8 @@ impl Board {
 
 pub(super) struct Task {
     pub spec: ProbeSpec,
+    /// The cgroup the checks run from (`spec.from`, or where its target moved since).
+    pub from: Arc<Mutex<Option<std::path::PathBuf>>>,
     pub rules: Vec<AbortRule>,
     pub board: Arc<Mutex<Board>>,
     /// Set once, by the first rule met among all probes.
@@ -104,7 +106,8 @@ impl Task {
         let begun = Instant::now();
         let deadline = tokio::time::Instant::from_std(begun + self.spec.timeout);
         let (check, timeout) = (&self.spec.check, self.spec.timeout);
-        let place = match &self.spec.from {
+        let from = self.from.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let place = match &from {
             None => None,
             Some(cgroup) => match Place::find(cgroup) {
                 Ok(p) => Some(p),
@@ -205,6 +208,7 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let board = Arc::new(Mutex::new(Board::new("p", &rules)));
         let t = Task {
+            from: Arc::new(Mutex::new(spec.from.clone())),
             spec,
             rules,
             board,
@@ -239,8 +243,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_from_a_missing_cgroup_fails_saying_why() {
-        let (mut t, _) = task(exec(&["true"]), 1000, vec![]);
-        t.spec.from = Some("/nonexistent/cgroup".into());
+        let (t, _) = task(exec(&["true"]), 1000, vec![]);
+        *t.from.lock().unwrap() = Some("/nonexistent/cgroup".into());
         let e = t.check_once().await.error.unwrap();
         assert!(
             e.starts_with("`true`: cannot join cgroup /nonexistent/cgroup"),
