@@ -52,7 +52,33 @@ impl Churn {
         for m in &found {
             apply(plan, m);
         }
+        if !found.is_empty() {
+            readdress(plan);
+        }
         found.into_iter().map(|(m, _)| m).collect()
+    }
+}
+
+/// An experiment's groups read their addresses again after a move; where any changed,
+/// the partitions cut by the new ones (the far end's rules too: a peer's egress towards the
+/// moved group).
+fn readdress(plan: &mut Plan) {
+    let mut changed = false;
+    for g in plan.groups.iter_mut() {
+        if crate::groups::readdress(g) {
+            let addrs: Vec<String> = g.addrs.iter().map(ToString::to_string).collect();
+            println!(
+                "fault: group {} has the addresses {} now; its partitions cut by them",
+                g.name,
+                addrs.join(" ")
+            );
+            changed = true;
+        }
+    }
+    if changed {
+        if let Err(e) = crate::groups::recut(&mut plan.policy, &plan.groups) {
+            eprintln!("fault: warning: the partitions keep the old addresses: {e}");
+        }
     }
 }
 

@@ -103,11 +103,15 @@ fn merge(found: &[Found]) -> Resolved {
 /// The addresses of the group's namespaces other than fault's own (a group whose
 /// processes share the host's namespace has no addresses of its own).
 fn addresses(resolved: &Resolved) -> Vec<IpAddr> {
+    addresses_of(&resolved.netns)
+}
+
+fn addresses_of(netns: &[target::Netns]) -> Vec<IpAddr> {
     let own = target::Netns::of_pid(std::process::id())
         .map(|n| n.inode)
         .ok();
     let mut out = BTreeSet::new();
-    for ns in resolved.netns.iter().filter(|n| Some(n.inode) != own) {
+    for ns in netns.iter().filter(|n| Some(n.inode) != own) {
         if let Ok(addrs) = in_netns(ns, own_addresses) {
             out.extend(addrs);
         }
@@ -132,6 +136,32 @@ fn own_addresses() -> anyhow::Result<Vec<IpAddr>> {
         }
     }
     Ok(out)
+}
+
+/// Reads a group's addresses again from the namespaces its processes are in now (a
+/// container started again under its name may have new ones); true if they changed. A
+/// group with no process, or none with an address, keeps the ones it had.
+pub fn readdress(found: &mut Found) -> bool {
+    let (_, netns) = target::scan(&found.resolved.targets);
+    let addrs = addresses_of(&netns);
+    if addrs.is_empty() || addrs == found.addrs {
+        return false;
+    }
+    found.addrs = addrs;
+    true
+}
+
+/// Compiles the partitions again from the groups' addresses now, into the cut rules
+/// [`partition_rules`] put at the head of `policy.rules` (the same rules, in the same
+/// order: only the addresses they match change).
+pub fn recut(policy: &mut Policy, found: &[Found]) -> Result<(), Error> {
+    let cuts = partition_rules(policy, found)?;
+    for (rule, cut) in policy.rules.iter_mut().zip(cuts) {
+        if rule.name == cut.name {
+            rule.cidrs = cut.cidrs;
+        }
+    }
+    Ok(())
 }
 
 /// The drop rules of every partition step, in step order. They go before the network steps'

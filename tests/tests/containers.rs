@@ -1,11 +1,12 @@
 //! A real container, named as users name it: podman with runc, the probe bind-mounted in.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use fault_tests::{
     assert_no_leftovers, check, podman_available, probe, probe_bin, probe_json, require_root,
-    spawn_in, write_policy, Container, FaultApply, IMAGE_PYTHON,
+    spawn_in, status_rules, write_policy, Container, FaultApply, IMAGE_PYTHON,
 };
 
 /// The host's address on podman's bridge, which both containers can reach.
@@ -383,6 +384,95 @@ fn a_probe_from_a_recreated_container_runs_in_the_new_one() {
         );
         let (status, log) = apply.stop();
         assert!(status.success(), "{log}");
+    }
+    assert_no_leftovers();
+}
+
+/// The drops counted for the rule named `name` so far.
+fn dropped_by(name: &str) -> u64 {
+    let rules = status_rules();
+    let rule = rules.iter().find(|r| r["name"] == name);
+    rule.and_then(|r| r["dropped"].as_f64())
+        .unwrap_or_else(|| panic!("no rule {name}: {rules:?}")) as u64
+}
+
+/// A partition follows a group whose container is started again under its name with a
+/// new address: the far end cuts by the new one too. Datagrams from `a` to the recreated
+/// `b`'s new address are dropped by `a`'s own egress cut (before, only `b`'s ingress cut
+/// held them: `a`'s rule still named the old address).
+#[test]
+fn a_partition_cuts_by_the_new_address_of_a_recreated_container() {
+    require_root();
+    if !podman_here() {
+        return;
+    }
+    {
+        let mount = format!("{}:/probe:ro", probe_bin().display());
+        let args = ["sleep", "600"];
+        let a = Container::run_with("cut-a", &["-v", &mount], IMAGE_PYTHON, &args);
+        let b = Container::run_with("cut-b", &["-v", &mount], IMAGE_PYTHON, &args);
+        let file = write_policy(&format!(
+            "apiVersion: fault/v1\nkind: Experiment\nmetadata: {{name: t-recut}}\nspec:\n  \
+             duration: 2m\n  groups:\n    a: [{{container: {}}}]\n    b: [{{container: {}}}]\n  \
+             steps:\n    - {{name: split, at: 0s, for: 2m, partition: {{between: [a, b]}}}}\n",
+            a.name(),
+            b.name()
+        ));
+        let mut apply = FaultApply::start(file.path(), "t-recut");
+        apply.wait_ready();
+        let IpAddr::V4(old) = b.ip() else {
+            panic!("podman's network gives IPv4 addresses")
+        };
+        // Another address of podman's /16 than the one it had.
+        let new = std::net::Ipv4Addr::from(u32::from(old).wrapping_add(100));
+        let b = b.recreate(
+            &["-v", &mount, "--ip", &new.to_string()],
+            IMAGE_PYTHON,
+            &args,
+        );
+        assert_eq!(
+            b.ip(),
+            IpAddr::V4(new),
+            "podman gave the new container its address"
+        );
+        let begun = Instant::now();
+        while !apply.log().contains("cut by them") {
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "the new address was not taken up in 10 s:\n{}",
+                apply.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rule = "split/cut-to-b@a";
+        let before = dropped_by(rule);
+        let sent = probe_json(&a.exec(&[
+            "/probe",
+            "udp-send",
+            "--to",
+            &format!("{new}:9"),
+            "--count",
+            "200",
+            "--interval-us",
+            "200",
+        ]));
+        let cut = dropped_by(rule) - before;
+        eprintln!(
+            "{rule}: {cut} of 200 datagrams to b's new address {new} (was {old}) dropped at a's \
+             egress; taken up {} ms after podman run returned",
+            begun.elapsed().as_millis()
+        );
+        assert!(
+            cut >= 200,
+            "a's egress cut dropped {cut} of 200 datagrams to b's new address ({sent})\n{}",
+            apply.log()
+        );
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            !log.contains("warning"),
+            "the follow and the revert are clean: {log}"
+        );
     }
     assert_no_leftovers();
 }

@@ -257,6 +257,14 @@ impl Fault for NetFault {
         // Targets found under another cgroup (a container started again).
         let moved: Vec<_> = run.moved.iter().map(|m| m.to.clone()).collect();
         self.attach_cgroups(run, &moved)?;
+        if !moved.is_empty() {
+            // A moved group's partitions may cut by new addresses.
+            let ebpf = self
+                .ebpf
+                .as_mut()
+                .context("the network object is not loaded")?;
+            self.switch.rematch(ebpf, &run.plan.policy.rules)?;
+        }
         let new_ids: Vec<(u64, u8)> = target::class_ids(&run.plan.resolved.targets)
             .into_iter()
             .filter(|(i, _)| !self.ids.contains(i))

@@ -110,7 +110,10 @@ pub fn load(t: &Tables) -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         // Room for child cgroups created while the policy runs (see `add_targets`).
         .map_max_entries(maps::TARGETS, n(t.classes.len()).max(4096))
-        .map_max_entries(maps::RULE_LPM, n(t.lpm.len()))
+        // A cap, not memory (a trie allocates per entry): room for the entries of partitions
+        // cut again by a moved group's new addresses beside the old ones (see
+        // `switch::Switch::rematch`, which writes the new before removing the old).
+        .map_max_entries(maps::RULE_LPM, n(t.lpm.len()).saturating_mul(2).max(256))
         .map_max_entries(maps::RULES, n(t.rules.len()))
         .map_max_entries(maps::COUNTERS, n(t.rules.len()))
         .map_max_entries(maps::RULE_STATE, n(t.rules.len()))

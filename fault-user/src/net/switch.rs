@@ -84,6 +84,12 @@ impl Switch {
         Ok(next_change(rules, t))
     }
 
+    /// Writes the trie again for the rules that are on now, after their addresses changed.
+    pub fn rematch(&mut self, ebpf: &mut Ebpf, rules: &[Rule]) -> anyhow::Result<()> {
+        let on = self.on.clone();
+        self.retrie(ebpf, rules, &on)
+    }
+
     fn retrie(&mut self, ebpf: &mut Ebpf, rules: &[Rule], on: &[bool]) -> anyhow::Result<()> {
         let wanted: HashMap<(u32, RuleKey), u32> = entries(rules, on)?
             .into_iter()
