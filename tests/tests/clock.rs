@@ -1871,7 +1871,7 @@ fn every_runtime_reads_the_skew_running_before_apply_and_from_its_first_read_aft
             "600s",
             "    - name: ahead\n      offset: 1h\n",
         ));
-        let mut apply = FaultApply::start(file.path(), "clock-runtimes");
+        let mut apply = FaultApply::start_verbose(file.path(), "clock-runtimes");
         apply.wait_ready();
         let ready = wall_ns();
         wait(Duration::from_millis(1200));
@@ -1887,7 +1887,7 @@ fn every_runtime_reads_the_skew_running_before_apply_and_from_its_first_read_aft
             );
         }
         for r in &runtimes {
-            first_reads_are_faulted(&cgroup, r, hour);
+            first_reads_are_faulted(&cgroup, r, hour, &apply);
         }
         let (exit, log) = apply.stop();
         assert!(exit.success(), "{log}");
@@ -1897,14 +1897,16 @@ fn every_runtime_reads_the_skew_running_before_apply_and_from_its_first_read_aft
 
 /// Runs [`EXECS`] processes of `r` in the target, each bracketed by true time: every one's
 /// first read must be `offset` ahead.
-fn first_reads_are_faulted(cgroup: &Cgroup, r: &Runtime, offset: i64) {
+fn first_reads_are_faulted(cgroup: &Cgroup, r: &Runtime, offset: i64, apply: &FaultApply) {
     let mut misses = Vec::new();
     let mut took = Vec::new();
     for run in 0..EXECS {
         let mut cmd = command_of(&r.once);
         cmd.stdout(Stdio::piped());
         let before = wall_ns();
-        let out = run_in(Some(cgroup), None, cmd, Duration::from_secs(30));
+        let child = spawn_in(Some(cgroup), None, cmd);
+        let pid = child.pid();
+        let out = child.wait_output(Duration::from_secs(30));
         let after = wall_ns();
         let text = String::from_utf8_lossy(&out.stdout);
         let seen = first_number(&text, r.unit).unwrap_or_else(|| {
@@ -1916,7 +1918,7 @@ fn first_reads_are_faulted(cgroup: &Cgroup, r: &Runtime, offset: i64) {
         });
         // A read in whole units (Node's milliseconds) may be up to one unit early.
         if !(before + offset - r.unit..=after + offset).contains(&seen) {
-            misses.push((run, seen - before));
+            misses.push((run, pid, seen - before));
         }
         took.push(after - before);
     }
@@ -1928,9 +1930,21 @@ fn first_reads_are_faulted(cgroup: &Cgroup, r: &Runtime, offset: i64) {
         misses.len(),
         took[EXECS / 2] as f64 / 1e6
     );
+    // What the loader said of the missed processes (the run is verbose: every patch).
+    let log = apply.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            misses
+                .iter()
+                .any(|m| l.contains(&format!("process {} ", m.1)))
+        })
+        .collect();
     assert!(
         misses.is_empty(),
-        "{}: first reads off the skew (run, ns ahead of the spawn): {misses:?}",
-        r.name
+        "{}: first reads off the skew (run, pid, ns ahead of the spawn): {misses:?}; the \
+         loader said of them:\n{}",
+        r.name,
+        said.join("\n")
     );
 }

@@ -328,6 +328,14 @@ impl Stopped {
             ptrace(libc::PTRACE_SYSCALL, tid, 0, 0)
                 .map_err(|e| self.error(tid, "PTRACE_SYSCALL", e))?;
             if let Next::Signal(sig) = self.wait_syscall_stop(tid)? {
+                if self.raised_by_us(tid, sig) {
+                    // Not the program's: it is dropped at detach, as fault's registers are.
+                    return Err(InjectError::Unexpected {
+                        pid: self.pid,
+                        tid,
+                        what: format!("signal {sig} from fault's registers"),
+                    });
+                }
                 // Before the call's entry: nothing of it ran.
                 self.deliver(index, sig)?;
                 continue;
@@ -347,6 +355,33 @@ impl Stopped {
         };
         self.restore(index)?;
         Ok(result)
+    }
+
+    /// Whether `sig`, which stopped `tid` on its way to fault's call, is a fault the
+    /// kernel raised at fault's registers (a `syscall` instruction that is no longer
+    /// there, say, in a process that exec'd meanwhile) rather than a signal sent to it.
+    fn raised_by_us(&self, tid: i32, sig: i32) -> bool {
+        let synchronous = [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ];
+        if !synchronous.contains(&sig) {
+            return false;
+        }
+        // SAFETY: siginfo_t is plain data; all zero is a valid value to be written over.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // A signal sent by a process (kill, tgkill, sigqueue) has si_code <= 0.
+        ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            0,
+            &mut info as *mut _ as usize,
+        )
+        .map_or(true, |_| info.si_code > 0)
     }
 
     /// Reads the registers of thread `index` as they are now.

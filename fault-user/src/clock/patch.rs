@@ -90,6 +90,8 @@ pub enum PatchError {
     Relayed(String),
     #[error("asking fault's injector process")]
     Injector(#[source] io::Error),
+    #[error("exec'd a new program while it was being patched")]
+    Execd,
 }
 
 fn io_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> PatchError {
@@ -261,9 +263,13 @@ fn map_file(pid: u32, base: u64) -> String {
     format!("/proc/{pid}/map_files/{base:x}-{:x}", base + PAGE as u64)
 }
 
-/// Whether the process still holds the mapping at `base` (an exec drops it).
+/// Whether the process still holds fault's mapping at `base` (an exec drops it, and the
+/// new program may have a file of its own mapped there).
 pub fn still_mapped(pid: u32, base: u64) -> bool {
-    std::fs::symlink_metadata(map_file(pid, base)).is_ok()
+    std::fs::read_link(map_file(pid, base)).is_ok_and(|f| {
+        f.to_string_lossy()
+            .starts_with(&format!("/memfd:{MEMFD_NAME}"))
+    })
 }
 
 /// A patched process, held by the engine until revert.
@@ -357,7 +363,12 @@ fn pick_base(maps: &[Mapping]) -> Option<u64> {
 
 /// Patches `pid` (or adopts it), so that its clock reads follow `plan`.
 pub fn patch(pid: u32, plan: &Plan) -> Result<Patched, ProcessError> {
-    patch_inner(pid, plan).map_err(|kind| ProcessError {
+    // An exec between the first look and the stop: the new program is patched instead.
+    let patched = match patch_inner(pid, plan) {
+        Err(PatchError::Execd) => patch_inner(pid, plan),
+        done => done,
+    };
+    patched.map_err(|kind| ProcessError {
         pid,
         comm: comm(pid),
         kind,
@@ -415,6 +426,9 @@ fn patch_inner(pid: u32, plan: &Plan) -> Result<Patched, PatchError> {
         }
         let started = std::time::Instant::now();
         let world = Stopped::stop(pid)?;
+        if !still_mapped(pid, base) {
+            return Err(PatchError::Execd);
+        }
         if shared.bytes()[CODE_OFF..] != code[..] {
             shared.write(CODE_OFF, &code);
         }
@@ -430,6 +444,13 @@ fn patch_inner(pid: u32, plan: &Plan) -> Result<Patched, PatchError> {
     let mut world = Stopped::stop(pid)?;
     // A thread may have mapped memory (a malloc arena, a stack) since the maps were read.
     let maps = vdso::maps(pid).map_err(io_err("reading its memory map"))?;
+    if !maps
+        .iter()
+        .any(|m| m.name == "[vdso]" && m.start == v.start)
+    {
+        // It exec'd: what was read before the stop is another program's.
+        return Err(PatchError::Execd);
+    }
     let base = match pick_base(&maps) {
         Some(now) if now == base => base,
         Some(now) => {
