@@ -1231,14 +1231,7 @@ fn a_container_started_again_under_its_name_reads_the_skew_again() {
         // from its first read (the rescan alone would leave it 250 ms of true time).
         for run in 0..10 {
             let out = c.exec(&["/p/firstread-static"]);
-            let text = String::from_utf8_lossy(&out.stdout);
-            let f: Vec<i64> = text
-                .split_whitespace()
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            let [seen, truth] = f[..] else {
-                panic!("firstread printed {text:?}");
-            };
+            let (seen, truth) = first_read(&out);
             assert!(
                 skewed(&(seen, truth)),
                 "run {run}: the first read of a process exec'd in the recreated container was \
@@ -1252,6 +1245,19 @@ fn a_container_started_again_under_its_name_reads_the_skew_again() {
         assert!(log.contains("following it there"), "{log}");
     }
     assert_no_leftovers();
+}
+
+/// What a `firstread` program printed: its first read through the vDSO, and the raw one.
+fn first_read(out: &std::process::Output) -> (i64, i64) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<i64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [seen, truth] = f[..] else {
+        panic!("firstread printed {text:?}");
+    };
+    (seen, truth)
 }
 
 fn wall_ns() -> i64 {
@@ -1342,14 +1348,7 @@ fn processes_that_exec_in_the_target_are_faulted_from_their_first_read() {
                 },
                 Duration::from_secs(10),
             );
-            let text = String::from_utf8_lossy(&out.stdout);
-            let f: Vec<i64> = text
-                .split_whitespace()
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            let [seen, truth] = f[..] else {
-                panic!("firstread printed {text:?}");
-            };
+            let (seen, truth) = first_read(&out);
             assert!(
                 (seen - truth - 3600 * SEC).abs() < 5 * MS,
                 "run {run}: the first read of a process exec'd in the target was {:+.6} s off \

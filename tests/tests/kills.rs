@@ -186,6 +186,33 @@ fn sleeper(cgroup: &Cgroup) -> ChildGuard {
     spawn_in(Some(cgroup), None, cmd)
 }
 
+/// Two readers (three threads each) reading, and two sleepers, in `cgroup`: with every
+/// pid and how each stands.
+fn targets(
+    cgroup: &Cgroup,
+) -> (
+    Vec<Pair>,
+    Vec<ChildGuard>,
+    Vec<u32>,
+    BTreeMap<u32, Standing>,
+) {
+    let readers: Vec<Pair> = (0..2).map(|_| Pair::start(cgroup, 3)).collect();
+    let sleepers: Vec<ChildGuard> = (0..2).map(|_| sleeper(cgroup)).collect();
+    for r in &readers {
+        r.skews_after(Instant::now(), 1);
+    }
+    let pids: Vec<u32> = readers
+        .iter()
+        .map(Pair::pid)
+        .chain(sleepers.iter().map(ChildGuard::pid))
+        .collect();
+    let before = pids
+        .iter()
+        .map(|&p| (p, standing(p).expect("a running target")))
+        .collect();
+    (readers, sleepers, pids, before)
+}
+
 #[track_caller]
 fn assert_pristine(pids: &[u32]) {
     let pristine = vdso_of(std::process::id());
@@ -292,20 +319,7 @@ fn a_loader_killed_inside_a_patch_leaves_every_target_as_it_found_it() {
         let file = write_policy(&policy("kill-patch", &cgroup));
         let mut figures = Vec::new();
         for cycle in 0..4 {
-            let readers: Vec<Pair> = (0..2).map(|_| Pair::start(&cgroup, 3)).collect();
-            let sleepers: Vec<ChildGuard> = (0..2).map(|_| sleeper(&cgroup)).collect();
-            for r in &readers {
-                r.skews_after(Instant::now(), 1);
-            }
-            let pids: Vec<u32> = readers
-                .iter()
-                .map(Pair::pid)
-                .chain(sleepers.iter().map(ChildGuard::pid))
-                .collect();
-            let before: BTreeMap<u32, Standing> = pids
-                .iter()
-                .map(|&p| (p, standing(p).expect("a running target")))
-                .collect();
+            let (readers, _sleepers, pids, before) = targets(&cgroup);
 
             let mut apply = apply_holding(&file, "kill-patch");
             let victim = wait_nth_traced(&pids, cycle + 1, &mut apply);
@@ -420,20 +434,7 @@ fn the_injector_killed_inside_a_patch_leaves_every_target_as_it_found_it() {
         let file = write_policy(&policy("kill-injector", &cgroup));
         let mut figures = Vec::new();
         for cycle in 0..2 {
-            let readers: Vec<Pair> = (0..2).map(|_| Pair::start(&cgroup, 3)).collect();
-            let sleepers: Vec<ChildGuard> = (0..2).map(|_| sleeper(&cgroup)).collect();
-            for r in &readers {
-                r.skews_after(Instant::now(), 1);
-            }
-            let pids: Vec<u32> = readers
-                .iter()
-                .map(Pair::pid)
-                .chain(sleepers.iter().map(ChildGuard::pid))
-                .collect();
-            let before: BTreeMap<u32, Standing> = pids
-                .iter()
-                .map(|&p| (p, standing(p).expect("a running target")))
-                .collect();
+            let (readers, _sleepers, pids, before) = targets(&cgroup);
 
             let mut apply = apply_holding(&file, "kill-injector");
             let victim = wait_nth_traced(&pids, cycle + 1, &mut apply);
