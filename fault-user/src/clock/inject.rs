@@ -309,6 +309,7 @@ impl Stopped {
         args: [u64; 6],
     ) -> Result<i64, InjectError> {
         let tid = self.threads[index].tid;
+        let begun = Instant::now();
         let result = loop {
             let mut r = self.threads[index].regs;
             r.rax = nr as u64;
@@ -338,6 +339,14 @@ impl Stopped {
                 }
                 // Before the call's entry: nothing of it ran.
                 self.deliver(index, sig)?;
+                if begun.elapsed() > STOP_TIMEOUT {
+                    // A flood that leaves no gap for one call: give up on this process.
+                    return Err(InjectError::Unexpected {
+                        pid: self.pid,
+                        tid,
+                        what: format!("signals kept arriving for {STOP_TIMEOUT:?}"),
+                    });
+                }
                 continue;
             }
             ptrace(libc::PTRACE_SYSCALL, tid, 0, 0)
