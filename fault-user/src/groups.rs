@@ -37,7 +37,7 @@ pub fn resolve(policy: &Policy) -> Result<(Resolved, Vec<Found>), Error> {
         }
         let addrs = match resolved.empty {
             true => Vec::new(),
-            false => addresses(&resolved),
+            false => addresses(&resolved.netns),
         };
         found.push(Found {
             name: group.name.clone(),
@@ -102,11 +102,7 @@ fn merge(found: &[Found]) -> Resolved {
 
 /// The addresses of the group's namespaces other than fault's own (a group whose
 /// processes share the host's namespace has no addresses of its own).
-fn addresses(resolved: &Resolved) -> Vec<IpAddr> {
-    addresses_of(&resolved.netns)
-}
-
-fn addresses_of(netns: &[target::Netns]) -> Vec<IpAddr> {
+fn addresses(netns: &[target::Netns]) -> Vec<IpAddr> {
     let own = target::Netns::of_pid(std::process::id())
         .map(|n| n.inode)
         .ok();
@@ -143,7 +139,7 @@ fn own_addresses() -> anyhow::Result<Vec<IpAddr>> {
 /// group with no process, or none with an address, keeps the ones it had.
 pub fn readdress(found: &mut Found) -> bool {
     let (_, netns) = target::scan(&found.resolved.targets);
-    let addrs = addresses_of(&netns);
+    let addrs = addresses(&netns);
     if addrs.is_empty() || addrs == found.addrs {
         return false;
     }

@@ -200,10 +200,15 @@ impl ClockFault {
         }
     }
 
+    /// The targets' cgroups, in order: the exec hold's slots.
+    fn cgroups(&self) -> Vec<PathBuf> {
+        self.targets.iter().map(|t| t.cgroup.clone()).collect()
+    }
+
     /// Starts holding processes that exec in the targets until they are patched; where the
     /// kernel refuses a step, says which and that the rescan covers them instead.
     fn start_watch(&mut self, run: &Run) {
-        let cgroups: Vec<PathBuf> = self.targets.iter().map(|t| t.cgroup.clone()).collect();
+        let cgroups = self.cgroups();
         match ExecWatch::start(loader::OBJECT, &cgroups, self.deadline_ns, &run.pin_dir) {
             Ok(w) => {
                 if cgroups.len() > fault_common::EXEC_MAX_CGROUPS as usize {
@@ -268,9 +273,9 @@ impl Fault for ClockFault {
             let moved = self.targets.iter_mut().filter(|t| t.cgroup == m.from);
             moved.for_each(|t| t.cgroup = m.to.clone());
         }
-        if let (false, Some(watch)) = (run.moved.is_empty(), self.watch.as_mut()) {
-            let cgroups: Vec<PathBuf> = self.targets.iter().map(|t| t.cgroup.clone()).collect();
-            if let Err(e) = watch.retarget(&cgroups) {
+        if !run.moved.is_empty() {
+            let cgroups = self.cgroups();
+            if let Some(Err(e)) = self.watch.as_mut().map(|w| w.retarget(&cgroups)) {
                 println!(
                     "fault: clock: warning: cannot hold processes at exec in the moved \
                      target ({:#}); the 250 ms rescan patches them",
