@@ -74,10 +74,24 @@ pub struct ApplyArgs {
     pub ready_fd: Option<i32>,
 }
 
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The directory of policy files to keep applied (a mounted ConfigMap): every
+    /// `*.yaml` and `*.yml` in it, each its own experiment.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Serve the agent's Prometheus metrics at this address (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Apply a policy until its duration elapses or Ctrl-C/SIGTERM/SIGHUP, then revert.
     Apply(ApplyArgs),
+    /// Keep the experiments of a directory applied: a new file is applied, a removed one
+    /// reverted, a changed one replaced; SIGTERM reverts them all.
+    Agent(AgentArgs),
     /// Validate policies without applying them.
     Check {
         #[arg(required = true)]
@@ -87,6 +101,9 @@ pub enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// Only what `fault agent` watches: each file and its state.
+        #[arg(long)]
+        agent: bool,
     },
     /// Remove what fault installed, also when the applying process died.
     Stop {

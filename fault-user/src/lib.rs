@@ -6,9 +6,11 @@
 //! path) and `clock` (vDSO redirection, the exec hold). `target` resolves who a policy
 //! applies to, `sys` wraps what fault asks of the host, `state` records what is active for
 //! `fault status` and `fault stop`, `display` formats counters, `observe` keeps the event log
-//! and serves metrics, `report` draws a run's HTML page, `commands` holds the CLI's
+//! and serves metrics, `report` draws a run's HTML page, `agent` keeps the faults a directory of
+//! policy files asks for, `commands` holds the CLI's
 //! commands and `error` their failures and exit codes.
 
+pub mod agent;
 pub mod churn;
 pub mod cli;
 pub mod clock;

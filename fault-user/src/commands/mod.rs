@@ -18,5 +18,5 @@ pub use detach::{detach, remove_ready_file, tell_ready};
 pub use docs::{completions, man, schema};
 pub use logs::logs;
 pub use report::report;
-pub use status::status;
+pub use status::{agent_status, status};
 pub use stop::stop;

@@ -117,10 +117,30 @@ pub fn status(json: bool) -> Result<(), Error> {
         println!("{text}");
         return Ok(());
     }
-    if entries.is_empty() {
+    let agent = crate::agent::AgentStatus::of_running_agent();
+    if entries.is_empty() && agent.is_none() {
         println!("fault: nothing active");
     }
+    for line in agent.iter().flat_map(|a| a.lines()) {
+        println!("{line}");
+    }
     entries.iter().for_each(print_entry);
+    Ok(())
+}
+
+/// `fault status --agent`: the files the agent watches, as lines or as its status file.
+pub fn agent_status(json: bool) -> Result<(), Error> {
+    let Some(a) = crate::agent::AgentStatus::of_running_agent() else {
+        return Err(failed("fault status --agent")(anyhow::anyhow!(
+            "no agent runs on this host"
+        )));
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&a).map_err(failed("print the status"))?;
+        println!("{text}");
+    } else {
+        a.lines().iter().for_each(|l| println!("{l}"));
+    }
     Ok(())
 }
 

@@ -74,6 +74,9 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
         println!("fault: stopped {}", s.name);
     }
     problems.extend(remove_orphan_pins(name, all)?);
+    if all {
+        tell_agent();
+    }
     for n in state::orphan_tmp_names() {
         if all || Some(n.as_str()) == name {
             if let Err(e) = state::remove_orphan_tmp(&n) {
@@ -82,6 +85,22 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
         }
     }
     incomplete("stop", problems)
+}
+
+/// A dead agent's status goes; a live one is told of (it runs a stopped file again only
+/// once the file changes).
+fn tell_agent() {
+    if let Some(p) = crate::agent::remove_if_dead() {
+        println!("fault: removed a dead agent's status {}", p.display());
+    }
+    if let Some(a) = crate::agent::AgentStatus::of_running_agent() {
+        println!(
+            "fault: the agent (pid {}) still watches {}: it applies a file again when the \
+             file changes; SIGTERM ends it",
+            a.pid,
+            a.dir.display()
+        );
+    }
 }
 
 /// Tells the loader the SIGTERM it is about to get is `fault stop`'s, for its event log.

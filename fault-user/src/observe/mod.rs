@@ -11,7 +11,7 @@ mod exposition;
 pub mod live;
 mod log;
 pub mod metrics;
-mod serve;
+pub mod serve;
 pub mod steps;
 pub mod targets;
 
@@ -58,7 +58,8 @@ impl Observer {
             server: Mutex::new(None),
         });
         if let Some(addr) = sinks.metrics {
-            let server = serve::Server::start(addr, observer.clone())?;
+            let o = observer.clone();
+            let server = serve::Server::start(addr, Arc::new(move || o.metrics.encode()))?;
             *observer.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
         }
         Ok(observer)

@@ -5,7 +5,8 @@ use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
 
 use anyhow::Context as _;
 
-use super::Observer;
+/// What the endpoint serves: the metrics in the OpenMetrics text format, made at each scrape.
+pub type Encode = Arc<dyn Fn() -> String + Send + Sync>;
 
 pub struct Server {
     http: Arc<tiny_http::Server>,
@@ -14,7 +15,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(addr: SocketAddr, observer: Arc<Observer>) -> anyhow::Result<Server> {
+    pub fn start(addr: SocketAddr, encode: Encode) -> anyhow::Result<Server> {
         let http = tiny_http::Server::http(addr)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("serve metrics on {addr}"))?;
@@ -28,7 +29,7 @@ impl Server {
             .name("fault-metrics".into())
             .spawn(move || {
                 for request in serving.incoming_requests() {
-                    answer(request, &observer);
+                    answer(request, &encode);
                 }
             })
             .context("start the metrics thread")?;
@@ -51,7 +52,7 @@ impl Server {
     }
 }
 
-fn answer(request: tiny_http::Request, observer: &Observer) {
+fn answer(request: tiny_http::Request, encode: &Encode) {
     use super::exposition::{to_prometheus_text, wants_openmetrics, OPENMETRICS, PROMETHEUS_TEXT};
     use tiny_http::{Header, Method, Response};
     let path = request.url().split('?').next().unwrap_or("");
@@ -62,7 +63,7 @@ fn answer(request: tiny_http::Request, observer: &Observer) {
         .map(|h| h.value.as_str().to_owned());
     let response = match (request.method(), path) {
         (Method::Get, "/metrics") => {
-            let text = observer.metrics.encode();
+            let text = encode();
             let (body, kind) = match wants_openmetrics(accept.as_deref()) {
                 true => (text, OPENMETRICS),
                 false => (to_prometheus_text(&text), PROMETHEUS_TEXT),
