@@ -8,6 +8,7 @@ mod build;
 mod cmd;
 mod demo;
 mod fuzz;
+mod image;
 mod lan;
 mod sandbox;
 mod setup;
@@ -38,6 +39,15 @@ enum Command {
     Build,
     /// Run the unit tests, then the privileged suite (needs root)
     Test,
+    /// Build the OCI image of `fault agent` for deploy/kubernetes (podman, no registry)
+    Image {
+        /// The binary to package; default: the release build, built first if missing
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The image's name; default: localhost/fault-agent:<the binary's version>
+        #[arg(long)]
+        tag: Option<String>,
+    },
     /// Run the demo
     Demo {
         /// Passed through to the demo
@@ -99,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Test => test::run(&root),
+        Command::Image { binary, tag } => image::run(&root, binary, tag),
         Command::Demo { args } => demo::run(&root, &args),
         Command::Bench { args } => bench::run(&root, &args),
         Command::Fuzz { time } => fuzz::run(&root, time),

@@ -53,6 +53,11 @@ const STEPS: &[Step] = &[
         install: install_jsonschema,
     },
     Step {
+        what: "kubernetes-validate (PyPI)",
+        check: check_kubernetes_validate,
+        install: install_kubernetes_validate,
+    },
+    Step {
         what: "/etc/containers/containers.conf",
         check: check_containers_conf,
         install: install_containers_conf,
@@ -326,6 +331,38 @@ fn install_jsonschema() -> Result<()> {
             "-q",
             "--root-user-action=ignore",
             JSONSCHEMA,
+        ],
+    ))
+}
+
+// ---- kubernetes-validate ----------------------------------------------------------------------
+
+/// The offline validator the deploy test checks deploy/kubernetes with: it ships the
+/// Kubernetes schemas (1.34 to 1.37 in this version), so it needs no cluster and no network.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+fn check_kubernetes_validate() -> Result<State> {
+    let version = cmd::stdout_of(&mut cmd::new(
+        "python3",
+        ["-m", "kubernetes_validate", "--version"],
+    ));
+    Ok(match version {
+        Some(v) if v.trim() == "1.37.0" => State::Done,
+        Some(v) => State::Missing(format!("{KUBERNETES_VALIDATE}, found {}", v.trim())),
+        None => State::Missing(KUBERNETES_VALIDATE.into()),
+    })
+}
+
+fn install_kubernetes_validate() -> Result<()> {
+    cmd::run(&mut cmd::new(
+        "python3",
+        [
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            KUBERNETES_VALIDATE,
         ],
     ))
 }

@@ -160,6 +160,10 @@ fn skip_in_guest(name: &str) -> Option<&'static str> {
             "it checks the agent's metrics with promtool, which the guest lacks; what the \
              agent puts in the kernel is `fault apply`'s, which the other suites prove there"
         }
+        "deploy" => {
+            "it checks the Kubernetes manifests with kubernetes-validate and builds an image \
+             with podman, which the guest lacks; no kernel is involved"
+        }
         _ => return None,
     };
     Some(why)
