@@ -90,7 +90,7 @@ fn read_procs(dir: &Path) -> io::Result<Vec<i32>> {
 }
 
 /// Kills every process in the cgroup and waits until none is left.
-fn kill_all(dir: &Path) -> io::Result<()> {
+pub(crate) fn kill_all(dir: &Path) -> io::Result<()> {
     let kill_file = dir.join("cgroup.kill");
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
@@ -117,7 +117,7 @@ fn kill_all(dir: &Path) -> io::Result<()> {
 }
 
 /// rmdir can report EBUSY briefly while exiting tasks are released.
-fn rmdir_patiently(dir: &Path) -> io::Result<()> {
+pub(crate) fn rmdir_patiently(dir: &Path) -> io::Result<()> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         match fs::remove_dir(dir) {

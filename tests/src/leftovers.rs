@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::CGROUP_PARENT;
 use crate::container::CONTAINER_PREFIX;
+use crate::cri::{our_pod_cgroups, our_processes, BRIDGE, CNI_CACHE, ROOT_DIR, RUN_DIR};
 use crate::netns::NETNS_PREFIX;
 use crate::{cgroup2_mount, STATE_DIR};
 
@@ -16,16 +17,19 @@ const PIN_DIR: &str = "/sys/fs/bpf/fault";
 /// fault's eBPF programs are all named with this prefix.
 const PROG_PREFIX: &str = "fault_";
 
-/// Everything of ours still present: test namespaces, containers and cgroups, fault's pins and
+/// Everything of ours still present: test namespaces, containers and cgroups, the private
+/// containerd's process, directories, pod namespaces, bridge and pod cgroups, fault's pins and
 /// state files, and BPF links or programs named `fault_*`. Empty means clean. A check that
 /// cannot run (bpftool missing) is itself reported.
 pub fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
     for name in dir_names(Path::new("/run/netns")) {
-        if name.starts_with(NETNS_PREFIX) {
+        // cni-<uuid> are containerd's (ours, as no other containerd runs on a test machine).
+        if name.starts_with(NETNS_PREFIX) || name.starts_with("cni-") {
             found.push(format!("network namespace {name}"));
         }
     }
+    found.extend(containerd());
     walk(Path::new(PIN_DIR), &mut |p| {
         found.push(format!("bpffs pin {}", p.display()))
     });
@@ -81,6 +85,32 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
             walk(&path, f);
         }
     }
+}
+
+/// What [`crate::Containerd`] leaves if its drop did not run or failed.
+fn containerd() -> Vec<String> {
+    let mut found: Vec<String> = our_processes()
+        .into_iter()
+        .map(|(pid, cmdline)| format!("process {pid} of the test containerd ({cmdline})"))
+        .collect();
+    for dir in [RUN_DIR, ROOT_DIR] {
+        if Path::new(dir).exists() {
+            found.push(format!("test containerd directory {dir}"));
+        }
+    }
+    if Path::new("/sys/class/net").join(BRIDGE).exists() {
+        found.push(format!("bridge {BRIDGE}"));
+    }
+    // Named after the network: fault-cni, and containerd's own loopback.
+    for name in dir_names(&Path::new(CNI_CACHE).join("results")) {
+        if name.starts_with("fault-cni-") || name.starts_with("cni-loopback-") {
+            found.push(format!("CNI result {CNI_CACHE}/results/{name}"));
+        }
+    }
+    for dir in our_pod_cgroups() {
+        found.push(format!("pod cgroup {}", dir.display()));
+    }
+    found
 }
 
 fn containers() -> Vec<String> {

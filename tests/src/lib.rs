@@ -10,6 +10,7 @@ pub mod abs_wait;
 pub mod browser;
 mod cgroup;
 mod container;
+mod cri;
 mod fault;
 mod hosts;
 mod leftovers;
@@ -26,6 +27,7 @@ use std::sync::OnceLock;
 
 pub use cgroup::{enter_cgroup, Cgroup};
 pub use container::{podman_available, Container, IMAGE_BUSYBOX, IMAGE_PYTHON};
+pub use cri::{Containerd, Pod, IMAGE_PAUSE};
 pub use fault::{
     fault, fault_bin, fault_ok, status_rules, write_policy, FaultApply, PolicyFile, STATE_DIR,
 };
@@ -33,9 +35,11 @@ pub use hosts::{anchor, hosts, Hosts};
 pub use leftovers::{assert_no_leftovers, leftovers};
 pub use mesh::{mesh, Mesh, MeshHost, Reach};
 pub use netns::{enter_netns, Netns, VethPair};
-pub use process::{probe, probe_bin, probe_json, run_in, spawn_in, vdso_of, ChildGuard};
+pub use process::{
+    probe, probe_bin, probe_json, run_at, run_in, spawn_at, spawn_in, vdso_of, ChildGuard, Place,
+};
 pub use serve::{serve, Reply, Server};
-pub use traffic::udp;
+pub use traffic::{udp, udp_at};
 
 /// CLOCK_MONOTONIC now, in ns: the clock the tests, fault-probe and the programs share, so
 /// their moments compare across processes.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{display, enter_cgroup, Cgroup, Netns};
+use crate::{display, enter_cgroup, enter_netns, Cgroup, Netns};
 
 /// A spawned child, killed (SIGKILL) and reaped on drop if still running.
 pub struct ChildGuard {
@@ -13,14 +13,41 @@ pub struct ChildGuard {
     label: String,
 }
 
-/// Spawns `cmd` after moving it into `cgroup` and then into `netns` (cgroup first: the
-/// move writes to cgroupfs, which must happen before anything else the child does).
-pub fn spawn_in(cgroup: Option<&Cgroup>, netns: Option<&Netns>, mut cmd: Command) -> ChildGuard {
-    if let Some(cgroup) = cgroup {
-        enter_cgroup(&mut cmd, cgroup.path());
+/// Where a spawned process goes before it execs: a cgroup v2 directory and a network
+/// namespace file (under /run/netns, or /proc/PID/ns/net), each optional. The harness's own
+/// [`Cgroup`] and [`Netns`] give one through [`Place::new`], a pod's container another.
+#[derive(Clone, Debug, Default)]
+pub struct Place {
+    /// The cgroup v2 directory the child joins.
+    pub cgroup: Option<PathBuf>,
+    /// The network namespace the child enters.
+    pub netns: Option<PathBuf>,
+}
+
+impl Place {
+    /// The place of a test cgroup and a test namespace.
+    pub fn new(cgroup: Option<&Cgroup>, netns: Option<&Netns>) -> Self {
+        Self {
+            cgroup: cgroup.map(|c| c.path().to_path_buf()),
+            netns: netns.map(|n| n.path().to_path_buf()),
+        }
     }
-    if let Some(netns) = netns {
-        netns.exec(&mut cmd);
+}
+
+/// Spawns `cmd` after moving it into `cgroup` and then into `netns` (see [`spawn_at`]).
+pub fn spawn_in(cgroup: Option<&Cgroup>, netns: Option<&Netns>, cmd: Command) -> ChildGuard {
+    spawn_at(&Place::new(cgroup, netns), cmd)
+}
+
+/// Spawns `cmd` after moving it into the place's cgroup and then into its network namespace
+/// (cgroup first: the move writes to cgroupfs, which must happen before anything else the
+/// child does).
+pub fn spawn_at(place: &Place, mut cmd: Command) -> ChildGuard {
+    if let Some(cgroup) = &place.cgroup {
+        enter_cgroup(&mut cmd, cgroup);
+    }
+    if let Some(netns) = &place.netns {
+        enter_netns(&mut cmd, netns);
     }
     let label = display(&cmd);
     let child = cmd
@@ -40,6 +67,11 @@ pub fn run_in(
     timeout: Duration,
 ) -> Output {
     spawn_in(cgroup, netns, cmd).wait_output(timeout)
+}
+
+/// [`spawn_at`], then [`ChildGuard::wait_output`].
+pub fn run_at(place: &Place, cmd: Command, timeout: Duration) -> Output {
+    spawn_at(place, cmd).wait_output(timeout)
 }
 
 impl ChildGuard {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{probe, probe_json, run_in, spawn_in, Cgroup, Netns};
+use crate::{probe, probe_json, run_at, spawn_at, Cgroup, Netns, Place};
 
 /// Sends `count` datagrams from (`cgroup`, `from`) to `to` (an address in `dest`), with a
 /// receiver bound there; returns (sender report, receiver report).
@@ -16,15 +16,25 @@ pub fn udp(
     to: &str,
     count: u64,
 ) -> (Value, Value) {
+    udp_at(
+        &Place::new(cgroup, Some(from)),
+        &Place::new(dest_cgroup, Some(dest)),
+        to,
+        count,
+    )
+}
+
+/// [`udp`] between any two places (a pod's containers, for one): the sender at `from`, the
+/// receiver at `dest`, where `to` is an address.
+pub fn udp_at(from: &Place, dest: &Place, to: &str, count: u64) -> (Value, Value) {
     let port: u16 = to.rsplit(':').next().unwrap().parse().unwrap();
     let bind = if to.starts_with('[') {
         format!("[::]:{port}")
     } else {
         format!("0.0.0.0:{port}")
     };
-    let mut receiver = spawn_in(
-        dest_cgroup,
-        Some(dest),
+    let mut receiver = spawn_at(
+        dest,
         probe(&[
             "udp-recv",
             "--bind",
@@ -38,9 +48,8 @@ pub fn udp(
         ]),
     );
     receiver.wait_listening(port);
-    let sent = probe_json(&run_in(
-        cgroup,
-        Some(from),
+    let sent = probe_json(&run_at(
+        from,
         probe(&[
             "udp-send",
             "--to",

@@ -175,7 +175,18 @@ const APT_PACKAGES: &[&str] = &[
 /// qemu's recommends are GUI and firmware packages `cargo xtask vm` does not use.
 /// promtool (the metrics test) comes with Debian's prometheus, whose recommends are the
 /// exporters; chromium renders `fault report`'s page in the report test.
-const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &["runc", "qemu-system-x86", "prometheus", "chromium"];
+/// containerd (with its CRI plugin and `ctr`) and the CNI plugins run Kubernetes pods for the
+/// tests (tests/src/cri.rs) without a kubelet; protoc builds the k8s-cri crate's CRI client,
+/// and its recommended libprotobuf-dev is not needed for that.
+const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &[
+    "runc",
+    "qemu-system-x86",
+    "prometheus",
+    "chromium",
+    "containerd",
+    "containernetworking-plugins",
+    "protobuf-compiler",
+];
 
 fn missing_packages(wanted: &[&str]) -> Vec<String> {
     // dpkg-query exits non-zero when a package is unknown but still prints the known ones.
@@ -387,13 +398,18 @@ fn install_containers_conf() -> Result<()> {
 pub const IMAGE_BUSYBOX: &str = "localhost/fault-bb:latest";
 /// Busybox plus the host's python3.11, about 18 MB.
 pub const IMAGE_PYTHON: &str = "localhost/fault-bbpy:latest";
+/// The sandbox ("pause") image of the CRI tests' pods: busybox sleeping, since no registry
+/// serves registry.k8s.io/pause. Its sleep is PID 1 of the pod and holds its namespaces.
+pub const IMAGE_PAUSE: &str = "localhost/fault-pause:latest";
+/// The pause image's command: busybox's sleep takes no `infinity`; this is 68 years.
+const PAUSE_CMD: &str = r#"CMD ["/bin/sleep", "2147483647"]"#;
 
 fn image_exists(image: &str) -> bool {
     cmd::succeeds(&mut cmd::new("podman", ["image", "exists", image]))
 }
 
 fn check_images() -> Result<State> {
-    let missing: Vec<&str> = [IMAGE_BUSYBOX, IMAGE_PYTHON]
+    let missing: Vec<&str> = [IMAGE_BUSYBOX, IMAGE_PYTHON, IMAGE_PAUSE]
         .into_iter()
         .filter(|i| !image_exists(i))
         .collect();
@@ -432,13 +448,18 @@ fn install_images() -> Result<()> {
     if !image_exists(IMAGE_BUSYBOX) {
         let rootfs = scratch.0.join("bb");
         busybox_rootfs(&rootfs)?;
-        import_image(&rootfs, IMAGE_BUSYBOX)?;
+        import_image(&rootfs, IMAGE_BUSYBOX, &[])?;
     }
     if !image_exists(IMAGE_PYTHON) {
         let rootfs = scratch.0.join("bbpy");
         busybox_rootfs(&rootfs)?;
         add_python(&rootfs)?;
-        import_image(&rootfs, IMAGE_PYTHON)?;
+        import_image(&rootfs, IMAGE_PYTHON, &[])?;
+    }
+    if !image_exists(IMAGE_PAUSE) {
+        let rootfs = scratch.0.join("pause");
+        busybox_rootfs(&rootfs)?;
+        import_image(&rootfs, IMAGE_PAUSE, &[PAUSE_CMD])?;
     }
     Ok(())
 }
@@ -503,12 +524,17 @@ fn add_python(rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
-fn import_image(rootfs: &Path, image: &str) -> Result<()> {
+/// `changes` are Dockerfile instructions for the image's config (`podman import --change`).
+fn import_image(rootfs: &Path, image: &str, changes: &[&str]) -> Result<()> {
     let tarball = rootfs.with_extension("tar");
     let mut tar = Command::new("tar");
     tar.arg("-C").arg(rootfs).arg("-cf").arg(&tarball).arg(".");
     cmd::run(&mut tar)?;
     let mut import = Command::new("podman");
-    import.args(["import", "-q"]).arg(&tarball).arg(image);
+    import.args(["import", "-q"]);
+    for change in changes {
+        import.args(["--change", change]);
+    }
+    import.arg(&tarball).arg(image);
     cmd::run(import.stdout(std::process::Stdio::null()))
 }
