@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{plan::Plan, target::ResolvedTarget};
+use crate::{plan::Plan, policy::TargetSpec, target::ResolvedTarget};
 
 /// A container is looked up at most this often while it is gone (each look asks podman).
 const RETRY: Duration = Duration::from_secs(1);
@@ -29,6 +29,8 @@ pub struct Move {
 pub struct Churn {
     /// When each gone container (by label) was last looked up.
     tried: BTreeMap<String, Instant>,
+    /// When the pod targets were last looked up (all at once: one CRI query each).
+    pods_at: Option<Instant>,
 }
 
 impl Churn {
@@ -48,6 +50,10 @@ impl Churn {
             }
             self.tried.insert(t.label.clone(), now);
             found.extend(look_up(plan, t));
+        }
+        if self.pods_at.is_none_or(|at| now - at >= RETRY) {
+            self.pods_at = Some(now);
+            found.extend(follow_pods(plan));
         }
         for m in &found {
             apply(plan, m);
@@ -80,6 +86,81 @@ fn readdress(plan: &mut Plan) {
             eprintln!("fault: warning: the partitions keep the old addresses: {e}");
         }
     }
+}
+
+/// Asks the CRI again for every `pod:` and `pods:` target: a pod of a known name under
+/// another cgroup (deleted and created again) is a move; a pod not seen before (started,
+/// or a replacement under a new name) joins the run, or its group, as a target of its own.
+fn follow_pods(plan: &mut Plan) -> Vec<(Move, u64)> {
+    let Ok(mount) = crate::sys::mounts::cgroup2_mount() else {
+        return Vec::new();
+    };
+    let groups = plan.policy.groups.iter().enumerate();
+    let sources: Vec<(Option<usize>, Vec<TargetSpec>)> =
+        std::iter::once((None, plan.policy.targets.clone()))
+            .chain(groups.map(|(i, g)| (Some(i), g.targets.clone())))
+            .collect();
+    let mut out = Vec::new();
+    for (group, specs) in sources {
+        for spec in &specs {
+            let TargetSpec::Pod(sel) = spec else { continue };
+            let found = match crate::target::pod_cgroups(&mount, sel) {
+                Ok(f) => f,
+                Err((why, _)) => {
+                    eprintln!("fault: warning: looking up pods: {why}");
+                    continue;
+                }
+            };
+            for (label, cgroup, id) in found {
+                out.extend(pod_change(plan, group, label, cgroup, id));
+            }
+        }
+    }
+    out
+}
+
+/// What a pod found now changes: nothing, a move, or a new target (added here).
+fn pod_change(
+    plan: &mut Plan,
+    group: Option<usize>,
+    label: String,
+    cgroup: PathBuf,
+    id: u64,
+) -> Option<(Move, u64)> {
+    let known = plan.resolved.targets.iter().find(|t| t.label == label);
+    if known.is_some_and(|t| t.cgroup == cgroup) {
+        return None;
+    }
+    let class = group.map_or(0, crate::policy::Group::class);
+    let target = ResolvedTarget {
+        label: label.clone(),
+        cgroup: cgroup.clone(),
+        cgroup_id: id,
+        class,
+        container: None,
+    };
+    if let Err(e) = crate::guard::check_targets(&plan.policy, std::slice::from_ref(&target)) {
+        eprintln!("fault: warning: not following {label}: {e}");
+        return None;
+    }
+    let from = match known {
+        Some(t) => t.cgroup.clone(),
+        None => {
+            plan.resolved.targets.push(target.clone());
+            if let Some(g) = group.and_then(|i| plan.groups.get_mut(i)) {
+                g.resolved.targets.push(target);
+            }
+            PathBuf::new()
+        }
+    };
+    Some((
+        Move {
+            label,
+            from,
+            to: cgroup,
+        },
+        id,
+    ))
 }
 
 /// Where `t` is now, if it is running again under another cgroup that may be faulted.

@@ -410,6 +410,12 @@ async fn hold(
         if rescan_due {
             follow_all(run, kinds, &mut churn, w);
             probes.follow(&run.moved);
+            // Where the targets are now (moved, or pods that joined), for `fault status`.
+            records.state.targets.clone_from(&run.plan.resolved.targets);
+            records
+                .state
+                .cgroup_ids
+                .clone_from(&run.plan.resolved.cgroup_ids);
         }
         records.update(kinds);
     }
@@ -425,11 +431,18 @@ fn follow_all(
 ) {
     run.moved = churn.follow(&mut run.plan);
     for m in &run.moved {
-        println!(
-            "fault: {} is back under another cgroup, {}; following it there",
-            m.label,
-            m.to.display()
-        );
+        match m.from.as_os_str().is_empty() {
+            true => println!(
+                "fault: {} started, in {}; it is a target from now on",
+                m.label,
+                m.to.display()
+            ),
+            false => println!(
+                "fault: {} is back under another cgroup, {}; following it there",
+                m.label,
+                m.to.display()
+            ),
+        }
     }
     for k in kinds.iter_mut() {
         if let Err(e) = k.follow(run) {

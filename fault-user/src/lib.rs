@@ -16,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod collide;
 pub mod commands;
+pub mod cri;
 pub mod display;
 pub mod dist;
 pub mod engine;

@@ -146,6 +146,26 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
     let mut ids = Vec::new();
     let mut netns = BTreeMap::new();
     for (index, spec) in targets.iter().enumerate() {
+        if let TargetSpec::Pod(sel) = spec {
+            let found = pod_cgroups(&mount, sel).map_err(|(message, host)| TargetError {
+                group: None,
+                index,
+                field: if sel.name.is_some() { "pod" } else { "pods" },
+                message,
+                host,
+            })?;
+            for (label, cgroup, cgroup_id) in found {
+                scan_one(&cgroup, &mut ids, &mut netns);
+                out.push(ResolvedTarget {
+                    label,
+                    cgroup,
+                    cgroup_id,
+                    class: 0,
+                    container: None,
+                });
+            }
+            continue;
+        }
         let container = match spec {
             TargetSpec::Container(name) => Some(name.clone()),
             _ => None,
@@ -188,6 +208,7 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
                 })?;
                 (format!("container {name}"), cg)
             }
+            TargetSpec::Pod(_) => unreachable!("resolved above"),
         };
         let cgroup_id = inode(&cgroup).map_err(|message| TargetError {
             group: None,
@@ -228,6 +249,64 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
 
 /// Where a container target is now, looked up again by its name: its cgroup and that
 /// cgroup's id. `Ok(None)` for a target that is no container.
+/// A pod found: its label, its cgroup and the cgroup's id.
+pub type PodCgroup = (String, PathBuf, u64);
+
+/// The cgroups of the running pods `sel` names on this node: each pod's
+/// own cgroup (the parent of its containers', as the kubelet lays them out), or the one
+/// container's. None running is no error: on the other nodes of a fleet that is the rule.
+pub fn pod_cgroups(
+    mount: &Path,
+    sel: &crate::cri::PodSelector,
+) -> Result<Vec<PodCgroup>, (String, bool)> {
+    let pods = crate::cri::find(sel).map_err(|e| (e.to_string(), e.is_host()))?;
+    let mut out = Vec::new();
+    for p in pods {
+        let mut cgroups: Vec<PathBuf> = p
+            .pids
+            .iter()
+            .filter_map(|pid| pid_cgroup(mount, *pid).ok())
+            .collect();
+        cgroups.sort();
+        cgroups.dedup();
+        let dir = match (&sel.container, cgroups.as_slice()) {
+            (_, []) => continue, // its processes ended meanwhile
+            (Some(_), [one, ..]) => one.clone(),
+            (None, all) => match pod_dir(all, &p.uid) {
+                Some(d) => d,
+                None => {
+                    return Err((
+                        format!(
+                            "{}: its containers' cgroups ({}) are not under one pod cgroup",
+                            p.label,
+                            all.iter()
+                                .map(|c| c.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        false,
+                    ))
+                }
+            },
+        };
+        let id = inode(&dir).map_err(|m| (m, false))?;
+        out.push((p.label, dir, id));
+    }
+    Ok(out)
+}
+
+/// The pod's cgroup: the one parent of all its containers' cgroups, whose name carries
+/// the pod's uid (`pod<uid>` with cgroupfs, `…-pod<uid with _>.slice` with systemd).
+fn pod_dir(containers: &[PathBuf], uid: &str) -> Option<PathBuf> {
+    let parent = containers.first()?.parent()?.to_path_buf();
+    let name = parent.file_name()?.to_string_lossy().into_owned();
+    let named = name.contains(uid) || name.contains(&uid.replace('-', "_"));
+    let shared = containers
+        .iter()
+        .all(|c| c.parent() == Some(parent.as_path()));
+    (named && shared).then_some(parent)
+}
+
 pub fn relocate(t: &ResolvedTarget) -> Result<Option<(PathBuf, u64)>, String> {
     let Some(name) = &t.container else {
         return Ok(None);
@@ -352,9 +431,12 @@ fn pid_cgroup(mount: &Path, pid: u32) -> Result<PathBuf, String> {
 /// On failure: the reason, and whether it is the host's (no engine to ask at all).
 fn container_pid(name: &str) -> Result<u32, (String, bool)> {
     container_pid_from_engines(name).map_err(|(message, tried)| {
-        let host = tried
-            .iter()
-            .all(|t| *t == "podman is not installed" || *t == "no docker socket");
+        let host = tried.iter().all(|t| {
+            matches!(
+                *t,
+                "podman is not installed" | "no docker socket" | "no CRI socket"
+            )
+        });
         (message, host && !tried.is_empty())
     })
 }
@@ -399,6 +481,15 @@ fn container_pid_from_engines(name: &str) -> Result<u32, (String, Vec<&'static s
         }
     } else {
         tried.push("no docker socket");
+    }
+    if Path::new(&crate::cri::endpoint()).exists() {
+        match crate::cri::container_pid(name) {
+            Ok(Some(pid)) => return Ok(pid),
+            Ok(None) => tried.push("the CRI (containerd) has none by that name or id"),
+            Err(e) => return Err((format!("asking the CRI about {name}: {e}"), vec![])),
+        }
+    } else {
+        tried.push("no CRI socket");
     }
     let message = format!(
         "expected the name or id of a running container, found no container {name} ({})",

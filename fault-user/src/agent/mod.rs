@@ -56,6 +56,7 @@ struct Agent {
 
 pub async fn run(args: AgentArgs) -> Result<(), Error> {
     let mut signals = crate::engine::Signals::install()?;
+    join_node_cgroup_namespace();
     if !args.dir.is_dir() {
         return Err(Error::Usage(format!(
             "{}: expected a directory of policy files",
@@ -220,6 +221,29 @@ impl Agent {
             self.step();
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// An agent in a pod has a cgroup namespace of its own (containerd gives one to every
+/// container on a cgroup2 node), where `/proc/PID/cgroup` reads relative to the pod. With
+/// the node's pids in view (hostPID), it takes the node's namespace, pid 1's, so that its
+/// loaders find every target's cgroup where the cgroup2 mount shows it.
+fn join_node_cgroup_namespace() {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let (own, node) = (ino("/proc/self/ns/cgroup"), ino("/proc/1/ns/cgroup"));
+    if own.is_none() || own == node {
+        return;
+    }
+    let joined = std::fs::File::open("/proc/1/ns/cgroup").and_then(|f| {
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(std::io::Error::from)
+    });
+    match joined {
+        Ok(()) => eprintln!("fault agent: joined the node's cgroup namespace (pid 1's)"),
+        Err(e) => eprintln!(
+            "fault agent: warning: cannot join the node's cgroup namespace ({e}): pid and \
+             pod targets may not resolve"
+        ),
     }
 }
 

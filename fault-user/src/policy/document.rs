@@ -126,10 +126,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a target: a mapping with one of cgroup, container or pid"
+    expecting = "a target: a mapping with one of cgroup, container, pid, pod or pods"
 )]
 #[schemars(
-    description = "One target, a mapping with exactly one of cgroup, container or pid.",
+    description = "One target, a mapping with exactly one of cgroup, container, pid, pod or pods.",
     transform = schema::target_rules
 )]
 pub(super) struct Target {
@@ -142,6 +142,44 @@ pub(super) struct Target {
     /// A process id: the process's cgroup is the target.
     #[schemars(range(min = 1))]
     pub pid: Option<u32>,
+    /// A Kubernetes pod on this node, by namespace and name (found through the node's CRI).
+    pub pod: Option<PodTarget>,
+    /// The Kubernetes pods on this node whose labels match, in one namespace.
+    pub pods: Option<PodsTarget>,
+}
+
+/// `pod:`: one pod by name; a pod of that name started again later is followed.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pod: a mapping with namespace and name"
+)]
+pub(super) struct PodTarget {
+    #[schemars(length(min = 1))]
+    pub namespace: String,
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Only this container of the pod (its name in the pod spec).
+    #[schemars(length(min = 1))]
+    pub container: Option<String>,
+}
+
+/// `pods:`: every pod of a namespace whose labels include these; pods that start later are
+/// taken in too.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "pods: a mapping with namespace and labels"
+)]
+pub(super) struct PodsTarget {
+    #[schemars(length(min = 1))]
+    pub namespace: String,
+    /// Labels every selected pod has (all of them, with these values).
+    #[schemars(length(min = 1))]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Only this container of each pod (its name in the pod spec).
+    #[schemars(length(min = 1))]
+    pub container: Option<String>,
 }
 
 /// One network rule: which packets (direction and match), and at least one thing to do to

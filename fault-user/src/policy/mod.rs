@@ -295,6 +295,8 @@ pub enum TargetSpec {
     Container(String),
     /// A process id, above zero.
     Pid(u32),
+    /// Kubernetes pods on this node (`pod:` by name, `pods:` by labels), from the CRI.
+    Pod(crate::cri::PodSelector),
 }
 
 /// The transport a rule matches.

@@ -332,7 +332,10 @@ pub(super) fn spec_rules(schema: &mut Schema) {
 
 /// `validate::target`: exactly one of cgroup, container or pid.
 pub(super) fn target_rules(schema: &mut Schema) {
-    add_rules(schema, [exactly_one(&["cgroup", "container", "pid"])]);
+    add_rules(
+        schema,
+        [exactly_one(&["cgroup", "container", "pid", "pod", "pods"])],
+    );
 }
 
 /// `validate::action` and `timing`: something to do, partition or drop, reorder with a delay.

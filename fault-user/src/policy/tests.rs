@@ -520,9 +520,12 @@ fn bad_targets_are_refused() {
     parse_err(&text, "spec.targets[2].pid");
     let text = EXAMPLE.replace("pid: 4242", "pid: -3");
     parse_err(&text, "spec.targets[2].pid");
-    let text = EXAMPLE.replace("pid: 4242", "pod: web");
-    let err = parse_err(&text, "spec.targets[2].pod");
-    assert!(err.message.contains("unknown field `pod`"), "{err}");
+    let text = EXAMPLE.replace("pid: 4242", "pods: web");
+    let err = parse_err(&text, "spec.targets[2].pods");
+    assert!(err.message.contains("expected pods: a mapping"), "{err}");
+    let text = EXAMPLE.replace("pid: 4242", "vm: web");
+    let err = parse_err(&text, "spec.targets[2].vm");
+    assert!(err.message.contains("unknown field `vm`"), "{err}");
     let text = EXAMPLE.replace("pid: 4242", "{pid: 4242, container: web}");
     let err = parse_err(&text, "spec.targets[2]");
     assert_eq!(
@@ -986,4 +989,62 @@ fn sixty_five_thousand_single_ports_in_eight_rules_compile_linearly() {
     // The first rule covers every port, so every entry is its.
     assert!(entries.iter().all(|(_, _, index)| *index == 0));
     assert_eq!(entries.len() % 65535, 0, "one entry per port and direction");
+}
+
+fn with_targets(targets: &str) -> String {
+    format!(
+        "apiVersion: fault/v1\nkind: FaultPolicy\nmetadata:\n  name: t\nspec:\n  duration: 30s\n  \
+         targets:\n{targets}  network:\n    - direction: egress\n      drop: {{probability: 5%}}\n"
+    )
+}
+
+#[test]
+fn pod_targets_name_a_pod_or_select_pods_by_labels() {
+    let policy = parse_ok(&with_targets(
+        "    - pod: {namespace: db, name: pg-0}\n    \
+         - pods: {namespace: db, labels: {app: pg, tier: replica}, container: postgres}\n",
+    ));
+    let sel = |name: Option<&str>, labels: &[(&str, &str)], container: Option<&str>| {
+        TargetSpec::Pod(crate::cri::PodSelector {
+            namespace: "db".into(),
+            name: name.map(Into::into),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            container: container.map(Into::into),
+        })
+    };
+    assert_eq!(
+        policy.targets,
+        [
+            sel(Some("pg-0"), &[], None),
+            sel(
+                None,
+                &[("app", "pg"), ("tier", "replica")],
+                Some("postgres")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn pod_targets_refuse_what_names_no_pod() {
+    parse_err(
+        &with_targets("    - pods: {namespace: db, labels: {}}\n"),
+        "spec.targets[0].pods.labels",
+    );
+    parse_err(
+        &with_targets("    - pod: {namespace: '', name: pg-0}\n"),
+        "spec.targets[0].pod.namespace",
+    );
+    parse_err(
+        &with_targets("    - pod: {namespace: db}\n"),
+        "spec.targets[0].pod",
+    );
+    let e = parse_err(
+        &with_targets("    - {pod: {namespace: db, name: a}, pid: 3}\n"),
+        "spec.targets[0]",
+    );
+    assert!(e.to_string().contains("not several"), "{e}");
 }

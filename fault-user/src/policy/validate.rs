@@ -153,6 +153,32 @@ pub(super) fn duration(text: &str) -> Result<Duration, Invalid> {
 }
 
 pub(super) fn target(target: Target, path: &str) -> Result<TargetSpec, Invalid> {
+    let set = [
+        target.cgroup.is_some(),
+        target.container.is_some(),
+        target.pid.is_some(),
+        target.pod.is_some(),
+        target.pods.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() > 1 {
+        return Err(Invalid::new(
+            path,
+            "expected one of cgroup, container, pid, pod or pods, not several; \
+             list each as a target of its own",
+        ));
+    }
+    if let Some(p) = target.pod {
+        return pod_target(
+            p.namespace,
+            Some(p.name),
+            Default::default(),
+            p.container,
+            path,
+        );
+    }
+    if let Some(p) = target.pods {
+        return pod_target(p.namespace, None, p.labels, p.container, path);
+    }
     match (target.cgroup, target.container, target.pid) {
         (Some(text), None, None) => {
             let path = format!("{path}.cgroup");
@@ -195,16 +221,53 @@ pub(super) fn target(target: Target, path: &str) -> Result<TargetSpec, Invalid> 
             "expected a process id above 0, got 0",
         )),
         (None, None, Some(pid)) => Ok(TargetSpec::Pid(pid)),
-        (None, None, None) => Err(Invalid::new(
-            path,
-            "expected one of cgroup, container or pid",
-        )),
         _ => Err(Invalid::new(
             path,
-            "expected one of cgroup, container or pid, not several; \
-             list each as a target of its own",
+            "expected one of cgroup, container, pid, pod or pods",
         )),
     }
+}
+
+/// `pod:` (a name) or `pods:` (labels): names as Kubernetes writes them.
+fn pod_target(
+    namespace: String,
+    name: Option<String>,
+    labels: std::collections::BTreeMap<String, String>,
+    container: Option<String>,
+    path: &str,
+) -> Result<TargetSpec, Invalid> {
+    let kind = if name.is_some() { "pod" } else { "pods" };
+    let field = |f: &str| format!("{path}.{kind}.{f}");
+    if namespace.trim().is_empty() {
+        return Err(Invalid::new(
+            field("namespace"),
+            "expected a namespace, got an empty one",
+        ));
+    }
+    if name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(Invalid::new(
+            field("name"),
+            "expected a pod name, got an empty one",
+        ));
+    }
+    if name.is_none() && labels.is_empty() {
+        return Err(Invalid::new(
+            field("labels"),
+            "expected at least one label; to take every pod of a namespace, name them by a label they share",
+        ));
+    }
+    if container.as_ref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(Invalid::new(
+            field("container"),
+            "expected a container name, got an empty one",
+        ));
+    }
+    Ok(TargetSpec::Pod(crate::cri::PodSelector {
+        namespace,
+        name,
+        labels,
+        container,
+    }))
 }
 
 pub(super) fn rule(raw: NetworkRule, index: usize, path: &str) -> Result<Rule, Invalid> {
