@@ -146,85 +146,10 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
     let mut ids = Vec::new();
     let mut netns = BTreeMap::new();
     for (index, spec) in targets.iter().enumerate() {
-        if let TargetSpec::Pod(sel) = spec {
-            let found = pod_cgroups(&mount, sel).map_err(|(message, host)| TargetError {
-                group: None,
-                index,
-                field: if sel.name.is_some() { "pod" } else { "pods" },
-                message,
-                host,
-            })?;
-            for (label, cgroup, cgroup_id) in found {
-                scan_one(&cgroup, &mut ids, &mut netns);
-                out.push(ResolvedTarget {
-                    label,
-                    cgroup,
-                    cgroup_id,
-                    class: 0,
-                    container: None,
-                });
-            }
-            continue;
+        for t in resolve_one(&mount, index, spec)? {
+            scan_one(&t.cgroup, &mut ids, &mut netns);
+            out.push(t);
         }
-        let container = match spec {
-            TargetSpec::Container(name) => Some(name.clone()),
-            _ => None,
-        };
-        let (label, cgroup) = match spec {
-            TargetSpec::Cgroup(path) => (
-                format!("cgroup {}", path.display()),
-                cgroup_dir(&mount, path).map_err(|message| TargetError {
-                    group: None,
-                    index,
-                    field: "cgroup",
-                    message,
-                    host: false,
-                })?,
-            ),
-            TargetSpec::Pid(pid) => (
-                format!("pid {pid}"),
-                pid_cgroup(&mount, *pid).map_err(|message| TargetError {
-                    group: None,
-                    index,
-                    field: "pid",
-                    message,
-                    host: false,
-                })?,
-            ),
-            TargetSpec::Container(name) => {
-                let pid = container_pid(name).map_err(|(message, host)| TargetError {
-                    group: None,
-                    index,
-                    field: "container",
-                    message,
-                    host,
-                })?;
-                let cg = pid_cgroup(&mount, pid).map_err(|message| TargetError {
-                    group: None,
-                    index,
-                    field: "container",
-                    message,
-                    host: false,
-                })?;
-                (format!("container {name}"), cg)
-            }
-            TargetSpec::Pod(_) => unreachable!("resolved above"),
-        };
-        let cgroup_id = inode(&cgroup).map_err(|message| TargetError {
-            group: None,
-            index,
-            field: "cgroup",
-            message,
-            host: false,
-        })?;
-        scan_one(&cgroup, &mut ids, &mut netns);
-        out.push(ResolvedTarget {
-            label,
-            cgroup,
-            cgroup_id,
-            class: 0,
-            container,
-        });
     }
     ids.sort_unstable();
     ids.dedup();
@@ -247,8 +172,67 @@ pub fn resolve(targets: &[TargetSpec]) -> Result<Resolved, TargetError> {
     })
 }
 
-/// Where a container target is now, looked up again by its name: its cgroup and that
-/// cgroup's id. `Ok(None)` for a target that is no container.
+/// The error of target `index`'s `field`: `host` when the host, not the policy, lacks
+/// what resolving needs.
+fn failed_at(index: usize, field: &'static str, host: bool) -> impl Fn(String) -> TargetError {
+    move |message| TargetError {
+        group: None,
+        index,
+        field,
+        message,
+        host,
+    }
+}
+
+/// One target as named in the policy: one cgroup, or for `pods:` one per pod found.
+fn resolve_one(
+    mount: &Path,
+    index: usize,
+    spec: &TargetSpec,
+) -> Result<Vec<ResolvedTarget>, TargetError> {
+    let (label, cgroup, container) = match spec {
+        TargetSpec::Pod(sel) => {
+            let field = if sel.name.is_some() { "pod" } else { "pods" };
+            let found = pod_cgroups(mount, sel)
+                .map_err(|(message, host)| failed_at(index, field, host)(message))?;
+            let found = found
+                .into_iter()
+                .map(|(label, cgroup, cgroup_id)| ResolvedTarget {
+                    label,
+                    cgroup,
+                    cgroup_id,
+                    class: 0,
+                    container: None,
+                });
+            return Ok(found.collect());
+        }
+        TargetSpec::Cgroup(path) => (
+            format!("cgroup {}", path.display()),
+            cgroup_dir(mount, path).map_err(failed_at(index, "cgroup", false))?,
+            None,
+        ),
+        TargetSpec::Pid(pid) => (
+            format!("pid {pid}"),
+            pid_cgroup(mount, *pid).map_err(failed_at(index, "pid", false))?,
+            None,
+        ),
+        TargetSpec::Container(name) => {
+            let pid = container_pid(name)
+                .map_err(|(message, host)| failed_at(index, "container", host)(message))?;
+            let cg = pid_cgroup(mount, pid).map_err(failed_at(index, "container", false))?;
+            (format!("container {name}"), cg, Some(name.clone()))
+        }
+    };
+    let cgroup_id = inode(&cgroup).map_err(failed_at(index, "cgroup", false))?;
+    Ok(vec![ResolvedTarget {
+        label,
+        cgroup,
+        cgroup_id,
+        class: 0,
+        container,
+    }])
+}
+
 /// A pod found: its label, its cgroup and the cgroup's id.
 pub type PodCgroup = (String, PathBuf, u64);
 
@@ -307,6 +291,8 @@ fn pod_dir(containers: &[PathBuf], uid: &str) -> Option<PathBuf> {
     (named && shared).then_some(parent)
 }
 
+/// Where a container target is now, looked up again by its name: its cgroup and that
+/// cgroup's id. `Ok(None)` for a target that is no container.
 pub fn relocate(t: &ResolvedTarget) -> Result<Option<(PathBuf, u64)>, String> {
     let Some(name) = &t.container else {
         return Ok(None);

@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::{
-    encoding::{text, EncodeLabelSet},
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::Family,
@@ -104,11 +104,6 @@ impl AgentMetrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
-        if text::encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        out
+        crate::observe::metrics::encode(&self.registry)
     }
 }

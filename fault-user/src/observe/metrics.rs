@@ -176,13 +176,18 @@ impl Metrics {
 
     /// The text exposition format, as a scrape gets it.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
-        if text::encode(&mut out, &registry).is_err() {
-            out.clear();
-        }
-        out
+        encode(&self.registry)
     }
+}
+
+/// A registry in the OpenMetrics text format (empty if it cannot be encoded).
+pub fn encode(registry: &RwLock<Registry>) -> String {
+    let mut out = String::new();
+    let registry = registry.read().unwrap_or_else(|e| e.into_inner());
+    if text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 /// The packet counters and delay histogram of every rule, from the pinned map.
