@@ -50,7 +50,7 @@ pub(crate) const CNI_CACHE: &str = "/var/lib/cni";
 /// Where containerd 1.6 puts its shims' sockets (`s/<hash>`) whatever its configured state
 /// directory: a compile-time constant (`const socketRoot = defaults.DefaultStateDir` in
 /// runtime/v2/shim/util_unix.go). The shims remove their sockets as they exit.
-const SHIM_SOCKET_ROOT: &str = "/run/containerd";
+pub(crate) const SHIM_SOCKET_ROOT: &str = "/run/containerd";
 /// The CRI and containerd API socket.
 const SOCKET: &str = "/run/fault-test-containerd/containerd.sock";
 /// The bridge the CNI bridge plugin makes for the pods (it never deletes it: we do).
@@ -780,14 +780,14 @@ fn recover() {
 }
 
 /// /proc/PID/comm, without the newline; empty if the process is gone.
-fn comm_of(pid: u32) -> String {
+pub(crate) fn comm_of(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim_end().to_string())
         .unwrap_or_default()
 }
 
 /// The parent pid, from /proc/PID/stat (`pid (comm) state ppid ...`; comm may hold spaces).
-fn parent_of(pid: u32) -> Option<u32> {
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, after_comm) = stat.rsplit_once(')')?;
     after_comm.split_whitespace().nth(1)?.parse().ok()
@@ -1053,7 +1053,7 @@ fn log_tail() -> String {
     format!("\ncontainerd's log ends:\n  {tail}")
 }
 
-fn on_path(tool: &str) -> bool {
+pub(crate) fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
@@ -1099,7 +1099,7 @@ pub(crate) fn our_processes() -> Vec<(u32, String)> {
 
 /// Every cgroup hierarchy's mount point: the v2 one and, on hybrid hosts, each v1 one (runc
 /// puts a container in all of them).
-fn cgroup_mounts() -> Vec<PathBuf> {
+pub(crate) fn cgroup_mounts() -> Vec<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|line| {
@@ -1158,7 +1158,7 @@ fn remove_pod_cgroups(uid: &str) {
 }
 
 /// Empties and removes a cgroup and its children, deepest first.
-fn remove_cgroup_tree(dir: &Path) {
+pub(crate) fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -1199,7 +1199,7 @@ fn remove_state_dirs() {
 }
 
 /// umount2(MNT_DETACH); failures are reported, never a panic.
-fn detach(path: &Path) {
+pub(crate) fn detach(path: &Path) {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return;
     };

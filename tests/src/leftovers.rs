@@ -18,8 +18,9 @@ const PIN_DIR: &str = "/sys/fs/bpf/fault";
 const PROG_PREFIX: &str = "fault_";
 
 /// Everything of ours still present: test namespaces, containers and cgroups, the private
-/// containerd's process, directories, pod namespaces, bridge and pod cgroups, fault's pins and
-/// state files, and BPF links or programs named `fault_*`. Empty means clean. A check that
+/// containerd's process, directories, pod namespaces, bridge and pod cgroups, the private
+/// dockerd's processes, directories, socket and container cgroups, fault's pins and state
+/// files, and BPF links or programs named `fault_*`. Empty means clean. A check that
 /// cannot run (bpftool missing) is itself reported.
 pub fn leftovers() -> Vec<String> {
     let mut found = Vec::new();
@@ -30,6 +31,7 @@ pub fn leftovers() -> Vec<String> {
         }
     }
     found.extend(containerd());
+    found.extend(crate::docker::leftovers());
     walk(Path::new(PIN_DIR), &mut |p| {
         found.push(format!("bpffs pin {}", p.display()))
     });

@@ -11,6 +11,7 @@ pub mod browser;
 mod cgroup;
 mod container;
 mod cri;
+mod docker;
 mod fault;
 mod hosts;
 mod leftovers;
@@ -28,6 +29,7 @@ use std::sync::OnceLock;
 pub use cgroup::{enter_cgroup, Cgroup};
 pub use container::{podman_available, Container, IMAGE_BUSYBOX, IMAGE_PYTHON};
 pub use cri::{Containerd, Pod, IMAGE_PAUSE};
+pub use docker::{docker_cli, DockerContainer, Dockerd};
 pub use fault::{
     fault, fault_bin, fault_ok, status_rules, write_policy, FaultApply, PolicyFile, STATE_DIR,
 };

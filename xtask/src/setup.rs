@@ -178,6 +178,7 @@ const APT_PACKAGES: &[&str] = &[
 /// containerd (with its CRI plugin and `ctr`) and the CNI plugins run Kubernetes pods for the
 /// tests (tests/src/cri.rs) without a kubelet; protoc builds the k8s-cri crate's CRI client,
 /// and its recommended libprotobuf-dev is not needed for that.
+/// docker.io's dockerd proves the docker path of `container:` targets (tests/src/docker.rs).
 const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &[
     "runc",
     "qemu-system-x86",
@@ -186,6 +187,7 @@ const APT_PACKAGES_NO_RECOMMENDS: &[&str] = &[
     "containerd",
     "containernetworking-plugins",
     "protobuf-compiler",
+    "docker.io",
 ];
 
 fn missing_packages(wanted: &[&str]) -> Vec<String> {
@@ -333,6 +335,11 @@ fn check_jsonschema() -> Result<State> {
 }
 
 fn install_jsonschema() -> Result<()> {
+    pip_install(JSONSCHEMA)
+}
+
+/// `pip install REQUIREMENT` as root, quietly.
+fn pip_install(requirement: &str) -> Result<()> {
     cmd::run(&mut cmd::new(
         "python3",
         [
@@ -341,7 +348,7 @@ fn install_jsonschema() -> Result<()> {
             "install",
             "-q",
             "--root-user-action=ignore",
-            JSONSCHEMA,
+            requirement,
         ],
     ))
 }
@@ -365,17 +372,7 @@ fn check_kubernetes_validate() -> Result<State> {
 }
 
 fn install_kubernetes_validate() -> Result<()> {
-    cmd::run(&mut cmd::new(
-        "python3",
-        [
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--root-user-action=ignore",
-            KUBERNETES_VALIDATE,
-        ],
-    ))
+    pip_install(KUBERNETES_VALIDATE)
 }
 
 fn check_containers_conf() -> Result<State> {

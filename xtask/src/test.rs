@@ -172,6 +172,11 @@ fn skip_in_guest(name: &str) -> Option<&'static str> {
             "it runs pods through a private containerd with podman's images, and the guest \
              has neither containerd nor podman; it proves the harness, not the kernel"
         }
+        "docker" => {
+            "it runs containers on a private dockerd with podman's image, and the guest has \
+             neither dockerd nor podman; the faults it puts on them are `fault apply`'s, which \
+             the other suites prove there"
+        }
         _ => return None,
     };
     Some(why)
