@@ -472,7 +472,7 @@ impl Containerd {
         }
         self.cri.stopped.store(true, Ordering::SeqCst);
         if let Some(mut process) = self.process.take() {
-            end_process(&mut process);
+            end_process(&mut process, "containerd", STOP_TIMEOUT);
         }
         // Shims outlive containerd by design; with the pods gone they have exited already.
         for (pid, cmdline) in our_processes() {
@@ -1059,17 +1059,17 @@ pub(crate) fn on_path(tool: &str) -> bool {
 }
 
 /// SIGTERM, then SIGKILL if it has not exited in time; reaped either way.
-fn end_process(process: &mut Child) {
+pub(crate) fn end_process(process: &mut Child, what: &str, timeout: Duration) {
     // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
     unsafe { libc::kill(process.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = process.try_wait() {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("cleanup: containerd did not exit on SIGTERM in {STOP_TIMEOUT:?}; killing it");
+    eprintln!("cleanup: {what} did not exit on SIGTERM in {timeout:?}; killing it");
     let _ = process.kill();
     let _ = process.wait();
 }
@@ -1177,19 +1177,24 @@ pub(crate) fn remove_cgroup_tree(dir: &Path) {
 /// Unmounts whatever is mounted below our directories (sandbox /dev/shm, rootfs overlays),
 /// then removes them.
 fn remove_state_dirs() {
+    remove_dirs_below_mounts(&[RUN_DIR, ROOT_DIR]);
+}
+
+/// Unmounts whatever is mounted below `dirs`, deepest first so no mount hides another,
+/// then removes them.
+pub(crate) fn remove_dirs_below_mounts(dirs: &[&str]) {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<String> = info
         .lines()
         .filter_map(|line| line.split_whitespace().nth(4))
         .map(crate::unescape_mountinfo)
-        .filter(|m| m.starts_with(RUN_DIR) || m.starts_with(ROOT_DIR))
+        .filter(|m| dirs.iter().any(|d| m.starts_with(d)))
         .collect();
-    // Deepest first, so no mount hides another.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for mount in mounts {
         detach(Path::new(&mount));
     }
-    for dir in [RUN_DIR, ROOT_DIR] {
+    for dir in dirs {
         match fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

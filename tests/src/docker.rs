@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cri::{
-    cgroup_mounts, comm_of, detach, on_path, parent_of, remove_cgroup_tree, SHIM_SOCKET_ROOT,
+    cgroup_mounts, comm_of, end_process, on_path, parent_of, remove_cgroup_tree,
+    remove_dirs_below_mounts, SHIM_SOCKET_ROOT,
 };
 use crate::{cgroup2_mount, check, check_quietly, output_of, unique_name, IMAGE_BUSYBOX};
 
@@ -245,7 +246,8 @@ impl Dockerd {
         }
         self.stopped.store(true, Ordering::SeqCst);
         if let Some(mut process) = self.process.take() {
-            end_process(&mut process);
+            // dockerd stops its own containerd on SIGTERM.
+            end_process(&mut process, "dockerd", STOP_TIMEOUT);
         }
         clean_up(self.containerd_opt_before);
     }
@@ -585,42 +587,7 @@ fn is_zombie(pid: u32) -> bool {
 /// Unmounts whatever is mounted below our directories (the containers' overlays and
 /// network namespaces, the data root's own bind mount), then removes them.
 fn remove_state_dirs() {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<String> = info
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4))
-        .map(crate::unescape_mountinfo)
-        .filter(|m| m.starts_with(EXEC_ROOT) || m.starts_with(DATA_ROOT))
-        .collect();
-    // Deepest first, so no mount hides another.
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for mount in mounts {
-        detach(Path::new(&mount));
-    }
-    for dir in [EXEC_ROOT, DATA_ROOT] {
-        match fs::remove_dir_all(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!("cleanup: removing {dir}: {e}"),
-        }
-    }
-}
-
-/// SIGTERM (dockerd then stops its containerd), then SIGKILL if it has not exited in time;
-/// reaped either way.
-fn end_process(process: &mut Child) {
-    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-    unsafe { libc::kill(process.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = process.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("cleanup: dockerd did not exit on SIGTERM in {STOP_TIMEOUT:?}; killing it");
-    let _ = process.kill();
-    let _ = process.wait();
+    remove_dirs_below_mounts(&[EXEC_ROOT, DATA_ROOT]);
 }
 
 fn log_path() -> PathBuf {
