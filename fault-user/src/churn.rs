@@ -92,28 +92,35 @@ fn readdress(plan: &mut Plan) {
 /// another cgroup (deleted and created again) is a move; a pod not seen before (started,
 /// or a replacement under a new name) joins the run, or its group, as a target of its own.
 fn follow_pods(plan: &mut Plan) -> Vec<(Move, u64)> {
+    let groups = plan.policy.groups.iter().enumerate();
+    let selectors: Vec<(Option<usize>, crate::cri::PodSelector)> =
+        std::iter::once((None, &plan.policy.targets))
+            .chain(groups.map(|(i, g)| (Some(i), &g.targets)))
+            .flat_map(|(group, specs)| {
+                specs.iter().filter_map(move |s| match s {
+                    TargetSpec::Pod(sel) => Some((group, sel.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+    // Most runs have no pod target: they neither read the mounts nor ask the CRI.
+    if selectors.is_empty() {
+        return Vec::new();
+    }
     let Ok(mount) = crate::sys::mounts::cgroup2_mount() else {
         return Vec::new();
     };
-    let groups = plan.policy.groups.iter().enumerate();
-    let sources: Vec<(Option<usize>, Vec<TargetSpec>)> =
-        std::iter::once((None, plan.policy.targets.clone()))
-            .chain(groups.map(|(i, g)| (Some(i), g.targets.clone())))
-            .collect();
     let mut out = Vec::new();
-    for (group, specs) in sources {
-        for spec in &specs {
-            let TargetSpec::Pod(sel) = spec else { continue };
-            let found = match crate::target::pod_cgroups(&mount, sel) {
-                Ok(f) => f,
-                Err((why, _)) => {
-                    eprintln!("fault: warning: looking up pods: {why}");
-                    continue;
-                }
-            };
-            for (label, cgroup, id) in found {
-                out.extend(pod_change(plan, group, label, cgroup, id));
+    for (group, sel) in selectors {
+        let found = match crate::target::pod_cgroups(&mount, &sel) {
+            Ok(f) => f,
+            Err((why, _)) => {
+                eprintln!("fault: warning: looking up pods: {why}");
+                continue;
             }
+        };
+        for (label, cgroup, id) in found {
+            out.extend(pod_change(plan, group, label, cgroup, id));
         }
     }
     out

@@ -166,21 +166,16 @@ impl Agent {
             }
         };
         self.known = wanted.iter().map(|w| (w.file.clone(), w.clone())).collect();
+        for w in wanted {
+            self.slots
+                .entry(w.file.clone())
+                .or_insert_with(|| Slot::new(w.file));
+        }
         for slot in self.slots.values_mut() {
             let now = self.known.get(&slot.file).cloned();
             if let Some(h) = slot.set_want(now) {
                 self.log.write(&slot.file, &h);
                 self.metrics.happened(&h);
-            }
-        }
-        for w in wanted {
-            if !self.slots.contains_key(&w.file) {
-                let slot = Slot::new(w.clone());
-                if let Some(why) = invalid_event(&w) {
-                    self.log.write(&w.file, &why);
-                    self.metrics.happened(&why);
-                }
-                self.slots.insert(w.file, slot);
             }
         }
     }
@@ -244,13 +239,6 @@ fn join_node_cgroup_namespace() {
             "fault agent: warning: cannot join the node's cgroup namespace ({e}): pid and \
              pod targets may not resolve"
         ),
-    }
-}
-
-fn invalid_event(w: &Wanted) -> Option<slot::Happened> {
-    match &w.verdict {
-        dir::Verdict::Invalid { why } => Some(slot::Happened::Invalid { why: why.clone() }),
-        dir::Verdict::Valid { .. } => None,
     }
 }
 

@@ -117,9 +117,10 @@ fn backoff(failures: u32) -> Duration {
 }
 
 impl Slot {
-    pub fn new(want: Wanted) -> Slot {
+    /// A file not read yet: [`Slot::set_want`] gives it its content.
+    pub fn new(file: PathBuf) -> Slot {
         Slot {
-            file: want.file.clone(),
+            file,
             want: None,
             loader: None,
             last: None,
@@ -127,12 +128,6 @@ impl Slot {
             retry_at: None,
             noticed: Instant::now(),
         }
-        .with(Some(want))
-    }
-
-    fn with(mut self, want: Option<Wanted>) -> Slot {
-        self.set_want(want);
-        self
     }
 
     /// The file as just read (`None`: gone). New content starts afresh: no pause, no
@@ -333,7 +328,8 @@ mod tests {
             hash,
             verdict,
         };
-        let mut s = Slot::new(want(1, Verdict::Valid { name: "a".into() }));
+        let mut s = Slot::new("/x/a.yaml".into());
+        s.set_want(Some(want(1, Verdict::Valid { name: "a".into() })));
         s.fail(1, "boom".into(), Instant::now());
         assert!(!s.may_start(1, Instant::now()));
         let said = s.set_want(Some(want(2, Verdict::Invalid { why: "bad".into() })));
