@@ -250,3 +250,34 @@ fn a_container_target_resolves_through_containerd_by_id_or_by_name() {
     }
     assert_no_leftovers();
 }
+
+#[test]
+fn a_loader_killed_while_it_faults_pods_ends_its_faults_within_a_second() {
+    require_root();
+    {
+        let cri = Containerd::start();
+        let pg0 = cri.run_pod("db", "pg-0", &[("app", "pg")], &["app"]);
+        let web = cri.run_pod("db", "web-0", &[("app", "web")], &["app"]);
+        let file = write_policy(&policy(
+            "t-pods-kill",
+            "pods: {namespace: db, labels: {app: pg}}",
+        ));
+        let apply = apply(&cri, file.path(), "t-pods-kill");
+        assert_eq!(delivered(&pg0, &web, 7431), 0);
+        // SAFETY: kill has no memory preconditions; the pid is the test's child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        let killed = Instant::now();
+        std::thread::sleep(Duration::from_millis(1100));
+        let sent_at = killed.elapsed();
+        let got = delivered(&pg0, &web, 7432);
+        eprintln!("{got}/40 delivered, sent from {sent_at:?} after the SIGKILL");
+        assert_eq!(got, 40, "the faults end within the heartbeat's second");
+        let stopped = fault_ok(["stop", "--all"]);
+        assert!(stopped.contains("stopped t-pods-kill"), "{stopped}");
+        drop(apply);
+        for p in [pg0, web] {
+            p.remove();
+        }
+    }
+    assert_no_leftovers();
+}
