@@ -91,6 +91,11 @@ pub fn state_path(name: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{name}.json"))
 }
 
+/// The cls_bpf filters a run was about to add (see `crate::net::intents`).
+pub fn intents_path(name: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{name}.intents"))
+}
+
 pub fn pin_root() -> anyhow::Result<PathBuf> {
     Ok(sysfs::bpffs_mount()
         .context("find or mount bpffs")?
@@ -174,9 +179,10 @@ impl State {
         })
     }
 
-    /// Removes the state file, and the half-written copy a loader killed while writing it
-    /// may have left.
+    /// Removes the state file, the intents beside it, and the half-written copy a loader
+    /// killed while writing it may have left.
     pub fn remove_file(&self) -> anyhow::Result<()> {
+        remove_if_there(&intents_path(&self.name))?;
         remove_if_there(&tmp_path(&self.name))?;
         remove_if_there(&state_path(&self.name))
     }

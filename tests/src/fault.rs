@@ -10,6 +10,19 @@ use tempfile::NamedTempFile;
 
 use crate::{check_quietly, display, output_of, workspace_root};
 
+/// Makes the record of the run `name` (whose loader is dead) say what a loader killed
+/// before it recorded what it attached leaves: no filters, qdiscs or fq, not ready.
+pub fn forget_attachments(name: &str) {
+    let path = Path::new(STATE_DIR).join(format!("{name}.json"));
+    let bytes = std::fs::read(&path).expect("read the record");
+    let mut state: serde_json::Value = serde_json::from_slice(&bytes).expect("parse the record");
+    for field in ["attachments", "qdiscs", "fq"] {
+        state[field] = serde_json::json!([]);
+    }
+    state["ready"] = serde_json::json!(false);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).expect("write the record");
+}
+
 /// Where `fault apply` announces an active policy: `<STATE_DIR>/<policy name>.json`.
 pub const STATE_DIR: &str = "/run/fault";
 

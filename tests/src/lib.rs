@@ -31,7 +31,8 @@ pub use container::{podman_available, Container, IMAGE_BUSYBOX, IMAGE_PYTHON};
 pub use cri::{Containerd, Pod, IMAGE_PAUSE};
 pub use docker::{docker_cli, DockerContainer, Dockerd};
 pub use fault::{
-    fault, fault_bin, fault_ok, status_rules, write_policy, FaultApply, PolicyFile, STATE_DIR,
+    fault, fault_bin, fault_ok, forget_attachments, status_rules, write_policy, FaultApply,
+    PolicyFile, STATE_DIR,
 };
 pub use hosts::{anchor, hosts, Hosts};
 pub use leftovers::{assert_no_leftovers, leftovers};

@@ -6,8 +6,8 @@
 use std::{process::Command, time::Duration};
 
 use fault_tests::{
-    anchor, assert_no_leftovers, hosts, probe, probe_json, require_root, run_in, spawn_in,
-    status_rules, write_policy, Cgroup, FaultApply, Hosts, Netns,
+    anchor, assert_no_leftovers, forget_attachments, hosts, probe, probe_json, require_root,
+    run_in, spawn_in, status_rules, write_policy, Cgroup, FaultApply, Hosts, Netns,
 };
 use serde_json::Value;
 
@@ -649,6 +649,15 @@ fn ingress_delay_is_refused_for_a_target_in_the_hosts_namespace_also_by_the_dry_
 fn after_kill_9_and_fault_stop_every_qdisc_is_as_before() {
     require_root();
     say_delay_path();
+    for unrecorded in [false, true] {
+        kill_9_then_stop(unrecorded);
+    }
+}
+
+/// One run killed with SIGKILL, then `fault stop --all`; `unrecorded`: with the record as
+/// a loader killed before it wrote what it attached leaves it (fq and filters are found
+/// from the intents it wrote before adding them).
+fn kill_9_then_stop(unrecorded: bool) {
     {
         let h = hosts("killdelay", "10.78", 8);
         let target = Cgroup::new("killdelay");
@@ -672,10 +681,16 @@ fn after_kill_9_and_fault_stop_every_qdisc_is_as_before() {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
         apply.wait_exit(Duration::from_secs(5));
+        if unrecorded {
+            forget_attachments("t-killdelay");
+        }
         let out = fault_tests::fault(["stop", "--all"]);
         assert!(out.status.success(), "fault stop --all: {out:?}");
         let after = (qdiscs(&h.a, h.veth.name_a()), qdiscs(&h.b, h.veth.name_b()));
-        assert_eq!(before, after, "qdiscs as they were before apply");
+        assert_eq!(
+            before, after,
+            "qdiscs as they were before apply (unrecorded: {unrecorded})"
+        );
         let healthy = ms(&ping(&h, Some(&target), 9362, 20)["p50_us"]);
         assert!(healthy < 10.0, "no delay left: {healthy:.2} ms");
     }

@@ -6,8 +6,8 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use fault_tests::{
-    anchor, assert_no_leftovers, fault, fault_ok, hosts, probe, probe_json, require_root, run_in,
-    spawn_in, write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
+    anchor, assert_no_leftovers, fault, fault_ok, forget_attachments, hosts, probe, probe_json,
+    require_root, run_in, spawn_in, write_policy, Cgroup, FaultApply, Hosts, STATE_DIR,
 };
 
 fn policy(name: &str, cgroup: &Cgroup, section: &str) -> String {
@@ -141,26 +141,35 @@ fn stop_finishes_a_revert_that_a_sigkill_cut_short() {
     }
 }
 
-fn stop_after_a_cut_revert(filter_only: bool) {
-    {
-        let h = hosts("cutrev", "10.79", 8);
-        let target = Cgroup::new("cutrev");
-        let _anchor = anchor(&target, &h.a);
-        let file = write_policy(&policy(
-            "t-cutrev",
-            &target,
-            "  network:\n    - direction: egress\n      match: {protocol: udp}\n      \
-             delay: {latency: 50ms}\n",
-        ));
-        let mut apply = FaultApply::start_env(
-            [std::ffi::OsStr::new("apply"), file.path().as_os_str()],
-            "t-cutrev",
-            &[("FAULT_TC_MODE", "clsact")],
+/// A loader killed after it added a cls_bpf filter (and the clsact qdisc for it) but before
+/// it wrote them into its record (a campaign caught one): `fault stop` finds both through
+/// the intents the loader wrote down before adding them.
+#[test]
+fn stop_removes_a_filter_the_record_never_named() {
+    require_root();
+    after_a_killed_clsact_delay("unnamed", 10, |h| {
+        forget_attachments("t-unnamed");
+        let qdiscs = || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", h.a.name(), "tc", "qdisc", "show"])
+                .args(["dev", h.veth.name_a()])
+                .output()
+                .expect("run tc");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(
+            qdiscs().contains("clsact"),
+            "the killed run's qdisc: {}",
+            qdiscs()
         );
-        apply.wait_ready();
-        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
-        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
-        apply.wait_exit(Duration::from_secs(5));
+        let out = fault(["stop", "--all"]);
+        assert!(out.status.success(), "fault stop --all: {}", text(&out));
+        assert!(!qdiscs().contains("clsact"), "clsact left: {}", qdiscs());
+    });
+}
+
+fn stop_after_a_cut_revert(filter_only: bool) {
+    after_a_killed_clsact_delay("cutrev", 8, |h| {
         // What the killed revert had done: the filter is gone, or the qdisc and the filter
         // with it; the record is not.
         let what: &[&str] = match filter_only {
@@ -175,6 +184,34 @@ fn stop_after_a_cut_revert(filter_only: bool) {
         assert!(del.status.success(), "tc qdisc del: {}", text(&del));
         let out = fault(["stop", "--all"]);
         assert!(out.status.success(), "fault stop --all: {}", text(&out));
+    });
+}
+
+/// Runs a clsact delay on hosts `name` (subnet 10.79.`net`), SIGKILLs its loader once
+/// ready, calls `then` while the hosts are still up, and checks nothing is left after.
+/// The policy is named `t-NAME`.
+fn after_a_killed_clsact_delay(name: &str, net: u8, then: impl FnOnce(&Hosts)) {
+    {
+        let policy_name = format!("t-{name}");
+        let h = hosts(name, "10.79", net);
+        let target = Cgroup::new(name);
+        let _anchor = anchor(&target, &h.a);
+        let file = write_policy(&policy(
+            &policy_name,
+            &target,
+            "  network:\n    - direction: egress\n      match: {protocol: udp}\n      \
+             delay: {latency: 50ms}\n",
+        ));
+        let mut apply = FaultApply::start_env(
+            [std::ffi::OsStr::new("apply"), file.path().as_os_str()],
+            &policy_name,
+            &[("FAULT_TC_MODE", "clsact")],
+        );
+        apply.wait_ready();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+        unsafe { libc::kill(apply.pid() as i32, libc::SIGKILL) };
+        apply.wait_exit(Duration::from_secs(5));
+        then(&h);
     }
     assert_no_leftovers();
 }

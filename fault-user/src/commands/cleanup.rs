@@ -2,7 +2,11 @@
 
 use crate::{
     clock,
-    net::{clsact, fq, loader},
+    net::{
+        clsact, fq,
+        intents::{self, Intents},
+        loader,
+    },
     pause,
     state::{self, State},
 };
@@ -22,6 +26,9 @@ pub fn cleanup_dead(s: &State) -> Vec<String> {
     // The record may predate the first patch: the targets' processes are looked at all the
     // same (reading a process's maps is all it costs when there is nothing to restore).
     problems.extend(clock::revert_unrecorded(&s.targets, &s.clock_processes));
+    // Filters added after the record was last written first, so that the recorded qdiscs
+    // they are on can go.
+    problems.extend(intents::remove_intended(&Intents::of(&s.name).read()));
     problems.extend(clsact::remove_recorded(&s.attachments, &s.qdiscs));
     problems.extend(fq::restore_recorded(&s.fq));
     if let Err(e) = state::remove_pins(&s.name) {

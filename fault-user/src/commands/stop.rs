@@ -8,6 +8,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use super::cleanup::cleanup_dead;
 use crate::{
     error::{failed, incomplete, Error},
+    net::intents::{self, Intents},
     observe,
     state::{self, State},
 };
@@ -49,6 +50,12 @@ pub fn stop(name: Option<&str>, all: bool) -> Result<(), Error> {
     let mut problems = Vec::new();
     for n in &unreadable {
         // Nothing in it can be trusted: what it recorded is left as it is; its pins go below.
+        // Its intents are a file of their own, and their filters are found by program.
+        let intents = Intents::of(n);
+        problems.extend(intents::remove_intended(&intents.read()));
+        if let Err(e) = intents.remove() {
+            problems.push(format!("{e:#}"));
+        }
         match std::fs::remove_file(state::state_path(n)) {
             Ok(()) => println!("fault: removed the unreadable record of {n}"),
             Err(e) => problems.push(format!("remove the record of {n}: {e}")),

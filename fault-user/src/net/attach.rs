@@ -8,7 +8,8 @@
 //!
 //! tcx links are file descriptors of ours, so the kernel detaches them by itself when fault
 //! exits, however it exits. cls_bpf filters on clsact outlive the process: they are recorded
-//! in the state file so that `fault stop` can remove them.
+//! in the state file so that `fault stop` can remove them, and written down as intents
+//! before they are added, for a loader killed before its record (see `super::intents`).
 
 use std::{fs::File, path::PathBuf};
 
@@ -25,7 +26,11 @@ use aya::{
 use fault_common::progs;
 use serde::{Deserialize, Serialize};
 
-use super::{clsact::Clsact, tc_mode::TcMode};
+use super::{
+    clsact::Clsact,
+    intents::{FilterIntent, Intent, Intents},
+    tc_mode::TcMode,
+};
 use crate::{sys::netns::in_netns, target::Netns};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -142,6 +147,8 @@ pub struct Attached {
     cgroups: Vec<CgroupLink>,
     links: Vec<TcLink>,
     qdiscs: Vec<Clsact>,
+    /// Where each cls_bpf filter is written down before it is added.
+    intents: Option<Intents>,
 }
 
 impl Attached {
@@ -152,6 +159,11 @@ impl Attached {
             .filter(|c| c.direction == direction)
             .map(|c| c.path.clone())
             .collect()
+    }
+
+    /// Writes each cls_bpf filter to `intents` before adding it (see `super::intents`).
+    pub fn note_intents(&mut self, intents: Intents) {
+        self.intents = Some(intents);
     }
 
     pub fn records(&self) -> Vec<Record> {
@@ -216,6 +228,10 @@ impl Attached {
         tc: TcMode,
         loopback: bool,
     ) -> anyhow::Result<()> {
+        let intend = match (tc, &self.intents) {
+            (TcMode::Clsact, Some(intents)) => Some((intents, program_id(ebpf, program)?)),
+            _ => None,
+        };
         // One thread in the namespace for all its interfaces; it stops at the first error,
         // and what it attached before that is kept (and so taken off when `self` drops).
         let attempts = in_netns(ns, || {
@@ -225,6 +241,14 @@ impl Attached {
             };
             let mut attempts = Vec::new();
             for ifname in ifaces.into_iter().filter(|i| loopback || i != "lo") {
+                if let Some((intents, prog_id)) = intend {
+                    intents.note(&Intent::Filter(FilterIntent {
+                        netns: ns.clone(),
+                        ifname: ifname.clone(),
+                        prog_id,
+                        qdisc: !crate::sys::rtnl::has_clsact(&ifname)?,
+                    }))?;
+                }
                 let qdisc = match tc {
                     TcMode::Clsact => Clsact::ensure(ns, &ifname),
                     TcMode::Tcx => Ok(None),
@@ -284,6 +308,14 @@ impl Attached {
             .map(|l| format!("{}@{}", l.record.ifname, l.record.netns.inode))
             .collect()
     }
+}
+
+/// The kernel's id of the loaded `program`.
+fn program_id(ebpf: &Ebpf, program: &str) -> anyhow::Result<u32> {
+    let prog = ebpf
+        .program(program)
+        .context("program missing from the object")?;
+    Ok(prog.info()?.id())
 }
 
 /// Attaches `program` to the egress of `ifname` in this thread's namespace.

@@ -114,18 +114,21 @@ fn remove(q: &QdiscRecord) -> anyhow::Result<()> {
     if !q.netns.is_current() {
         return Ok(());
     }
-    in_netns(&q.netns, || {
-        if !rtnl::has_clsact(&q.ifname)? {
-            return Ok(());
-        }
-        let busy = rtnl::clsact_filter_count(&q.ifname, false)?
-            + rtnl::clsact_filter_count(&q.ifname, true)?;
-        if busy > 0 {
-            bail!(
-                "clsact on {} still has filters of others; left in place",
-                q.ifname
-            );
-        }
-        Ok(rtnl::delete_clsact(&q.ifname)?)
-    })
+    in_netns(&q.netns, || remove_here(q))
+}
+
+/// [`remove`] in the calling thread's namespace, which is `q`'s.
+pub(super) fn remove_here(q: &QdiscRecord) -> anyhow::Result<()> {
+    if !rtnl::has_clsact(&q.ifname)? {
+        return Ok(());
+    }
+    let busy =
+        rtnl::clsact_filter_count(&q.ifname, false)? + rtnl::clsact_filter_count(&q.ifname, true)?;
+    if busy > 0 {
+        bail!(
+            "clsact on {} still has filters of others; left in place",
+            q.ifname
+        );
+    }
+    Ok(rtnl::delete_clsact(&q.ifname)?)
 }

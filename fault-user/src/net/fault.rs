@@ -8,6 +8,7 @@ use aya::Ebpf;
 use super::{
     attach::Attached,
     fq::{self, Fq},
+    intents::Intents,
     loader, peer,
     resend::Resender,
     switch::{self, Switch},
@@ -23,7 +24,6 @@ use crate::{
 
 /// The network faults of one run. Fields drop in order: the programs come off their
 /// interfaces before fq goes, and the object (with its maps) goes last.
-#[derive(Default)]
 pub struct NetFault {
     attached: Attached,
     fq: Vec<Fq>,
@@ -40,13 +40,26 @@ pub struct NetFault {
     rules: Vec<RuleInfo>,
     /// Which rules are on (experiments switch them along the timeline).
     switch: Switch,
+    /// Where filters and fq are written down before they go on (see `super::intents`).
+    intents: Intents,
 }
 
 impl NetFault {
     pub fn new(run: &Run) -> Self {
+        let intents = Intents::of(&run.plan.policy.name);
+        let mut attached = Attached::default();
+        attached.note_intents(intents.clone());
         NetFault {
+            attached,
+            fq: Vec::new(),
+            resender: None,
+            log: None,
+            ebpf: None,
+            ids: BTreeSet::new(),
+            netns: BTreeMap::new(),
             rules: RuleInfo::of(&run.plan.policy),
-            ..Default::default()
+            switch: Switch::default(),
+            intents,
         }
     }
 
@@ -142,7 +155,12 @@ impl NetFault {
             }
         }
         if plan.delay_path == Some(DelayPath::Fq) {
-            fq::install(&NetPlan::fq_places(netns, peers), &mut self.fq).context(
+            fq::install(
+                &NetPlan::fq_places(netns, peers),
+                &self.intents,
+                &mut self.fq,
+            )
+            .context(
                 "delay and rate need sch_fq as the root qdisc (--delay-path userspace uses \
                  fault's own, slower, path instead)",
             )?;

@@ -5,13 +5,14 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
+use super::intents::{Intent, Intents};
 use crate::{
     sys::{netns::in_netns, rtnl},
     target::Netns,
 };
 
 /// A root qdisc fault replaced with fq for delays (EDT), to be given back on revert.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FqRecord {
     pub netns: Netns,
     pub ifname: String,
@@ -112,7 +113,11 @@ impl Drop for Fq {
 /// honoured. An interface already under fq is left as it is; one whose root qdisc someone
 /// configured is refused rather than overwritten. What was installed before an error is
 /// pushed to `out` (and so restored when it drops).
-pub fn install(places: &[(Netns, Option<String>)], out: &mut Vec<Fq>) -> anyhow::Result<()> {
+pub fn install(
+    places: &[(Netns, Option<String>)],
+    intents: &Intents,
+    out: &mut Vec<Fq>,
+) -> anyhow::Result<()> {
     for (ns, only) in places {
         // One thread in the namespace for all its interfaces, stopping at the first error.
         let (installed, failed) = in_netns(ns, || {
@@ -122,7 +127,7 @@ pub fn install(places: &[(Netns, Option<String>)], out: &mut Vec<Fq>) -> anyhow:
             };
             let mut installed = Vec::new();
             for ifname in ifaces {
-                match fq_here(&ifname) {
+                match fq_here(ns, &ifname, intents) {
                     Ok(Some(previous)) => installed.push((ifname, previous)),
                     Ok(None) => {}
                     Err(e) => return Ok((installed, Some(e))),
@@ -151,7 +156,7 @@ fn root_qdisc(ifname: &str) -> anyhow::Result<(String, u32)> {
     Ok(rtnl::root_qdisc(ifname)?.map_or((String::new(), 0), |q| (q.kind, q.handle)))
 }
 
-fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
+fn fq_here(ns: &Netns, ifname: &str, intents: &Intents) -> anyhow::Result<Option<String>> {
     let (kind, handle) = root_qdisc(ifname)?;
     if kind == "fq" {
         return Ok(None);
@@ -163,6 +168,11 @@ fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
             handle >> 16
         );
     }
+    intents.note(&Intent::Fq(FqRecord {
+        netns: ns.clone(),
+        ifname: ifname.to_string(),
+        previous: kind.clone(),
+    }))?;
     // fq's defaults (100 packets a flow, 10,000 in all) would cap a delayed flow at
     // 100 packets per delay; room for 10,000 a flow lets a flow run at full speed through
     // a 100 ms delay, as a real path's bandwidth-delay product would.
@@ -175,9 +185,24 @@ fn fq_here(ifname: &str) -> anyhow::Result<Option<String>> {
 pub fn restore_recorded(records: &[FqRecord]) -> Vec<String> {
     records
         .iter()
-        .filter_map(|r| restore(r).err())
-        .map(|e| format!("restore the root qdisc: {e:#}"))
+        .filter_map(|r| restore_if_fq(r).err())
         .collect()
+}
+
+/// Gives an interface a dead loader put (or meant to put) under fq its default root qdisc
+/// back, if fq is there: the loader may have died before it replaced the default, or after
+/// it gave it back, and its intents name what its record does too.
+pub fn restore_if_fq(r: &FqRecord) -> Result<(), String> {
+    if !r.netns.is_current() {
+        return Ok(());
+    }
+    let fq = in_netns(&r.netns, || Ok(root_qdisc(&r.ifname)?.0 == "fq"));
+    match fq {
+        Ok(true) => restore(r),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| format!("restore the root qdisc of {}: {e:#}", r.ifname))
 }
 
 fn restore(r: &FqRecord) -> anyhow::Result<()> {

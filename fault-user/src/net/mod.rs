@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod clsact;
 pub mod fq;
+pub mod intents;
 pub mod loader;
 pub mod peer;
 pub mod resend;

@@ -18,7 +18,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     link::{LinkAttribute, LinkFlags, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
-    tc::{TcAttribute, TcHandle, TcMessage, TcOption},
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
     RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -260,6 +260,17 @@ pub fn delete_clsact(ifname: &str) -> Result<(), RtnlError> {
 /// less its per-priority heading lines: a cls_bpf program counts once, a u32 filter once
 /// for its hash table and once a key. 0 when there is no clsact.
 pub fn clsact_filter_count(ifname: &str, egress: bool) -> Result<usize, RtnlError> {
+    // Each priority's heading comes with handle 0; the filters under it have their own.
+    Ok(clsact_filters(ifname, egress)?
+        .iter()
+        .filter(|m| {
+            matches!(m, RouteNetlinkMessage::NewTrafficFilter(f) if u32::from(f.header.handle) != 0)
+        })
+        .count())
+}
+
+/// The kernel's dump of the filters on clsact's ingress or egress hook.
+fn clsact_filters(ifname: &str, egress: bool) -> Result<Vec<RouteNetlinkMessage>, RtnlError> {
     let hook = TcHandle {
         major: CLSACT.major,
         minor: if egress {
@@ -270,14 +281,44 @@ pub fn clsact_filter_count(ifname: &str, egress: bool) -> Result<usize, RtnlErro
     };
     let msg = tc_message(link_index(ifname)?, hook);
     let get = RouteNetlinkMessage::GetTrafficFilter(msg);
-    let replies = ask("list filters", ifname, NLM_F_DUMP, get)?;
-    // Each priority's heading comes with handle 0; the filters under it have their own.
-    Ok(replies
-        .iter()
-        .filter(|m| {
-            matches!(m, RouteNetlinkMessage::NewTrafficFilter(f) if u32::from(f.header.handle) != 0)
-        })
-        .count())
+    ask("list filters", ifname, NLM_F_DUMP, get)
+}
+
+/// A cls_bpf filter on a clsact hook: where it is, and the program it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BpfFilter {
+    pub priority: u16,
+    pub handle: u32,
+    pub prog_id: u32,
+}
+
+/// The cls_bpf filters on clsact's ingress or egress hook, with their programs' ids; none
+/// when there is no clsact.
+pub fn clsact_bpf_filters(ifname: &str, egress: bool) -> Result<Vec<BpfFilter>, RtnlError> {
+    let replies = clsact_filters(ifname, egress)?;
+    Ok(replies.iter().filter_map(bpf_filter).collect())
+}
+
+/// The filter a dump reply describes, if it is a cls_bpf one (not a priority's heading).
+fn bpf_filter(m: &RouteNetlinkMessage) -> Option<BpfFilter> {
+    let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+        return None;
+    };
+    let handle = u32::from(f.header.handle);
+    let prog_id = f.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    })?;
+    // tcm_info holds the priority in its upper half, the protocol in its lower.
+    let priority = (f.header.info >> 16) as u16;
+    (handle != 0).then_some(BpfFilter {
+        priority,
+        handle,
+        prog_id,
+    })
 }
 
 fn root_message(index: u32, kind: &str, options: Vec<TcOption>) -> TcMessage {
