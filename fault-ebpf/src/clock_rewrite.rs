@@ -55,7 +55,8 @@ pub struct Pending {
     /// The caller's timespec (clock_gettime, a wait's deadline) or timeval (gettimeofday);
     /// for [`MADE_TIMER`], where the kernel writes the new timer's id.
     pub ptr: u64,
-    /// [`READ_NS`], [`READ_US`], [`RESTORE`], [`MADE_TIMERFD`] or [`MADE_TIMER`].
+    /// [`READ_NS`], [`READ_US`], [`RESTORE`], [`RESTORE_ON_ERROR`], [`MADE_TIMERFD`] or
+    /// [`MADE_TIMER`].
     pub mode: u64,
     /// For [`RESTORE`]: the deadline as the caller wrote it.
     pub saved: [i64; 2],
@@ -71,6 +72,9 @@ const RESTORE: u64 = 2;
 const MADE_TIMERFD: u64 = 3;
 /// Record the clock of the POSIX timer whose id the kernel wrote at `ptr`.
 const MADE_TIMER: u64 = 4;
+/// [`RESTORE`] only if the call failed: a timer armed with one `itimerspec` as both its new
+/// and its old value, which a successful call overwrites with the old value.
+const RESTORE_ON_ERROR: u64 = 5;
 /// In an `itimerspec`, where the first expiry (`it_value`) is.
 const IT_VALUE_OFF: u64 = 16;
 
@@ -92,8 +96,14 @@ pub fn fault_clock_rewrite_enter(ctx: RawTracePointContext) -> i32 {
         (NR_CLOCK_NANOSLEEP, true) => Some((r.rdi, r.rdx, RESTORE)),
         // Realtime futex waits: the timeout, an absolute CLOCK_REALTIME time.
         (NR_FUTEX, true) => Some((0, r.r10, RESTORE)),
-        (NR_TIMERFD_SETTIME | NR_TIMER_SETTIME, true) => timer_clock(s.tgid, s.nr, r)
-            .map(|clock| (clock, r.rdx.wrapping_add(IT_VALUE_OFF), RESTORE)),
+        (NR_TIMERFD_SETTIME | NR_TIMER_SETTIME, true) => {
+            let mode = match r.r10 == r.rdx {
+                true => RESTORE_ON_ERROR,
+                false => RESTORE,
+            };
+            timer_clock(s.tgid, s.nr, r)
+                .map(|clock| (clock, r.rdx.wrapping_add(IT_VALUE_OFF), mode))
+        }
         // The pointer is not used: any non-zero value passes the test below.
         (NR_TIMERFD_CREATE, false) => Some((r.rdi, 1, MADE_TIMERFD)),
         (NR_TIMER_CREATE, false) => Some((r.rdi, r.rdx, MADE_TIMER)),
@@ -121,7 +131,7 @@ fn note(page: u64, clock: u64, ptr: u64, mode: u64) -> bool {
         mode,
         saved: [0, 0],
     };
-    if mode == RESTORE {
+    if mode == RESTORE || mode == RESTORE_ON_ERROR {
         match translate(page, clock, ptr) {
             Ok(Some(saved)) => p.saved = saved,
             _ => return false,
@@ -130,7 +140,7 @@ fn note(page: u64, clock: u64, ptr: u64, mode: u64) -> bool {
     let tid = bpf_get_current_pid_tgid() as u32;
     if CLOCK_PENDING.insert(&tid, &p, 0).is_err() {
         // Full: put the deadline back at once; the wait follows the true clock.
-        if mode == RESTORE {
+        if mode == RESTORE || mode == RESTORE_ON_ERROR {
             // SAFETY: the caller's own timespec, as it was.
             let _ = unsafe { bpf_probe_write_user(ptr as *mut [i64; 2], &p.saved) };
         }
@@ -204,7 +214,9 @@ pub fn fault_clock_rewrite_exit(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     let tgid = (id >> 32) as u32;
     match p.mode {
-        RESTORE => {
+        // The kernel wrote the old value over the caller's new one: it is theirs to see.
+        RESTORE_ON_ERROR if ret == 0 => return 0,
+        RESTORE | RESTORE_ON_ERROR => {
             // SAFETY: the caller's own timespec, as it was.
             let _ = unsafe { bpf_probe_write_user(p.ptr as *mut [i64; 2], &p.saved) };
             return 0;

@@ -21,6 +21,10 @@ pub enum Via {
     /// A POSIX timer made afresh for each wait (so after a patch), armed with
     /// TIMER_ABSTIME; its signal is blocked and taken with `sigwaitinfo`.
     Timer,
+    /// As `Timerfd`, armed with one `itimerspec` as its new and its old value: the kernel
+    /// writes the old value (a fired one-shot timer's: zero) over the new one, and the probe
+    /// fails if it finds anything else there.
+    TimerfdSame,
 }
 
 /// Waits over and over, printing how long each wait took by CLOCK_MONOTONIC (ns), until
@@ -28,7 +32,7 @@ pub enum Via {
 pub fn run(interval: Duration, via: Via) -> io::Result<String> {
     let mut out = io::stdout().lock();
     let timerfd = match via {
-        Via::Timerfd => Some(Timerfd::new()?),
+        Via::Timerfd | Via::TimerfdSame => Some(Timerfd::new()?),
         _ => None,
     };
     if via == Via::Timer {
@@ -41,6 +45,7 @@ pub fn run(interval: Duration, via: Via) -> io::Result<String> {
             (Via::Nanosleep, _) => sleep_until(&until)?,
             (Via::Futex, _) => futex_wait_until(&until)?,
             (Via::Timerfd, Some(fd)) => fd.wait_until(until)?,
+            (Via::TimerfdSame, Some(fd)) => fd.wait_until_same(until)?,
             _ => timer_wait_until(until)?,
         }
         writeln!(out, "{}", monotonic_ns() - start)?;
@@ -139,6 +144,27 @@ impl Timerfd {
         check(unsafe {
             libc::timerfd_settime(self.0, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
         })?;
+        self.take()
+    }
+
+    /// [`Timerfd::wait_until`] with one `itimerspec` as the new and the old value.
+    fn wait_until_same(&self, until: libc::timespec) -> io::Result<()> {
+        let mut spec = once_at(until);
+        let p: *mut libc::itimerspec = &mut spec;
+        // SAFETY: a valid itimerspec, alive for the call, read and then written by it.
+        check(unsafe { libc::timerfd_settime(self.0, libc::TFD_TIMER_ABSTIME, p, p) })?;
+        let old = (spec.it_value.tv_sec, spec.it_value.tv_nsec);
+        if old != (0, 0) {
+            return Err(io::Error::other(format!(
+                "timerfd_settime left {old:?} as the old value of a timer that had fired \
+                 (the kernel wrote zero)"
+            )));
+        }
+        self.take()
+    }
+
+    /// Reads the timer's expiry count, waiting for it to fire.
+    fn take(&self) -> io::Result<()> {
         let mut ticks = 0u64;
         // SAFETY: reads the 8-byte expiry count into `ticks`.
         let n = unsafe { libc::read(self.0, &mut ticks as *mut u64 as *mut libc::c_void, 8) };
