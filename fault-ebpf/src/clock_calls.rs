@@ -40,6 +40,9 @@ pub(crate) static TIMER_CLOCKS: LruHashMap<TimerKey, u32> =
     LruHashMap::with_max_entries(TIMER_CLOCKS_MAX, 0);
 
 // x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+pub(crate) const NR_DUP: u64 = 32;
+pub(crate) const NR_DUP2: u64 = 33;
+pub(crate) const NR_FCNTL: u64 = 72;
 pub(crate) const NR_GETTIMEOFDAY: u64 = 96;
 const NR_TIME: u64 = 201;
 pub(crate) const NR_FUTEX: u64 = 202;
@@ -49,6 +52,11 @@ pub(crate) const NR_CLOCK_GETTIME: u64 = 228;
 pub(crate) const NR_CLOCK_NANOSLEEP: u64 = 230;
 pub(crate) const NR_TIMERFD_CREATE: u64 = 283;
 pub(crate) const NR_TIMERFD_SETTIME: u64 = 286;
+pub(crate) const NR_DUP3: u64 = 292;
+
+/// fcntl's commands that make a new descriptor.
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
 
 const CLOCK_REALTIME: u64 = 0;
 /// TIMER_ABSTIME and TFD_TIMER_ABSTIME.
@@ -70,9 +78,22 @@ pub(crate) fn timer_clock(tgid: u32, nr: u64, r: &pt_regs) -> Option<u64> {
     unsafe { TIMER_CLOCKS.get(&TimerKey { tgid, id }) }.map(|&c| c as u64)
 }
 
+/// Whether system call `nr` copies descriptor `rdi` of a known timerfd: `dup`, `dup2`,
+/// `dup3`, and `fcntl` with F_DUPFD or F_DUPFD_CLOEXEC. The copy is the same timer, on the
+/// same clock.
+#[inline(always)]
+fn dups_a_timerfd(tgid: u32, nr: u64, r: &pt_regs) -> bool {
+    let dup = match nr {
+        NR_DUP | NR_DUP2 | NR_DUP3 => true,
+        NR_FCNTL => r.rsi == F_DUPFD || r.rsi == F_DUPFD_CLOEXEC,
+        _ => false,
+    };
+    dup && timer_clock(tgid, NR_TIMERFD_SETTIME, r).is_some()
+}
+
 /// What a call is, by its number and registers: (kind bit, an absolute wait?), or `None`
-/// when it is not a clock call the fault misses. The creation of a timer is kind 0: not
-/// counted, only noted by the rewrite.
+/// when it is not a clock call the fault misses. The creation of a timer, and the copy of
+/// a known timerfd's descriptor, are kind 0: not counted, only noted by the rewrite.
 #[inline(always)]
 fn classify(tgid: u32, nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
     let faulted = |clock: u64| clock < 32 && mask & (1 << clock) != 0;
@@ -91,6 +112,7 @@ fn classify(tgid: u32, nr: u64, r: &pt_regs, mask: u32) -> Option<(u32, bool)> {
         NR_TIMERFD_SETTIME if r.rsi & ABSTIME != 0 => timer(CALL_TIMERFD_SETTIME),
         NR_TIMER_SETTIME if r.rsi & ABSTIME != 0 => timer(CALL_TIMER_SETTIME),
         NR_TIMERFD_CREATE | NR_TIMER_CREATE => Some((0, false)),
+        NR_DUP | NR_DUP2 | NR_DUP3 | NR_FCNTL => dups_a_timerfd(tgid, nr, r).then_some((0, false)),
         NR_FUTEX if faulted(CLOCK_REALTIME) && r.r10 != 0 => {
             let cmd = r.rsi & FUTEX_CMD_MASK;
             let realtime_bitset = cmd == FUTEX_WAIT_BITSET && r.rsi & FUTEX_CLOCK_REALTIME != 0;
@@ -127,6 +149,10 @@ pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
             | NR_TIMERFD_SETTIME
             | NR_TIMER_CREATE
             | NR_TIMERFD_CREATE
+            | NR_DUP
+            | NR_DUP2
+            | NR_DUP3
+            | NR_FCNTL
     ) {
         return None;
     }

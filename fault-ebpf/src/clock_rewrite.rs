@@ -13,7 +13,8 @@
 //! to the true time at which the faulted clock reads it, before the kernel reads it, and
 //! `sys_exit` puts the caller's value back. A timer's clock is not in the call that arms
 //! it: `sys_exit` of `timerfd_create` and `timer_create` records it in TIMER_CLOCKS (the
-//! loader adds the timers a process made before it was patched, from /proc). Calls this
+//! loader adds the timers a process made before it was patched, from /proc), and `sys_exit`
+//! of a `dup`, `dup2`, `dup3` or `fcntl(F_DUPFD)` of a known timerfd records the copy. Calls this
 //! cannot rewrite (`time`, whose result is the return value; a timer whose clock is not
 //! known) are counted as `fault_clock_calls` counts them.
 //!
@@ -38,9 +39,9 @@ use fault_common::{
 };
 
 use crate::clock_calls::{
-    count, seen, timer_clock, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_FUTEX,
-    NR_GETTIMEOFDAY, NR_TIMERFD_CREATE, NR_TIMERFD_SETTIME, NR_TIMER_CREATE, NR_TIMER_SETTIME,
-    TIMER_CLOCKS,
+    count, seen, timer_clock, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_DUP, NR_DUP2,
+    NR_DUP3, NR_FCNTL, NR_FUTEX, NR_GETTIMEOFDAY, NR_TIMERFD_CREATE, NR_TIMERFD_SETTIME,
+    NR_TIMER_CREATE, NR_TIMER_SETTIME, TIMER_CLOCKS,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -106,6 +107,10 @@ pub fn fault_clock_rewrite_enter(ctx: RawTracePointContext) -> i32 {
         }
         // The pointer is not used: any non-zero value passes the test below.
         (NR_TIMERFD_CREATE, false) => Some((r.rdi, 1, MADE_TIMERFD)),
+        // A copy of a known timerfd's descriptor is a timerfd on the same clock.
+        (NR_DUP | NR_DUP2 | NR_DUP3 | NR_FCNTL, false) => {
+            timer_clock(s.tgid, NR_TIMERFD_SETTIME, r).map(|clock| (clock, 1, MADE_TIMERFD))
+        }
         (NR_TIMER_CREATE, false) => Some((r.rdi, r.rdx, MADE_TIMER)),
         _ => None,
     };

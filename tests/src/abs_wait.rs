@@ -25,6 +25,9 @@ pub enum Via {
     /// writes the old value (a fired one-shot timer's: zero) over the new one, and the probe
     /// fails if it finds anything else there.
     TimerfdSame,
+    /// As `Timerfd`, each wait armed and read through a new copy of the descriptor
+    /// (`fcntl(F_DUPFD_CLOEXEC)` to a number no earlier wait used), closed after.
+    TimerfdDup,
 }
 
 /// Waits over and over, printing how long each wait took by CLOCK_MONOTONIC (ns), until
@@ -32,13 +35,13 @@ pub enum Via {
 pub fn run(interval: Duration, via: Via) -> io::Result<String> {
     let mut out = io::stdout().lock();
     let timerfd = match via {
-        Via::Timerfd | Via::TimerfdSame => Some(Timerfd::new()?),
+        Via::Timerfd | Via::TimerfdSame | Via::TimerfdDup => Some(Timerfd::new()?),
         _ => None,
     };
     if via == Via::Timer {
         block_signal(libc::SIGUSR1)?;
     }
-    loop {
+    for wait in (0..800).cycle() {
         let until = realtime_after(interval);
         let start = monotonic_ns();
         match (via, &timerfd) {
@@ -46,11 +49,13 @@ pub fn run(interval: Duration, via: Via) -> io::Result<String> {
             (Via::Futex, _) => futex_wait_until(&until)?,
             (Via::Timerfd, Some(fd)) => fd.wait_until(until)?,
             (Via::TimerfdSame, Some(fd)) => fd.wait_until_same(until)?,
+            (Via::TimerfdDup, Some(fd)) => fd.copy(100 + wait)?.wait_until(until)?,
             _ => timer_wait_until(until)?,
         }
         writeln!(out, "{}", monotonic_ns() - start)?;
         out.flush()?;
     }
+    unreachable!("a cycle does not end")
 }
 
 fn zero() -> libc::timespec {
@@ -145,6 +150,15 @@ impl Timerfd {
             libc::timerfd_settime(self.0, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
         })?;
         self.take()
+    }
+
+    /// A copy of the descriptor, numbered `at` (when that number is free), closed on drop.
+    fn copy(&self, at: libc::c_int) -> io::Result<Timerfd> {
+        // SAFETY: a plain system call on a descriptor this owns.
+        match unsafe { libc::fcntl(self.0, libc::F_DUPFD_CLOEXEC, at) } {
+            -1 => Err(io::Error::last_os_error()),
+            fd => Ok(Timerfd(fd)),
+        }
     }
 
     /// [`Timerfd::wait_until`] with one `itimerspec` as the new and the old value.

@@ -205,8 +205,16 @@ fn absolute_waits_last_as_long_as_on_a_machine_whose_clock_is_that_far_off() {
     let allowed = write_user_allowed();
     // The timerfd is made before the patch (its clock is read from /proc), the POSIX
     // timers after (their clocks are recorded at their creation).
-    // timerfd-same passes one itimerspec as the new and the old value.
-    let ways = ["nanosleep", "futex", "timerfd", "timer", "timerfd-same"];
+    // timerfd-same passes one itimerspec as the new and the old value; timerfd-dup arms a
+    // new copy of the descriptor each time.
+    let ways = [
+        "nanosleep",
+        "futex",
+        "timerfd",
+        "timer",
+        "timerfd-same",
+        "timerfd-dup",
+    ];
     for (how, offset) in ways.iter().flat_map(|w| [(w, "5s"), (w, "-5s")]) {
         {
             let cgroup = Cgroup::new("rawwait");
