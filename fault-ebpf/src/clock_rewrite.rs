@@ -76,6 +76,12 @@ const MADE_TIMER: u64 = 4;
 /// [`RESTORE`] only if the call failed: a timer armed with one `itimerspec` as both its new
 /// and its old value, which a successful call overwrites with the old value.
 const RESTORE_ON_ERROR: u64 = 5;
+
+/// Whether `mode` moves the caller's deadline, to be put back at `sys_exit`.
+#[inline(always)]
+fn restores(mode: u64) -> bool {
+    mode == RESTORE || mode == RESTORE_ON_ERROR
+}
 /// In an `itimerspec`, where the first expiry (`it_value`) is.
 const IT_VALUE_OFF: u64 = 16;
 
@@ -136,7 +142,7 @@ fn note(page: u64, clock: u64, ptr: u64, mode: u64) -> bool {
         mode,
         saved: [0, 0],
     };
-    if mode == RESTORE || mode == RESTORE_ON_ERROR {
+    if restores(mode) {
         match translate(page, clock, ptr) {
             Ok(Some(saved)) => p.saved = saved,
             _ => return false,
@@ -145,7 +151,7 @@ fn note(page: u64, clock: u64, ptr: u64, mode: u64) -> bool {
     let tid = bpf_get_current_pid_tgid() as u32;
     if CLOCK_PENDING.insert(&tid, &p, 0).is_err() {
         // Full: put the deadline back at once; the wait follows the true clock.
-        if mode == RESTORE || mode == RESTORE_ON_ERROR {
+        if restores(mode) {
             // SAFETY: the caller's own timespec, as it was.
             let _ = unsafe { bpf_probe_write_user(ptr as *mut [i64; 2], &p.saved) };
         }

@@ -200,7 +200,7 @@ fn tmp_path(name: &str) -> PathBuf {
     state_path(name).with_extension("json.tmp")
 }
 
-fn remove_if_there(path: &Path) -> anyhow::Result<()> {
+pub fn remove_if_there(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(e).with_context(|| format!("remove {}", path.display()))

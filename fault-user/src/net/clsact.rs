@@ -5,7 +5,7 @@ use anyhow::{bail, Context as _};
 use aya::programs::{
     links::Link as _,
     tc::{self, SchedClassifierLink, TcHandle},
-    ProgramError,
+    ProgramError, TcAttachType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,20 +82,8 @@ pub fn remove_recorded(records: &[Record], qdiscs: &[QdiscRecord]) -> Vec<String
             if !rtnl::has_clsact(&r.ifname)? {
                 return Ok(());
             }
-            let link = SchedClassifierLink::attached(
-                &r.ifname,
-                r.direction.attach_type(),
-                priority,
-                TcHandle::from(handle),
-                None,
-            )?;
-            match link.detach() {
-                // Gone already: the killed loader had detached it before its qdisc.
-                Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    Ok(())
-                }
-                r => Ok(r?),
-            }
+            // Gone already: the killed loader had detached it before its qdisc.
+            detach_here(&r.ifname, r.direction.attach_type(), priority, handle)
         });
         if let Err(e) = res {
             problems.push(format!("detach {}: {e:#}", r.describe()));
@@ -107,6 +95,21 @@ pub fn remove_recorded(records: &[Record], qdiscs: &[QdiscRecord]) -> Vec<String
             .filter_map(|q| remove(q).err().map(|e| format!("{e:#}"))),
     );
     problems
+}
+
+/// Detaches the cls_bpf filter at (`priority`, `handle`) on `ifname`'s `hook`, in this
+/// thread's namespace; one that is gone already is no error.
+pub(super) fn detach_here(
+    ifname: &str,
+    hook: TcAttachType,
+    priority: u16,
+    handle: u32,
+) -> anyhow::Result<()> {
+    let link = SchedClassifierLink::attached(ifname, hook, priority, TcHandle::from(handle), None)?;
+    match link.detach() {
+        Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// Removes a clsact qdisc we added, unless someone else has put filters on it since.

@@ -24,6 +24,7 @@ use crate::{
 
 /// The network faults of one run. Fields drop in order: the programs come off their
 /// interfaces before fq goes, and the object (with its maps) goes last.
+#[derive(Default)]
 pub struct NetFault {
     attached: Attached,
     fq: Vec<Fq>,
@@ -40,27 +41,18 @@ pub struct NetFault {
     rules: Vec<RuleInfo>,
     /// Which rules are on (experiments switch them along the timeline).
     switch: Switch,
-    /// Where filters and fq are written down before they go on (see `super::intents`).
-    intents: Intents,
 }
 
 impl NetFault {
     pub fn new(run: &Run) -> Self {
-        let intents = Intents::of(&run.plan.policy.name);
-        let mut attached = Attached::default();
-        attached.note_intents(intents.clone());
-        NetFault {
-            attached,
-            fq: Vec::new(),
-            resender: None,
-            log: None,
-            ebpf: None,
-            ids: BTreeSet::new(),
-            netns: BTreeMap::new(),
+        let mut net = NetFault {
             rules: RuleInfo::of(&run.plan.policy),
-            switch: Switch::default(),
-            intents,
-        }
+            ..Default::default()
+        };
+        // Filters and fq are written down before they go on (see `super::intents`).
+        net.attached
+            .note_intents(Intents::of(&run.plan.policy.name));
+        net
     }
 
     fn plan(run: &Run) -> &NetPlan {
@@ -157,7 +149,7 @@ impl NetFault {
         if plan.delay_path == Some(DelayPath::Fq) {
             fq::install(
                 &NetPlan::fq_places(netns, peers),
-                &self.intents,
+                &Intents::of(&run.plan.policy.name),
                 &mut self.fq,
             )
             .context(

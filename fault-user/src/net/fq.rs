@@ -196,12 +196,10 @@ pub fn restore_if_fq(r: &FqRecord) -> Result<(), String> {
     if !r.netns.is_current() {
         return Ok(());
     }
-    let fq = in_netns(&r.netns, || Ok(root_qdisc(&r.ifname)?.0 == "fq"));
-    match fq {
-        Ok(true) => restore(r),
-        Ok(false) => Ok(()),
-        Err(e) => Err(e),
-    }
+    in_netns(&r.netns, || match root_qdisc(&r.ifname)?.0 == "fq" {
+        true => restore_here(r),
+        false => Ok(()),
+    })
     .map_err(|e| format!("restore the root qdisc of {}: {e:#}", r.ifname))
 }
 
@@ -209,16 +207,19 @@ fn restore(r: &FqRecord) -> anyhow::Result<()> {
     if !r.netns.is_current() {
         return Ok(());
     }
-    in_netns(&r.netns, || {
-        rtnl::delete_root_qdisc(&r.ifname)?;
-        let (kind, _) = root_qdisc(&r.ifname)?;
-        if kind != r.previous {
-            bail!(
-                "{} came back with {kind}, expected {}",
-                r.ifname,
-                r.previous
-            );
-        }
-        Ok(())
-    })
+    in_netns(&r.netns, || restore_here(r))
+}
+
+/// [`restore`] in the calling thread's namespace, which is `r`'s.
+fn restore_here(r: &FqRecord) -> anyhow::Result<()> {
+    rtnl::delete_root_qdisc(&r.ifname)?;
+    let (kind, _) = root_qdisc(&r.ifname)?;
+    if kind != r.previous {
+        bail!(
+            "{} came back with {kind}, expected {}",
+            r.ifname,
+            r.previous
+        );
+    }
+    Ok(())
 }

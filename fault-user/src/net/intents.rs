@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::programs::{links::Link as _, tc::SchedClassifierLink, ProgramError, TcAttachType};
+use aya::programs::TcAttachType;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -78,12 +78,7 @@ impl Intents {
     }
 
     pub fn remove(&self) -> anyhow::Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("remove {}", self.path.display()))
-            }
-            _ => Ok(()),
-        }
+        crate::state::remove_if_there(&self.path)
     }
 
     /// Every intent written, skipping a line cut short by a kill during its write.
@@ -107,28 +102,25 @@ fn read_lines(path: &Path) -> Vec<Intent> {
 /// an interface meant for fq its default root qdisc back if fq is there. Namespaces that
 /// are gone took all of it with them.
 pub fn remove_intended(intents: &[Intent]) -> Vec<String> {
-    let mut problems: Vec<String> = intents
+    intents
         .iter()
         .filter_map(|i| match i {
-            Intent::Filter(f) => Some(f),
-            Intent::Fq(_) => None,
+            Intent::Filter(f) => remove_filters(f).err(),
+            Intent::Fq(r) => fq::restore_if_fq(r).err(),
         })
-        .filter(|i| i.netns.is_current())
-        .filter_map(|i| {
-            in_netns(&i.netns, || remove_here(i))
-                .err()
-                .map(|e| format!("remove the filters intended on {}: {e:#}", i.ifname))
-        })
-        .collect();
-    let fq = intents.iter().filter_map(|i| match i {
-        Intent::Fq(r) => Some(r),
-        Intent::Filter(_) => None,
-    });
-    problems.extend(fq.filter_map(|r| fq::restore_if_fq(r).err()));
-    problems
+        .collect()
 }
 
-/// [`remove_intended`] for one filter, in its namespace.
+/// [`remove_intended`] for one filter.
+fn remove_filters(i: &FilterIntent) -> Result<(), String> {
+    if !i.netns.is_current() {
+        return Ok(());
+    }
+    in_netns(&i.netns, || remove_here(i))
+        .map_err(|e| format!("remove the filters intended on {}: {e:#}", i.ifname))
+}
+
+/// [`remove_filters`] in the filter's namespace.
 fn remove_here(i: &FilterIntent) -> anyhow::Result<()> {
     if !rtnl::has_clsact(&i.ifname)? {
         return Ok(());
@@ -137,17 +129,7 @@ fn remove_here(i: &FilterIntent) -> anyhow::Result<()> {
         .into_iter()
         .filter(|f| f.prog_id == i.prog_id);
     for f in ours {
-        let link = SchedClassifierLink::attached(
-            &i.ifname,
-            TcAttachType::Egress,
-            f.priority,
-            f.handle.into(),
-            None,
-        )?;
-        match link.detach() {
-            Err(ProgramError::NetlinkError(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            r => r?,
-        }
+        clsact::detach_here(&i.ifname, TcAttachType::Egress, f.priority, f.handle)?;
     }
     if i.qdisc {
         let q = QdiscRecord {
