@@ -104,6 +104,12 @@ pub mod progs {
     pub const CLOCK_REWRITE_ENTER: &str = "fault_clock_rewrite_enter";
     /// `sys_exit` raw tracepoint: rewrites the noted reads' results with the clock fault.
     pub const CLOCK_REWRITE_EXIT: &str = "fault_clock_rewrite_exit";
+    /// [`CLOCK_CALLS`] for the clock calls' own `syscalls:sys_enter_<name>` tracepoints.
+    pub const CLOCK_CALLS_TP: &str = "fault_clock_calls_tp";
+    /// [`CLOCK_REWRITE_ENTER`] for the `syscalls:sys_enter_<name>` tracepoints.
+    pub const CLOCK_REWRITE_ENTER_TP: &str = "fault_clock_rewrite_enter_tp";
+    /// [`CLOCK_REWRITE_EXIT`] for the `syscalls:sys_exit_<name>` tracepoints.
+    pub const CLOCK_REWRITE_EXIT_TP: &str = "fault_clock_rewrite_exit_tp";
 }
 
 /// Slots in EXEC_CGROUPS: a policy's targets beyond this many are covered by the rescan only.

@@ -4,19 +4,25 @@
 //! gettime)` in static programs, runtimes, sandboxes) and the absolute deadlines a process
 //! hands the kernel (`clock_nanosleep` with TIMER_ABSTIME, timers with an absolute expiry,
 //! realtime futex waits) follow the true clock. Rewriting them needs `bpf_probe_write_user`,
-//! which lockdown refuses on many hosts; there this program, on the `sys_enter` raw
-//! tracepoint, counts them per process, so fault can name the processes that read or wait
+//! which lockdown refuses on many hosts; there this program, at the system calls' entry,
+//! counts them per process, so fault can name the processes that read or wait
 //! on true time. It counts only processes the loader put in CLOCK_WATCHED (the patched ones)
 //! and reads only the registers; a read made by the vDSO itself (its fallback to the system
 //! call) comes from inside the process's vDSO and is left out, since the stub skews it.
-//! Untargeted processes pay the tracepoint and one comparison of the syscall number.
+//! Each program comes twice: for the clock calls' own tracepoints (`syscalls:sys_enter_
+//! <name>`, where other system calls pay only the kernel's slow path and a bit test), and
+//! for the raw `sys_enter` (kernels before 5.15, where every system call runs it).
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::{map, raw_tracepoint},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap},
-    programs::RawTracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext as _,
 };
 use fault_common::{
     ClockCalls, TimerKey, VdsoRange, CALL_CLOCK_GETTIME, CALL_CLOCK_NANOSLEEP, CALL_FUTEX,
@@ -133,11 +139,45 @@ pub(crate) struct Seen {
     pub wait: bool,
 }
 
-/// The call at this `sys_enter`, if it is one to count or rewrite.
+/// The call at this raw `sys_enter`, if it is one to count or rewrite.
 #[inline(always)]
 pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
     let nr: u64 = ctx.arg(1);
-    // The cheap test first: every system call of every process passes here.
+    // SAFETY: the tracepoint's first argument is the task's saved user registers.
+    seen_at(nr, || ctx.arg(0))
+}
+
+/// The call at this `syscalls:sys_enter_<name>` tracepoint, if it is one to count or
+/// rewrite. The record holds the number at offset 8, after the common fields; the user
+/// registers are the task's own (`bpf_task_pt_regs`, Linux 5.15 and later).
+#[inline(always)]
+pub(crate) fn seen_tp(ctx: &TracePointContext) -> Option<Seen> {
+    let nr = record_at::<i32>(ctx, SYSCALL_NR_OFF) as u64;
+    // SAFETY: helpers without preconditions; the current task is always valid.
+    seen_at(nr, || unsafe {
+        bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs
+    })
+}
+
+/// The field at `off` of this tracepoint's record: a plain load, which the verifier checks
+/// against the record's bounds (a helper call costs more, on a path every watched call
+/// takes).
+#[inline(always)]
+pub(crate) fn record_at<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: the verifier admits only aligned loads within the record.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(off) as *const T) }
+}
+
+/// Where the system call number is in a syscall event's record (`int` at 8 since Linux
+/// 6.x, `unsigned long` before: the same low bytes).
+pub(crate) const SYSCALL_NR_OFF: usize = 8;
+
+/// The call `nr`, if it is one to count or rewrite; `regs` finds the task's saved user
+/// registers, and is only called for a watched process.
+#[inline(always)]
+fn seen_at(nr: u64, regs: impl FnOnce() -> *const pt_regs) -> Option<Seen> {
+    // The cheap test first: on the raw tracepoint every system call of every process
+    // passes here.
     if !matches!(
         nr,
         NR_GETTIMEOFDAY
@@ -159,9 +199,8 @@ pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a plain map read; the value is copied out at once.
     let watched = (unsafe { CLOCK_WATCHED.get(&tgid) }).copied()?;
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: the tracepoint's first argument is the task's saved user registers.
-    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
+    // SAFETY: `regs` points at the task's saved user registers.
+    let regs = unsafe { bpf_probe_read_kernel(regs()) }.ok()?;
     // SAFETY: a plain load of a global the loader set before loading the program.
     let mask = unsafe { core::ptr::read_volatile(&CLOCK_CALLS_MASK) };
     let (kind, wait) = classify(tgid, nr, &regs, mask)?;
@@ -182,6 +221,17 @@ pub(crate) fn seen(ctx: &RawTracePointContext) -> Option<Seen> {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn fault_clock_calls(ctx: RawTracePointContext) -> i32 {
     if let Some(s) = seen(&ctx) {
+        count(s.tgid, s.kind, s.wait);
+    }
+    0
+}
+
+/// The same count, attached to each clock call's own `sys_enter_<name>` tracepoint: other
+/// system calls then skip it (the kernel tests a bit per call), where the raw tracepoint
+/// runs a program for every one.
+#[tracepoint]
+pub fn fault_clock_calls_tp(ctx: TracePointContext) -> u32 {
+    if let Some(s) = seen_tp(&ctx) {
         count(s.tgid, s.kind, s.wait);
     }
     0

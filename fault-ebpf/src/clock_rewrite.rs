@@ -3,6 +3,8 @@
 //! stub applies: the same parameters, read from the process's own parameter page, and the
 //! same maths (`fault_common::clock_math`).
 //!
+//! Both programs come for the clock calls' own tracepoints (`syscalls:sys_enter_<name>`,
+//! `sys_exit_<name>`) and, for kernels before 5.15, for the raw `sys_enter` and `sys_exit`.
 //! `sys_enter` notes, per thread, a read it can rewrite (the clock id and where the result
 //! goes); `sys_exit` reads the true result the kernel wrote, adds the fault and writes it
 //! back with `bpf_probe_write_user`. That helper is refused under lockdown, where these
@@ -26,9 +28,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_write_user,
     },
-    macros::{map, raw_tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::HashMap,
-    programs::RawTracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use fault_common::{
     clock_math::{
@@ -39,9 +41,10 @@ use fault_common::{
 };
 
 use crate::clock_calls::{
-    count, seen, timer_clock, CLOCK_WATCHED, NR_CLOCK_GETTIME, NR_CLOCK_NANOSLEEP, NR_DUP, NR_DUP2,
-    NR_DUP3, NR_FCNTL, NR_FUTEX, NR_GETTIMEOFDAY, NR_TIMERFD_CREATE, NR_TIMERFD_SETTIME,
-    NR_TIMER_CREATE, NR_TIMER_SETTIME, TIMER_CLOCKS,
+    count, record_at, seen, seen_tp, timer_clock, Seen, CLOCK_WATCHED, NR_CLOCK_GETTIME,
+    NR_CLOCK_NANOSLEEP, NR_DUP, NR_DUP2, NR_DUP3, NR_FCNTL, NR_FUTEX, NR_GETTIMEOFDAY,
+    NR_TIMERFD_CREATE, NR_TIMERFD_SETTIME, NR_TIMER_CREATE, NR_TIMER_SETTIME, SYSCALL_NR_OFF,
+    TIMER_CLOCKS,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -91,9 +94,24 @@ static CLOCK_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(CLOCK_CA
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn fault_clock_rewrite_enter(ctx: RawTracePointContext) -> i32 {
-    let Some(s) = seen(&ctx) else {
-        return 0;
-    };
+    if let Some(s) = seen(&ctx) {
+        enter(s);
+    }
+    0
+}
+
+/// The same, on each call's own `sys_enter_<name>` tracepoint.
+#[tracepoint]
+pub fn fault_clock_rewrite_enter_tp(ctx: TracePointContext) -> u32 {
+    if let Some(s) = seen_tp(&ctx) {
+        enter(s);
+    }
+    0
+}
+
+/// Notes what `sys_exit` does for the call `s`, or counts it when it cannot be rewritten.
+#[inline(always)]
+fn enter(s: Seen) {
     let r = &s.regs;
     let page = s.watched.page;
     // (clock id, where the time is, mode)
@@ -129,7 +147,6 @@ pub fn fault_clock_rewrite_enter(ctx: RawTracePointContext) -> i32 {
     if !handled {
         count(s.tgid, s.kind, s.wait);
     }
-    0
 }
 
 /// Notes a read for its `sys_exit`, or translates a wait's deadline now (the kernel reads
@@ -215,26 +232,40 @@ fn split(v: i64) -> [i64; 2] {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn fault_clock_rewrite_exit(ctx: RawTracePointContext) -> i32 {
+    exit(ctx.arg(1));
+    0
+}
+
+/// The same, on each call's own `sys_exit_<name>` tracepoint, whose record holds the
+/// return value at offset 16.
+#[tracepoint]
+pub fn fault_clock_rewrite_exit_tp(ctx: TracePointContext) -> u32 {
+    exit(record_at::<i64>(&ctx, SYSCALL_NR_OFF + 8));
+    0
+}
+
+/// Finishes the call this thread noted at `sys_enter`, which returned `ret`.
+#[inline(always)]
+fn exit(ret: i64) {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     // SAFETY: a plain map read; the value is copied out at once.
     let Some(p) = (unsafe { CLOCK_PENDING.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
     let _ = CLOCK_PENDING.remove(&tid);
-    let ret: i64 = ctx.arg(1);
     let tgid = (id >> 32) as u32;
     match p.mode {
         // The kernel wrote the old value over the caller's new one: it is theirs to see.
-        RESTORE_ON_ERROR if ret == 0 => return 0,
+        RESTORE_ON_ERROR if ret == 0 => return,
         RESTORE | RESTORE_ON_ERROR => {
             // SAFETY: the caller's own timespec, as it was.
             let _ = unsafe { bpf_probe_write_user(p.ptr as *mut [i64; 2], &p.saved) };
-            return 0;
+            return;
         }
         MADE_TIMERFD | MADE_TIMER => {
             let _ = made_timer(tgid, &p, ret);
-            return 0;
+            return;
         }
         _ => {}
     }
@@ -243,7 +274,6 @@ pub fn fault_clock_rewrite_exit(ctx: RawTracePointContext) -> i32 {
     if ret == 0 && page != 0 {
         let _ = rewrite(page, &p);
     }
-    0
 }
 
 /// Records the clock of the timer a successful `timerfd_create` or `timer_create` made.

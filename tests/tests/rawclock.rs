@@ -312,3 +312,127 @@ fn monotonic_never_goes_back_through_the_vdso_and_the_system_call_mixed() {
     }
     assert_no_leftovers();
 }
+
+/// This kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut it = release.split(['.', '-']).map(|w| w.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The tracepoints (`bpftool perf list`) at which process `pid` runs a program.
+fn tracepoints_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "perf", "list"])
+        .output()
+        .expect("run bpftool perf list");
+    assert!(out.status.success(), "bpftool perf list: {out:?}");
+    let list: Vec<serde_json::Value> = match out.stdout.iter().all(u8::is_ascii_whitespace) {
+        true => Vec::new(),
+        false => serde_json::from_slice(&out.stdout).expect("bpftool's JSON"),
+    };
+    let mut names: Vec<String> = list
+        .iter()
+        .filter(|e| e["pid"].as_u64() == Some(pid as u64))
+        .filter_map(|e| e["tracepoint"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The raw tracepoint links of `fault_clock_*` programs (`bpftool link list`).
+fn raw_clock_links() -> Vec<String> {
+    let json = |what: &str| -> Vec<serde_json::Value> {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", what, "list"])
+            .output()
+            .expect("run bpftool");
+        match out.stdout.iter().all(u8::is_ascii_whitespace) {
+            true => Vec::new(),
+            false => serde_json::from_slice(&out.stdout).expect("bpftool's JSON"),
+        }
+    };
+    let clock_progs: Vec<u64> = json("prog")
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("fault_clock"))
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    json("link")
+        .iter()
+        .filter(|l| l["type"] == "raw_tracepoint")
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .is_some_and(|id| clock_progs.contains(&id))
+        })
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn tracefs_mounts() -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines().filter(|l| l.contains(" - tracefs ")).count()
+}
+
+#[test]
+fn the_clock_call_hooks_sit_on_the_clock_calls_own_tracepoints_and_mount_nothing() {
+    require_root();
+    let per_call = kernel_version() >= (5, 15);
+    let mounts = tracefs_mounts();
+    {
+        let cgroup = Cgroup::new("rawhook");
+        let mut cmd = probe(&["clock-pair", "--interval-ms", "50"]);
+        cmd.stdout(Stdio::null());
+        let reader = spawn_in(Some(&cgroup), None, cmd);
+        let file = write_policy(&skew_policy("rawhook", &cgroup, "5s"));
+        let mut apply = FaultApply::start(file.path(), "rawhook");
+        apply.wait_ready();
+        // Counting only (lockdown), the hook is attached for a window from the patch on.
+        let seen = tracepoints_of(apply.pid());
+        let raw = raw_clock_links();
+        let log = apply.log();
+        println!("rawhook: fault's tracepoints: {seen:?}; raw links: {raw:?}");
+        if per_call {
+            for call in [
+                "clock_gettime",
+                "gettimeofday",
+                "time",
+                "futex",
+                "clock_nanosleep",
+            ] {
+                let name = format!("sys_enter_{call}");
+                assert!(seen.contains(&name), "{name} in {seen:?}: {log}");
+            }
+            // (the exec hold's raw sched_process_exec is fault's too)
+            let all_calls = ["sys_enter", "sys_exit"];
+            assert!(
+                !seen.iter().any(|t| all_calls.contains(&t.as_str())),
+                "only the calls' own tracepoints: {seen:?}"
+            );
+            assert!(raw.is_empty(), "no raw sys_enter/sys_exit links: {raw:?}");
+            if log.contains("refuses bpf_probe_write_user") {
+                // Counting alone: the calls that only tell a timer's clock are left alone.
+                assert!(
+                    !seen
+                        .iter()
+                        .any(|t| t.contains("fcntl") || t.contains("dup")),
+                    "{seen:?}"
+                );
+            }
+            assert!(!log.contains("raw sys_enter"), "{log}");
+        } else {
+            assert!(seen.iter().any(|t| t == "sys_enter"), "{seen:?}");
+            assert!(!raw.is_empty(), "before 5.15, the raw tracepoint: {log}");
+            assert!(log.contains("use the raw sys_enter tracepoint"), "{log}");
+        }
+        assert_eq!(tracefs_mounts(), mounts, "tracefs mounts on the host");
+        let (status, log) = apply.stop();
+        assert!(status.success(), "{log}");
+        drop(reader);
+    }
+    assert_no_leftovers();
+}

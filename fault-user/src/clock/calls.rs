@@ -8,7 +8,8 @@
 //! process when its first call is seen, in `fault apply`'s output and in `fault status`.
 //!
 //! Cost: while the program is attached, every system call of every process on the host
-//! takes the kernel's slow path for tracepoints (1.7x a `getppid` here, BENCHMARKS.md). So
+//! takes the kernel's slow path for tracepoints (BENCHMARKS.md; less where the program
+//! sits on the clock calls' own tracepoints, see [`super::syscall_tp`]). So
 //! it is attached in short windows only ([`WINDOW`]): when processes are patched, and
 //! once every [`EVERY`] after that, about 3% of the time on a steady run. A process that
 //! makes such calls less often than once per window may go unnamed.
@@ -22,16 +23,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData},
-    programs::{raw_trace_point::RawTracePointLink, RawTracePoint},
+    programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
 use fault_common::{globals, maps, progs, ClockCalls, TimerKey, VdsoRange, CALL_NAMES};
 use serde::{Deserialize, Serialize};
 
-use super::exec::{raw_tracepoint, step, StartError};
+use super::exec::{step, StartError};
+use super::syscall_tp::{Attached, Hook, COUNTED_CALLS, ENTER_CALLS};
 use crate::policy::ClockRule;
-
-const TRACEPOINT: &str = "sys_enter";
 
 /// How long the program stays attached each time.
 pub const WINDOW: Duration = Duration::from_secs(2);
@@ -79,11 +79,13 @@ impl CallsRecord {
 
 /// The loaded and attached program, and what was told of it.
 pub struct CallWatch {
-    /// While a window is open: the link, and when the window closes.
-    link: Option<(RawTracePointLink, Instant)>,
-    /// Where eBPF may write user memory: the rewrite's `sys_enter` and `sys_exit` links,
-    /// attached for the whole run (they also count what they cannot rewrite).
-    rewrite: Option<[RawTracePointLink; 2]>,
+    /// The tracepoints the programs attach to on this kernel.
+    hook: Hook,
+    /// While a window is open: the attachment, and when the window closes.
+    link: Option<(Attached, Instant)>,
+    /// Where eBPF may write user memory: the rewrite's `sys_enter` and `sys_exit`
+    /// attachments, for the whole run (they also count what they cannot rewrite).
+    rewrite: Option<[Attached; 2]>,
     /// When the last window opened.
     opened: Instant,
     watched: HashMap<MapData, u32, VdsoRange>,
@@ -111,6 +113,12 @@ pub fn clock_mask(rules: &[ClockRule]) -> u32 {
 impl CallWatch {
     /// Loads the program for the clocks in `mask` and attaches it.
     pub fn start(mask: u32) -> Result<Self, StartError> {
+        Self::start_with(mask, false)
+    }
+
+    /// [`Self::start`], on the raw `sys_enter` whatever the kernel offers when `raw` (for
+    /// measuring the two side by side).
+    pub fn start_with(mask: u32, raw: bool) -> Result<Self, StartError> {
         let object = crate::net::loader::OBJECT;
         let mut loader = EbpfLoader::new();
         crate::net::loader::smallest_network_maps(&mut loader);
@@ -119,9 +127,26 @@ impl CallWatch {
             .load(object)
             .map_err(step("load the eBPF object for counting clock system calls"))?;
         let refused = write_user_refused(&mut ebpf);
-        let prog = raw_tracepoint(&mut ebpf, progs::CLOCK_CALLS)?;
-        prog.load()
-            .map_err(step(format!("load program {}", progs::CLOCK_CALLS)))?;
+        let per_call: &[&str] = match refused {
+            Some(_) => &[progs::CLOCK_CALLS_TP],
+            None => &[
+                progs::CLOCK_CALLS_TP,
+                progs::CLOCK_REWRITE_ENTER_TP,
+                progs::CLOCK_REWRITE_EXIT_TP,
+            ],
+        };
+        let hook = match raw {
+            true => Hook::Raw {
+                why: "asked for".into(),
+            },
+            false => Hook::choose(&mut ebpf, per_call),
+        };
+        if let (Hook::Raw { why }, false) = (&hook, raw) {
+            eprintln!(
+                "fault: clock: note: the clock-call hooks use the raw sys_enter tracepoint, \
+                 which every system call on the host pays while attached ({why})"
+            );
+        }
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .context("map missing from the object")
@@ -138,9 +163,10 @@ impl CallWatch {
             .map_err(step(maps::TIMER_CLOCKS))?;
         let rewrite = match refused {
             Some(_) => None,
-            None => Some(attach_rewrite(&mut ebpf)?),
+            None => Some(attach_rewrite(&mut ebpf, &hook)?),
         };
         let mut watch = CallWatch {
+            hook,
             link: None,
             rewrite,
             opened: Instant::now(),
@@ -165,6 +191,11 @@ impl CallWatch {
         self.rewrite.is_some()
     }
 
+    /// The tracepoints the programs attach to on this kernel.
+    pub fn hook(&self) -> &Hook {
+        &self.hook
+    }
+
     /// Attaches the program for a [`WINDOW`] from now (longer, if one is open already).
     /// The rewrite, where there is one, counts all the time instead.
     pub fn open_window(&mut self) -> Result<(), StartError> {
@@ -177,13 +208,12 @@ impl CallWatch {
             *end = until;
             return Ok(());
         }
-        let prog = raw_tracepoint(&mut self._ebpf, progs::CLOCK_CALLS)?;
-        let id = prog
-            .attach(TRACEPOINT)
-            .map_err(step(format!("attach raw tracepoint {TRACEPOINT}")))?;
-        let link = prog
-            .take_link(id)
-            .map_err(step(format!("attach raw tracepoint {TRACEPOINT}")))?;
+        let link = self.hook.attach(
+            &mut self._ebpf,
+            (progs::CLOCK_CALLS_TP, progs::CLOCK_CALLS),
+            COUNTED_CALLS,
+            false,
+        )?;
         self.link = Some((link, until));
         Ok(())
     }
@@ -315,17 +345,20 @@ fn vdso_of(pid: u32, page: u64) -> Option<VdsoRange> {
 }
 
 /// Loads and attaches the rewrite's two programs, from the object `ebpf`.
-fn attach_rewrite(ebpf: &mut Ebpf) -> Result<[RawTracePointLink; 2], StartError> {
-    let mut one = |name: &str, tracepoint: &str| {
-        let prog = raw_tracepoint(ebpf, name)?;
-        prog.load().map_err(step(format!("load program {name}")))?;
-        let what = format!("attach raw tracepoint {tracepoint}");
-        let id = prog.attach(tracepoint).map_err(step(what.clone()))?;
-        prog.take_link(id).map_err(step(what))
-    };
+fn attach_rewrite(ebpf: &mut Ebpf, hook: &Hook) -> Result<[Attached; 2], StartError> {
     // sys_exit first: a read noted at sys_enter is then always rewritten.
-    let exit = one(progs::CLOCK_REWRITE_EXIT, "sys_exit")?;
-    let enter = one(progs::CLOCK_REWRITE_ENTER, TRACEPOINT)?;
+    let exit = hook.attach(
+        ebpf,
+        (progs::CLOCK_REWRITE_EXIT_TP, progs::CLOCK_REWRITE_EXIT),
+        &ENTER_CALLS,
+        true,
+    )?;
+    let enter = hook.attach(
+        ebpf,
+        (progs::CLOCK_REWRITE_ENTER_TP, progs::CLOCK_REWRITE_ENTER),
+        &ENTER_CALLS,
+        false,
+    )?;
     Ok([enter, exit])
 }
 

@@ -36,6 +36,7 @@ pub mod reloc;
 pub mod seccomp;
 pub mod steps;
 pub mod stub;
+pub mod syscall_tp;
 pub mod timers;
 pub mod vdso;
 
