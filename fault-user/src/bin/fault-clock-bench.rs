@@ -17,7 +17,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use fault::clock::{layout, patch};
+use fault::clock::{layout, patch, syscall_tp::Hook};
 use fault::policy::{ClockId, ClockRule};
 
 const CALLS: u32 = 1_000_000;
@@ -78,32 +78,67 @@ fn hook_cost(rounds: usize) -> anyhow::Result<()> {
         // SAFETY: a valid timespec to write.
         unsafe { libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts) };
     };
-    let calls: [(&str, &dyn Fn()); 2] = [
+    let word = 0u32;
+    let futex = || {
+        // SAFETY: a wake on our own word, which nobody waits on.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                &word as *const u32,
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            )
+        };
+    };
+    let calls: [(&str, &dyn Fn()); 3] = [
         ("getppid (not a clock call)", &getppid),
+        (
+            "futex(FUTEX_WAKE), no waiter (watched for realtime waits)",
+            &futex,
+        ),
         ("clock_gettime as a system call", &clock),
     ];
-    let mut without = vec![Vec::new(); calls.len()];
-    let mut with = vec![Vec::new(); calls.len()];
+    // [no hook, raw sys_enter, the calls' own tracepoints][call]: rounds' ns per call
+    let mut ns = vec![vec![Vec::new(); calls.len()]; 3];
+    let mut hook = String::new();
     for _ in 0..rounds {
-        for (i, (_, call)) in calls.iter().enumerate() {
-            without[i].push(time_calls(call));
+        for (k, sample) in ns.iter_mut().enumerate() {
+            let watch = match k {
+                0 => None,
+                _ => Some(
+                    fault::clock::calls::CallWatch::start_with(1, k == 1)
+                        .map_err(|e| anyhow::anyhow!("attach the clock-call count: {e:#}"))?,
+                ),
+            };
+            if let (2, Some(Hook::Raw { why })) = (k, watch.as_ref().map(|w| w.hook())) {
+                hook = format!(" (here on the raw sys_enter as well: {why})");
+            }
+            for (i, (_, call)) in calls.iter().enumerate() {
+                sample[i].push(time_calls(call));
+            }
         }
-        let watch = fault::clock::calls::CallWatch::start(1)
-            .map_err(|e| anyhow::anyhow!("attach the clock-call count: {e:#}"))?;
-        for (i, (_, call)) in calls.iter().enumerate() {
-            with[i].push(time_calls(call));
-        }
-        drop(watch);
     }
     println!(
         "system calls of a process the clock-call count does not count, medians of {rounds} \
-         rounds of {CALLS} calls (ns per call):\n"
+         rounds of {CALLS} calls (ns per call), with the count attached to the raw sys_enter \
+         tracepoint (every system call runs it) and to the clock calls' own \
+         sys_enter_<name> tracepoints{hook}:\n"
     );
-    println!("| system call | no hook | sys_enter hook attached | ratio |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| system call | no hook | raw sys_enter | clock calls' tracepoints | ratio raw | \
+         ratio clock calls' |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in calls.iter().enumerate() {
-        let (a, b) = (median(without[i].clone()), median(with[i].clone()));
-        println!("| {name} | {a:.1} | {b:.1} | {:.3} |", b / a);
+        let m: Vec<f64> = ns.iter().map(|k| median(k[i].clone())).collect();
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} |",
+            m[0],
+            m[1],
+            m[2],
+            m[1] / m[0],
+            m[2] / m[0]
+        );
     }
     println!();
     Ok(())
