@@ -141,6 +141,11 @@ impl CallWatch {
             },
             false => Hook::choose(&mut ebpf, per_call),
         };
+        if let Hook::Raw { .. } = &hook {
+            let prog = super::exec::raw_tracepoint(&mut ebpf, progs::CLOCK_CALLS)?;
+            prog.load()
+                .map_err(step(format!("load program {}", progs::CLOCK_CALLS)))?;
+        }
         if let (Hook::Raw { why }, false) = (&hook, raw) {
             eprintln!(
                 "fault: clock: note: the clock-call hooks use the raw sys_enter tracepoint, \
