@@ -62,10 +62,7 @@ const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 pub enum Hook {
     /// To the calls' own tracepoints: the event ids of [`ENTER_CALLS`] at their entry and
     /// at their exit (all but [`COUNTED_ONLY`]), by name.
-    PerCall {
-        enter: Vec<(&'static str, u64)>,
-        exit: Vec<(&'static str, u64)>,
-    },
+    PerCall { enter: Ids, exit: Ids },
     /// To the raw `sys_enter` and `sys_exit`, and why the per-call ones are not used.
     Raw { why: String },
 }
@@ -89,7 +86,7 @@ impl Hook {
             };
         }
         let loaded = progs.iter().try_for_each(|name| load(ebpf, name));
-        let found = loaded.and_then(|()| Ok((event_ids("enter")?, event_ids("exit")?)));
+        let found = loaded.and_then(|()| event_ids());
         match found {
             Ok((enter, exit)) => Hook::PerCall { enter, exit },
             Err(e) => Hook::Raw {
@@ -199,13 +196,21 @@ fn attach_event(prog: BorrowedFd<'_>, id: u64) -> anyhow::Result<OwnedFd> {
     Ok(event)
 }
 
-/// The event ids of the `sys_<dir>_<name>` tracepoints of the calls the programs watch.
-fn event_ids(dir: &str) -> anyhow::Result<Vec<(&'static str, u64)>> {
-    let names = ENTER_CALLS
-        .iter()
-        .filter(|&&n| dir == "enter" || n != COUNTED_ONLY);
-    let read = |root: &Path| -> anyhow::Result<Vec<(&'static str, u64)>> {
-        names.map(|&n| Ok((n, read_id(root, dir, n)?))).collect()
+/// Event ids of calls, by name.
+type Ids = Vec<(&'static str, u64)>;
+
+/// The event ids of the `sys_enter_<name>` and `sys_exit_<name>` tracepoints of the calls
+/// the programs watch, read from one tracefs (mounted privately once, where needed).
+fn event_ids() -> anyhow::Result<(Ids, Ids)> {
+    let read = |root: &Path| -> anyhow::Result<(Ids, Ids)> {
+        let ids = |dir: &str| -> anyhow::Result<Ids> {
+            ENTER_CALLS
+                .iter()
+                .filter(|&&n| dir == "enter" || n != COUNTED_ONLY)
+                .map(|&n| Ok((n, read_id(root, dir, n)?)))
+                .collect()
+        };
+        Ok((ids("enter")?, ids("exit")?))
     };
     match TRACEFS.iter().map(Path::new).find(|p| mounted(p)) {
         Some(root) => read(root),
